@@ -1,0 +1,125 @@
+"""Load, merge and validate the workflow config; hand each stage its values as JSON.
+
+``config.yaml`` is the toy profile; overlays (``config/paper.yaml``, ``tests/config.micro.yaml``)
+are deep-merged over it, later files winning, exactly as Snakemake merges ``--configfile``.
+Validation uses ``schemas/config.schema.yaml`` (JSON Schema, no unknown keys) and reports the
+dotted path of the offending key.
+
+Example:
+    python -m vlv.config pretrain_toy.t2i --configfile config.yaml tests/config.micro.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config(*paths: str | Path) -> dict:
+    cfg: dict = {}
+    for p in paths:
+        with open(p) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping")
+        cfg = deep_merge(cfg, data)
+    return cfg
+
+
+def _path(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def validate_config(cfg: dict, schema_path: str | Path = SCHEMA) -> dict:
+    """Raise ConfigError naming every offending key; return ``cfg`` unchanged if it is valid."""
+    import jsonschema
+
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for e in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
+        where = _path(e)
+        if e.validator == "additionalProperties":
+            extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
+            for k in extra:
+                key = f"{where}.{k}" if where != "<top level>" else k
+                problems.append(f"unknown config key '{key}' (allowed here: {', '.join(sorted(e.schema.get('properties', {})))})")
+        else:
+            problems.append(f"config key '{where}': {e.message}")
+    problems.extend(_cross_checks(cfg))
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def expected_results_root(profile: str) -> str:
+    return "results" if profile == "toy" else f"results/{profile}"
+
+
+def _cross_checks(cfg: dict) -> list[str]:
+    """Rules JSON Schema cannot say simply."""
+    out = []
+    profile = cfg.get("profile")
+    pv = cfg.get("pathvars", {})
+    if isinstance(profile, str) and isinstance(pv, dict):
+        for name in ("results", "logs", "benchmarks"):
+            want = expected_results_root(profile).replace("results", name, 1)
+            if pv.get(name) not in (None, want):
+                out.append(
+                    f"config key 'pathvars.{name}' is '{pv.get(name)}' but profile '{profile}' writes under "
+                    f"'{want}' (each profile keeps its own output root so artefacts never mix)"
+                )
+    shapes = cfg.get("shapes")
+    if isinstance(shapes, dict):
+        counts, weights = shapes.get("object_counts"), shapes.get("object_count_weights")
+        if isinstance(counts, list) and isinstance(weights, list) and len(counts) != len(weights):
+            out.append("config keys 'shapes.object_counts' and 'shapes.object_count_weights' differ in length")
+    return out
+
+
+def section(cfg: dict, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"config has no key '{dotted}'")
+        node = node[part]
+    return node
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Print a validated config section as JSON.")
+    p.add_argument("key", nargs="?", default=None, help="dotted key, e.g. pretrain_toy.t2i (default: all)")
+    p.add_argument("--configfile", nargs="+", default=[str(ROOT / "config.yaml")])
+    args = p.parse_args(argv)
+    try:
+        cfg = validate_config(load_config(*args.configfile))
+        print(json.dumps(cfg if args.key is None else section(cfg, args.key)))
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

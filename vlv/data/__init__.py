@@ -1,0 +1,1 @@
+"""Data containers: WebDataset-style tar shards of encoded images with JSON metadata."""

@@ -1,0 +1,112 @@
+"""WebDataset-style tar shards: ``<key>.png`` (or .jpg) plus ``<key>.json`` per sample.
+
+Writing is deterministic (fixed member metadata, sorted keys within a sample), so the same samples
+give the same bytes. Reading never crashes on a bad member: it yields what it can and the caller
+decides (``decode_image`` raises ``BadImage`` with the reason).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+
+class BadImage(ValueError):
+    pass
+
+
+def encode_png(image: np.ndarray | Image.Image) -> bytes:
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode fully (not just the header) so that a truncated file is caught here."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except Exception as e:  # PIL raises many types for broken files
+        raise BadImage(f"{type(e).__name__}: {e}") from None
+
+
+def write_shard(path: str | os.PathLike, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    n = 0
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, parts in samples:
+            if "." in key or "/" in key:
+                raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+            for ext in sorted(parts):
+                data = parts[ext]
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                info.mtime = 0
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+            n += 1
+    tmp.replace(path)
+    return n
+
+
+def iter_shard(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Samples of one shard in order; members of one key are grouped."""
+    key, parts = None, {}
+    with tarfile.open(path, "r") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = os.path.basename(member.name)
+            k, _, ext = name.partition(".")
+            if key is not None and k != key:
+                yield key, parts
+                parts = {}
+            key = k
+            f = tar.extractfile(member)
+            parts[ext] = f.read() if f is not None else b""
+    if key is not None:
+        yield key, parts
+
+
+def shard_paths(directory: str | os.PathLike) -> list[Path]:
+    return sorted(Path(directory).glob("shard-*.tar"))
+
+
+def iter_dir(directory: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
+    for p in shard_paths(directory):
+        yield from iter_shard(p)
+
+
+def image_bytes(parts: dict[str, bytes]) -> bytes | None:
+    return next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+
+
+def load_images(directory: str | os.PathLike, keys: list[str] | None = None) -> tuple[list[str], np.ndarray, list[dict]]:
+    """Decode a shard folder (or the given keys of it) into uint8 NxHxWx3 with metadata."""
+    wanted = set(keys) if keys is not None else None
+    out_keys, images, metas = [], [], []
+    for key, parts in iter_dir(directory):
+        if wanted is not None and key not in wanted:
+            continue
+        data = image_bytes(parts)
+        if data is None:
+            continue
+        images.append(np.asarray(decode_image(data)))
+        metas.append(json.loads(parts["json"]) if "json" in parts else {})
+        out_keys.append(key)
+    return out_keys, (np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)), metas

@@ -1,0 +1,151 @@
+"""Benchmark the toy stand-ins on the held-out evaluation scenes.
+
+For each text-to-image pipeline: render the evaluation captions with a fixed seed at each guidance
+scale, read the renders back with the Shapes detector, and report the share of prompted objects
+whose colour, and colour and shape, appear (recall), and of those the share in the right cell
+(placement), against the empty-caption floor. For the CLIP model: top-1 image->caption retrieval
+among the evaluation split's teacher captions. Writes a JSON report and a grid of samples, and
+prints a table.
+
+Example:
+    python -m vlv.evaluate_standins --params '{...}' --t2i models/toy/t2i --t2i models/toy/renderer \
+        --clip models/toy/clip --out results/pretrain_toy/benchmark.json --grid results/pretrain_toy/samples.png
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cli_common import load_params, setup_logging, stage_parser
+from .shapes.captions import short_caption
+from .shapes.detect import detect, score_scene, summarise
+from .shapes.splits import split_scenes
+from .shapes.world import WorldSpec, render_array
+from .training import pick_device
+
+
+def eval_captions(scenes, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [short_caption(s, rng, phrasing=0) for s in scenes]
+
+
+def t2i_report(path: str, scenes, captions, spec: WorldSpec, guidances, steps: int, seed: int, device) -> tuple[dict, dict]:
+    from .models.t2i import load_t2i_pipeline, render_captions
+
+    pipe = load_t2i_pipeline(path, device)
+    report, renders = {}, {}
+    for g in guidances:
+        imgs = render_captions(pipe, captions, g, steps, seed)
+        renders[f"cfg{g:g}"] = imgs
+        report[f"cfg{g:g}"] = summarise([score_scene(s, detect(im, spec), spec) for s, im in zip(scenes, imgs)])
+    floor = render_captions(pipe, [""] * len(captions), 1.0, steps, seed)
+    renders["empty"] = floor
+    report["empty_caption_floor"] = summarise([score_scene(s, detect(im, spec), spec) for s, im in zip(scenes, floor)])
+    return report, renders
+
+
+@torch.no_grad()
+def clip_retrieval(path: str, scenes, spec: WorldSpec, device) -> dict:
+    from transformers import AutoProcessor, CLIPModel
+
+    from .models.hub import require_local
+    from .shapes.captions import teacher_caption
+
+    path = require_local(path, "CLIP model")
+    model = CLIPModel.from_pretrained(path).to(device).eval()
+    proc = AutoProcessor.from_pretrained(path)
+    texts = [teacher_caption(s, spec) for s in scenes]
+    images = list(render_array(scenes, spec))
+    inp = proc(text=texts, images=images, return_tensors="pt", padding="max_length", truncation=True, max_length=model.config.text_config.max_position_embeddings)
+    img = model.get_image_features(pixel_values=inp["pixel_values"].to(device))
+    txt = model.get_text_features(input_ids=inp["input_ids"].to(device), attention_mask=inp["attention_mask"].to(device))
+    img = getattr(img, "pooler_output", img)
+    txt = getattr(txt, "pooler_output", txt)
+    sim = torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T
+    best = sim.argmax(-1).cpu().numpy()
+    correct = [texts[b] == texts[i] for i, b in enumerate(best)]
+    return {"images": len(texts), "top1_image_to_caption": float(np.mean(correct)), "chance": float(np.mean([sum(t == u for u in texts) / len(texts) for t in texts]))}
+
+
+def save_grid(path: Path, gt: np.ndarray, rows: dict[str, np.ndarray], captions: list[str], n: int = 8) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["original"] + list(rows)
+    fig, axes = plt.subplots(len(names), n, figsize=(1.6 * n, 1.7 * len(names)), dpi=110)
+    for j in range(n):
+        for i, name in enumerate(names):
+            ax = axes[i, j]
+            ax.imshow(gt[j] if i == 0 else rows[name][j], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+        axes[0, j].set_title("\n".join(_wrap(captions[j], 28)), fontsize=5)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, cur = [], ""
+    for w in text.split():
+        if len(cur) + len(w) + 1 > width and cur:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    return lines + [cur]
+
+
+def main(argv=None) -> int:
+    p = stage_parser(__doc__)
+    p.add_argument("--t2i", action="append", default=[], help="a pipeline folder (repeatable)")
+    p.add_argument("--clip", default=None)
+    p.add_argument("--out", required=True, help="JSON report")
+    p.add_argument("--grid", default=None, help="PNG grid of samples from the first pipeline")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    log = setup_logging()
+    params = load_params(args.params)
+    spec = WorldSpec.from_config(params["shapes"])
+    b = params["benchmark"]
+    device = pick_device(args.device)
+    scenes = split_scenes(params["shapes"], "eval")[: b["n_images"]]
+    captions = eval_captions(scenes, b["seed"])
+    report: dict = {"n_images": len(scenes), "sampler_steps": b["sampler_steps"], "seed": b["seed"], "t2i": {}}
+    for k, path in enumerate(args.t2i):
+        log.info("rendering %d captions with %s", len(captions), path)
+        rep, renders = t2i_report(path, scenes, captions, spec, b["guidance_scales"], b["sampler_steps"], b["seed"], device)
+        report["t2i"][path] = rep
+        if k == 0 and args.grid:
+            save_grid(Path(args.grid), render_array(scenes[:8], spec), renders, captions)
+    if args.clip:
+        report["clip"] = {args.clip: clip_retrieval(args.clip, scenes, spec, device)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(format_report(report))
+    return 0
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{'model':44s} {'setting':20s} {'colour':>7s} {'col+shape':>9s} {'cell|match':>10s} {'size|match':>10s}"]
+    for path, rep in report.get("t2i", {}).items():
+        for setting, m in rep.items():
+            lines.append(
+                f"{path[-44:]:44s} {setting:20s} {m['colour_recall']:7.1%} {m['colour_shape_recall']:9.1%} "
+                f"{m['cell_accuracy_of_matched']:10.1%} {m['size_accuracy_of_matched']:10.1%}"
+            )
+    for path, m in report.get("clip", {}).items():
+        lines.append(f"{path[-44:]:44s} {'retrieval top-1':20s} {m['top1_image_to_caption']:7.1%}  (chance {m['chance']:.1%})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Run manifests: the provenance written beside every artefact."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "diffusers",
+    "accelerate",
+    "numpy",
+    "pillow",
+    "scipy",
+)
+
+
+def git_revision(cwd: str | os.PathLike | None = None) -> str | None:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def build_manifest(stage: str, config: dict, seed: int | None, device: str = "cpu", precision: str = "fp32", **extra) -> dict:
+    """Everything needed to tell how an artefact was made. Volatile fields live under ``run``."""
+    return {
+        "stage": stage,
+        "config": config,
+        "seed": seed,
+        "device": device,
+        "precision": precision,
+        "packages": package_versions(),
+        "python": sys.version.split()[0],
+        "run": {
+            "git_revision": git_revision(Path(__file__).resolve().parent),
+            "platform": platform.platform(),
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        **extra,
+    }
+
+
+def write_manifest(path: str | os.PathLike, manifest: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

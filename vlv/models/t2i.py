@@ -1,0 +1,54 @@
+"""Load a text-to-image pipeline folder and render captions with it (toy or paper profile)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from . import pixel_autoencoder  # noqa: F401  (diffusers resolves the toy VAE class from sys.modules)
+from .hub import require_local
+
+
+def load_t2i_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    from diffusers import StableDiffusionPipeline
+
+    path = require_local(path, "text-to-image pipeline")
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+@torch.no_grad()
+def render_captions(
+    pipe,
+    captions: list[str],
+    guidance: float,
+    steps: int,
+    seed: int,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """uint8 NxHxWx3 renders; image i uses noise seeded by (seed, i), whatever the batching."""
+    out = []
+    for start in range(0, len(captions), batch_size):
+        chunk = captions[start : start + batch_size]
+        gens = [torch.Generator(device="cpu").manual_seed(seed * 100_003 + start + i) for i in range(len(chunk))]
+        h = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        latents = torch.stack(
+            [
+                torch.randn((pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size), generator=g)
+                for g in gens
+            ]
+        ).to(pipe.device, pipe.unet.dtype)
+        imgs = pipe(
+            chunk,
+            height=h,
+            width=h,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            latents=latents,
+            output_type="np",
+        ).images
+        out.append((np.clip(imgs, 0, 1) * 255).round().astype(np.uint8))
+    return np.concatenate(out)

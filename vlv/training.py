@@ -1,0 +1,133 @@
+"""Pieces every training stage shares: devices, seeds, schedules, checkpoints that resume, loss logs."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def warmup_cosine(step: int, total: int, warmup: int, final_ratio: float) -> float:
+    """LR multiplier: linear warmup, then one cosine over the *whole* remaining run to ``final_ratio``."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Checkpointer:
+    """Keeps the newest ``keep`` checkpoints under ``directory`` and resumes from the newest.
+
+    ``directory`` should be outside Snakemake's declared outputs, which it deletes on failure.
+    Each checkpoint is written to a temporary name and renamed, so a kill mid-write leaves the
+    previous one intact. Loading uses ``weights_only=True``.
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 2):
+        self.dir = Path(directory)
+        self.keep = keep
+
+    def _all(self) -> list[Path]:
+        if not self.dir.exists():
+            return []
+        return sorted(self.dir.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+    def latest(self) -> Path | None:
+        found = self._all()
+        return found[-1] if found else None
+
+    def save(self, step: int, state: dict) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"step-{step:08d}.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save({"step": step, **state}, tmp)
+        tmp.replace(path)
+        for old in self._all()[: -self.keep]:
+            old.unlink()
+        return path
+
+    def load_latest(self) -> dict | None:
+        path = self.latest()
+        if path is None:
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class LossLog:
+    """Appends ``step,loss,lr,seconds`` rows; on resume, drops rows past the resumed step."""
+
+    def __init__(self, path: str | os.PathLike, resume_step: int = 0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if resume_step > 0 and self.path.exists():
+            with self.path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with self.path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "loss", "lr", "seconds"])
+            for r in rows:
+                w.writerow([r["step"], r["loss"], r["lr"], r["seconds"]])
+
+    def append(self, step: int, loss: float, lr: float, seconds: float) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{seconds:.1f}"])
+
+
+def plot_loss(csv_path: str | os.PathLike, png_path: str | os.PathLike, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    steps = np.array([int(r["step"]) for r in rows])
+    loss = np.array([float(r["loss"]) for r in rows])
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot(steps, loss, lw=0.6, alpha=0.4, label="loss")
+    if len(loss) >= 20:
+        k = max(5, len(loss) // 30)
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1 :], smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
