@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     model = build_clip(m, len(tokenizer), spec.image_size, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     scenes, pool = trainer.image_pool(spec)
 
-    def loss_fn(step: int, rng: np.random.Generator) -> torch.Tensor:
+    def loss_fn(step: int, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
         idx = rng.choice(len(scenes), size=tr["batch_size"], replace=False)
         caps = [
             teacher_caption(scenes[i], spec) if rng.random() < tr["teacher_caption_prob"] else short_caption(scenes[i], rng)

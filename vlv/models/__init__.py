@@ -1,5 +1,6 @@
-"""Model library: the toy stand-ins, the VLV encoder and the frozen decoder wrappers."""
+"""Model library: the toy stand-ins, the VLV encoder and the frozen decoder wrappers.
 
-from .pixel_autoencoder import PixelUnshuffleAutoencoder
-
-__all__ = ["PixelUnshuffleAutoencoder"]
+Nothing heavy is imported here, so that ``vlv.config`` and the Snakefile load fast. The toy T2I
+pipeline's pixel-space VAE lives in ``vlv.models.pixel_autoencoder``; import that module before
+``StableDiffusionPipeline.from_pretrained(models/toy/t2i)`` (``vlv.models.t2i`` does).
+"""

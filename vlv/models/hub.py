@@ -36,3 +36,9 @@ def require_local(name_or_path: str | os.PathLike, what: str) -> str:
             f"Fetch it once with `huggingface-cli download {name}` (or `hf download {name}`) on a machine with "
             f"internet access, or set the config entry to a local folder. ({type(e).__name__})"
         ) from None
+
+
+def is_local_model(name_or_path: str | os.PathLike) -> bool:
+    """True for a folder path (existing or to be made by the workflow), False for a hub id."""
+    name = str(name_or_path)
+    return Path(name).exists() or name.startswith((".", "/", "~", "models/", "results/")) or name.count("/") != 1

@@ -1,0 +1,30 @@
+# VLV: the whole pipeline, from raw images to every table of the paper.
+#
+#   snakemake --cores 2 all            toy profile (config.yaml), offline, CPU
+#   snakemake --cores 2 pretrain_toy   retrain the toy stand-in models (outside `all`)
+#   snakemake --configfile config/paper.yaml --cores N all    paper profile
+#
+# This file only loads the config, validates it and includes one rule file per stage.
+
+
+from snakemake.utils import min_version
+
+min_version("9.12")
+
+
+configfile: "config.yaml"
+
+
+conda: "environment.yml"
+
+
+include: "rules/common.smk"
+include: "rules/generate_shapes.smk"
+include: "rules/pretrain_toy.smk"
+include: "rules/subset.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

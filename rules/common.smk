@@ -1,0 +1,53 @@
+# Helpers shared by the rule files: config validation, config values as JSON params, code inputs.
+
+import json
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from vlv.config import ConfigError, section, validate_config
+from vlv.models.hub import is_local_model
+
+try:
+    validate_config(config)
+except ConfigError as e:
+    raise WorkflowError(str(e))
+
+
+wildcard_constraints:
+    split="pool|pairs|eval",
+    t2i_name="t2i|renderer",
+
+
+def cfg_json(key, with_shapes=False):
+    """A config section as JSON for a stage's --params (optionally with the Shapes world beside it)."""
+    value = section(config, key)
+    if with_shapes:
+        value = {"shapes": config["shapes"], **value}
+    return json.dumps(value, sort_keys=True)
+
+
+def standin_benchmark_json():
+    return json.dumps(
+        {"shapes": config["shapes"], "benchmark": config["pretrain_toy"]["benchmark"]},
+        sort_keys=True,
+    )
+
+
+def code(*modules):
+    """Source files of a stage, as inputs, so that editing them reruns the stage."""
+    return [f"vlv/{m}.py" for m in modules]
+
+
+def model_input(name):
+    """A model folder as an input when it is local (or made by a rule); nothing for a hub id."""
+    value = config["models"][name]
+    return [value] if is_local_model(value) else []
+
+
+def final_outputs():
+    return [
+        "<results>/subset/subset.json",
+        "<results>/generate_shapes/pairs",
+        "<results>/generate_shapes/eval",
+    ]

@@ -1,0 +1,118 @@
+# Training the toy stand-in models (target `pretrain_toy`, outside `all`). `all` starts from the
+# committed folders under models/toy/; these rules write fresh ones under <results>/pretrain_toy/.
+# Checkpoints go to work/pretrain_toy/ (not a declared output, so a failed job keeps them and the
+# rerun resumes).
+
+
+rule pretrain_toy:
+    input:
+        "<results>/pretrain_toy/t2i",
+        "<results>/pretrain_toy/renderer",
+        "<results>/pretrain_toy/clip",
+        "<results>/pretrain_toy/lm",
+        "<results>/pretrain_toy/vision",
+        "<results>/pretrain_toy/benchmark.json",
+
+
+rule pretrain_toy_t2i:
+    input:
+        code=code("pretrain_toy_t2i", "standin_training", "models/toy", "shapes/captions"),
+    output:
+        directory("<results>/pretrain_toy/{t2i_name}"),
+    params:
+        cfg=lambda wc: cfg_json(f"pretrain_toy.{wc.t2i_name}", with_shapes=True),
+        work="work/pretrain_toy/{t2i_name}",
+    log:
+        "<logs>/pretrain_toy/{t2i_name}.log",
+    benchmark:
+        "<benchmarks>/pretrain_toy/{t2i_name}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    shell:
+        "python -m vlv.pretrain_toy_t2i --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
+
+
+rule pretrain_toy_clip:
+    input:
+        code=code("pretrain_toy_clip", "standin_training", "models/toy"),
+    output:
+        directory("<results>/pretrain_toy/clip"),
+    params:
+        cfg=cfg_json("pretrain_toy.clip", with_shapes=True),
+        work="work/pretrain_toy/clip",
+    log:
+        "<logs>/pretrain_toy/clip.log",
+    benchmark:
+        "<benchmarks>/pretrain_toy/clip.tsv"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "python -m vlv.pretrain_toy_clip --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
+
+
+rule pretrain_toy_lm:
+    input:
+        code=code("pretrain_toy_lm", "standin_training", "models/toy"),
+    output:
+        directory("<results>/pretrain_toy/lm"),
+    params:
+        cfg=cfg_json("pretrain_toy.lm", with_shapes=True),
+        work="work/pretrain_toy/lm",
+    log:
+        "<logs>/pretrain_toy/lm.log",
+    benchmark:
+        "<benchmarks>/pretrain_toy/lm.tsv"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "python -m vlv.pretrain_toy_lm --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
+
+
+rule pretrain_toy_vision:
+    input:
+        code=code("pretrain_toy_vision", "standin_training", "models/toy"),
+    output:
+        directory("<results>/pretrain_toy/vision"),
+    params:
+        cfg=cfg_json("pretrain_toy.vision", with_shapes=True),
+        work="work/pretrain_toy/vision",
+    log:
+        "<logs>/pretrain_toy/vision.log",
+    benchmark:
+        "<benchmarks>/pretrain_toy/vision.tsv"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "python -m vlv.pretrain_toy_vision --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
+
+
+rule benchmark_toy_standins:
+    input:
+        code=code("evaluate_standins", "shapes/detect"),
+        t2i="<results>/pretrain_toy/t2i",
+        renderer="<results>/pretrain_toy/renderer",
+        clip="<results>/pretrain_toy/clip",
+    output:
+        report="<results>/pretrain_toy/benchmark.json",
+        grid="<results>/pretrain_toy/samples.png",
+    params:
+        cfg=standin_benchmark_json(),
+    log:
+        "<logs>/pretrain_toy/benchmark.log",
+    benchmark:
+        "<benchmarks>/pretrain_toy/benchmark.tsv"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "python -m vlv.evaluate_standins --params {params.cfg:q} --t2i {input.t2i} --t2i {input.renderer} "
+        "--clip {input.clip} --out {output.report} --grid {output.grid} > {log} 2>&1"

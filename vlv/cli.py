@@ -1,0 +1,88 @@
+"""The ``vlv`` command line.
+
+    vlv config [KEY] [--configfile FILE ...]   print a validated config section as JSON
+    vlv parse-caption TEXT                      read a Shapes caption into objects and relations
+    vlv detect IMAGE [--image-size N]           list the flat-coloured objects in an image
+    vlv <stage> --params JSON ...               run one pipeline stage (what the Snakemake rules call)
+
+Stages: generate-shapes, pretrain-toy-t2i, pretrain-toy-clip, pretrain-toy-lm,
+pretrain-toy-vision, evaluate-standins, subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from dataclasses import asdict
+
+STAGES = {
+    "generate-shapes": "vlv.generate_shapes",
+    "pretrain-toy-t2i": "vlv.pretrain_toy_t2i",
+    "pretrain-toy-clip": "vlv.pretrain_toy_clip",
+    "pretrain-toy-lm": "vlv.pretrain_toy_lm",
+    "pretrain-toy-vision": "vlv.pretrain_toy_vision",
+    "evaluate-standins": "vlv.evaluate_standins",
+    "subset": "vlv.subset",
+}
+
+
+def _parse_caption(argv) -> int:
+    from .shapes.parse import parse_caption
+
+    p = argparse.ArgumentParser(prog="vlv parse-caption")
+    p.add_argument("text")
+    res = parse_caption(p.parse_args(argv).text)
+    print(json.dumps(asdict(res), indent=2))
+    return 0
+
+
+def _detect(argv) -> int:
+    import numpy as np
+
+    from .config import ROOT, load_config
+    from .data.shards import BadImage, decode_image
+    from .shapes.detect import detect
+    from .shapes.world import WorldSpec
+
+    p = argparse.ArgumentParser(prog="vlv detect")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--configfile", nargs="+", default=[str(ROOT / "config.yaml")])
+    args = p.parse_args(argv)
+    spec = WorldSpec.from_config(load_config(*args.configfile)["shapes"])
+    status = 0
+    for path in args.images:
+        try:
+            with open(path, "rb") as f:
+                img = np.asarray(decode_image(f.read()))
+        except (OSError, BadImage) as e:
+            print(f"{path}: cannot read image ({e})", file=sys.stderr)
+            status = 1
+            continue
+        print(json.dumps({"image": path, "objects": [asdict(d) for d in detect(img, spec)]}))
+    return status
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "config":
+        from .config import main as config_main
+
+        return config_main(rest)
+    if cmd == "parse-caption":
+        return _parse_caption(rest)
+    if cmd == "detect":
+        return _detect(rest)
+    if cmd in STAGES:
+        return importlib.import_module(STAGES[cmd]).main(rest)
+    print(f"vlv: unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""Select the stage-1 image subset: validity checks, CLIP-score ranking, top-N.
+
+Every sample of the input shards is either kept or rejected with a reason: no image member,
+undecodable (corrupt or truncated), too small, aspect ratio out of range, or below the top-N CLIP
+score. A shard that breaks off mid-file keeps the samples read before the break and records it.
+Nothing crashes on bad input. Scores are the cosine between the CLIP image embedding and the
+embedding of ``clip_prompt``.
+
+Inputs: ``--images DIR`` (tar shards), ``--clip DIR`` (a CLIPModel + processor folder).
+Outputs: ``--out DIR`` with ``subset.json`` (kept keys with scores, rejected keys with reasons,
+counts) and ``manifest.json``.
+
+Example:
+    python -m vlv.subset --params "$(python -m vlv.config subset)" \
+        --images results/generate_shapes/pool --clip models/toy/clip --out results/subset
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .cli_common import load_params, setup_logging, stage_parser
+from .data.shards import BadImage, decode_image, image_bytes, iter_shard, shard_paths
+from .manifest import build_manifest, write_manifest
+from .training import pick_device
+
+
+def check_image(parts: dict[str, bytes], cfg: dict):
+    """(image, None) for a usable image, (None, reason) otherwise."""
+    data = image_bytes(parts)
+    if data is None:
+        return None, "no image member in the sample"
+    try:
+        img = decode_image(data)
+    except BadImage as e:
+        return None, f"undecodable image ({e})"
+    w, h = img.size
+    if min(w, h) < cfg["min_side"]:
+        return None, f"too small: {w}x{h}, shorter side below {cfg['min_side']}"
+    aspect = w / h
+    if not cfg["min_aspect"] <= aspect <= cfg["max_aspect"]:
+        return None, f"aspect ratio {aspect:.2f} outside [{cfg['min_aspect']}, {cfg['max_aspect']}]"
+    return img, None
+
+
+class ClipScorer:
+    def __init__(self, path: str, prompt: str, device):
+        from transformers import AutoProcessor, CLIPModel
+
+        from .models.hub import require_local
+
+        path = require_local(path, "CLIP model")
+        self.model = CLIPModel.from_pretrained(path).to(device).eval()
+        self.proc = AutoProcessor.from_pretrained(path)
+        self.device = device
+        with torch.no_grad():
+            tok = self.proc(text=[prompt], return_tensors="pt", padding=True, truncation=True)
+            t = self.model.get_text_features(**{k: v.to(device) for k, v in tok.items()})
+            self.text = torch.nn.functional.normalize(getattr(t, "pooler_output", t), dim=-1)
+
+    @torch.no_grad()
+    def __call__(self, images) -> np.ndarray:
+        px = self.proc(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        f = self.model.get_image_features(pixel_values=px)
+        f = torch.nn.functional.normalize(getattr(f, "pooler_output", f), dim=-1)
+        return (f @ self.text.T).squeeze(-1).float().cpu().numpy()
+
+
+def select(images_dir: str, cfg: dict, scorer) -> dict:
+    kept, rejected = [], []
+    batch, batch_meta = [], []
+
+    def flush():
+        if batch:
+            for meta, s in zip(batch_meta, scorer(batch), strict=True):
+                kept.append({**meta, "clip_score": round(float(s), 6)})
+            batch.clear()
+            batch_meta.clear()
+
+    shards = shard_paths(images_dir)
+    if not shards:
+        raise SystemExit(f"no shard-*.tar files in {images_dir}")
+    bar = tqdm(desc="subset", unit="img", mininterval=5)
+    broken_shards = []
+    for shard in shards:
+        n_read = 0
+        try:
+            for key, parts in iter_shard(shard):
+                n_read += 1
+                bar.update()
+                img, reason = check_image(parts, cfg)
+                if reason is not None:
+                    rejected.append({"key": key, "shard": shard.name, "reason": reason})
+                    continue
+                batch.append(img)
+                batch_meta.append({"key": key, "shard": shard.name})
+                if len(batch) >= cfg["batch_size"]:
+                    flush()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            broken_shards.append({"shard": shard.name, "samples_read": n_read, "error": f"{type(e).__name__}: {e}"})
+    flush()
+    bar.close()
+    kept.sort(key=lambda r: (-r["clip_score"], r["key"]))
+    top_n = cfg["top_n"]
+    if top_n is not None and len(kept) > top_n:
+        for rank, r in enumerate(kept[top_n:], start=top_n + 1):
+            rejected.append({**r, "reason": f"below the top {top_n} by CLIP score (rank {rank})"})
+        kept = kept[:top_n]
+    for rank, r in enumerate(kept, start=1):
+        r["rank"] = rank
+    reasons: dict[str, int] = {}
+    for r in rejected:
+        kind = r["reason"].split(" (")[0].split(":")[0]
+        reasons[kind] = reasons.get(kind, 0) + 1
+    return {
+        "counts": {"seen": len(kept) + len(rejected), "kept": len(kept), "rejected": len(rejected), "by_reason": reasons},
+        "broken_shards": broken_shards,
+        "kept": kept,
+        "rejected": sorted(rejected, key=lambda r: r["key"]),
+    }
+
+
+def main(argv=None) -> int:
+    p = stage_parser(__doc__)
+    p.add_argument("--images", required=True, help="folder of tar shards")
+    p.add_argument("--clip", required=True, help="CLIP model folder (or hub id in the local cache)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    log = setup_logging()
+    cfg = load_params(args.params)
+    scorer = ClipScorer(args.clip, cfg["clip_prompt"], pick_device(args.device))
+    result = select(args.images, cfg, scorer)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "subset.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_manifest(out / "manifest.json", build_manifest("subset", cfg, None, device=str(scorer.device), counts=result["counts"], clip=args.clip))
+    c = result["counts"]
+    log.info("kept %d of %d images; rejected %s", c["kept"], c["seen"], c["by_reason"] or "none")
+    for b in result["broken_shards"]:
+        log.warning("shard %s broke off after %d samples: %s", b["shard"], b["samples_read"], b["error"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
