@@ -15,7 +15,13 @@ min_version("9.12")
 configfile: "config.yaml"
 
 
-conda: "environment.yml"
+envvars:
+    "PATH",
+
+
+wildcard_constraints:
+    split="pool|pairs|eval",
+    t2i_name="t2i|renderer",
 
 
 include: "rules/common.smk"

@@ -1,9 +1,13 @@
-# Helpers shared by the rule files: config validation, config values as JSON params, code inputs.
+# Helpers shared by all stages. Config validation, config sections as JSON params, code inputs.
 
 import json
+import os
 import sys
 
 sys.path.insert(0, workflow.basedir)
+# Jobs run `python -m vlv...`: make that the interpreter running Snakemake (the project's venv),
+# whether or not the venv is activated.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 from vlv.config import ConfigError, section, validate_config
 from vlv.models.hub import is_local_model
@@ -12,11 +16,6 @@ try:
     validate_config(config)
 except ConfigError as e:
     raise WorkflowError(str(e))
-
-
-wildcard_constraints:
-    split="pool|pairs|eval",
-    t2i_name="t2i|renderer",
 
 
 def cfg_json(key, with_shapes=False):
@@ -43,6 +42,15 @@ def model_input(name):
     """A model folder as an input when it is local (or made by a rule); nothing for a hub id."""
     value = config["models"][name]
     return [value] if is_local_model(value) else []
+
+
+def model_arg(name):
+    """The model argument of a job: its input folder when local, else the hub id from the config."""
+
+    def arg(wildcards, input):
+        return str(getattr(input, name)) or config["models"][name]
+
+    return arg
 
 
 def final_outputs():

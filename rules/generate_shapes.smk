@@ -3,18 +3,22 @@
 
 rule generate_shapes:
     input:
-        code=code("generate_shapes", "shapes/world", "shapes/captions", "shapes/splits", "data/shards"),
+        code=code(
+            "generate_shapes", "shapes/world", "shapes/captions", "shapes/splits", "data/shards"
+        ),
     output:
         directory("<results>/generate_shapes/{split}"),
-    params:
-        cfg=cfg_json("shapes"),
     log:
         "<logs>/generate_shapes/{split}.log",
     benchmark:
         "<benchmarks>/generate_shapes/{split}.tsv"
+    conda:
+        "../environment.yml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        cfg=cfg_json("shapes"),
     shell:
         "python -m vlv.generate_shapes --params {params.cfg:q} --split {wildcards.split} --out {output} > {log} 2>&1"

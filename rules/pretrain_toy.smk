@@ -19,17 +19,19 @@ rule pretrain_toy_t2i:
         code=code("pretrain_toy_t2i", "standin_training", "models/toy", "shapes/captions"),
     output:
         directory("<results>/pretrain_toy/{t2i_name}"),
-    params:
-        cfg=lambda wc: cfg_json(f"pretrain_toy.{wc.t2i_name}", with_shapes=True),
-        work="work/pretrain_toy/{t2i_name}",
     log:
         "<logs>/pretrain_toy/{t2i_name}.log",
     benchmark:
         "<benchmarks>/pretrain_toy/{t2i_name}.tsv"
+    conda:
+        "../environment.yml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=240,
+    params:
+        cfg=lambda wc: cfg_json(f"pretrain_toy.{wc.t2i_name}", with_shapes=True),
+        work="work/pretrain_toy/{t2i_name}",
     shell:
         "python -m vlv.pretrain_toy_t2i --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 
@@ -39,17 +41,19 @@ rule pretrain_toy_clip:
         code=code("pretrain_toy_clip", "standin_training", "models/toy"),
     output:
         directory("<results>/pretrain_toy/clip"),
-    params:
-        cfg=cfg_json("pretrain_toy.clip", with_shapes=True),
-        work="work/pretrain_toy/clip",
     log:
         "<logs>/pretrain_toy/clip.log",
     benchmark:
         "<benchmarks>/pretrain_toy/clip.tsv"
+    conda:
+        "../environment.yml"
     threads: 2
     resources:
         mem_mb=3000,
         runtime=30,
+    params:
+        cfg=cfg_json("pretrain_toy.clip", with_shapes=True),
+        work="work/pretrain_toy/clip",
     shell:
         "python -m vlv.pretrain_toy_clip --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 
@@ -59,17 +63,19 @@ rule pretrain_toy_lm:
         code=code("pretrain_toy_lm", "standin_training", "models/toy"),
     output:
         directory("<results>/pretrain_toy/lm"),
-    params:
-        cfg=cfg_json("pretrain_toy.lm", with_shapes=True),
-        work="work/pretrain_toy/lm",
     log:
         "<logs>/pretrain_toy/lm.log",
     benchmark:
         "<benchmarks>/pretrain_toy/lm.tsv"
+    conda:
+        "../environment.yml"
     threads: 2
     resources:
         mem_mb=3000,
         runtime=30,
+    params:
+        cfg=cfg_json("pretrain_toy.lm", with_shapes=True),
+        work="work/pretrain_toy/lm",
     shell:
         "python -m vlv.pretrain_toy_lm --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 
@@ -79,17 +85,19 @@ rule pretrain_toy_vision:
         code=code("pretrain_toy_vision", "standin_training", "models/toy"),
     output:
         directory("<results>/pretrain_toy/vision"),
-    params:
-        cfg=cfg_json("pretrain_toy.vision", with_shapes=True),
-        work="work/pretrain_toy/vision",
     log:
         "<logs>/pretrain_toy/vision.log",
     benchmark:
         "<benchmarks>/pretrain_toy/vision.tsv"
+    conda:
+        "../environment.yml"
     threads: 2
     resources:
         mem_mb=3000,
         runtime=30,
+    params:
+        cfg=cfg_json("pretrain_toy.vision", with_shapes=True),
+        work="work/pretrain_toy/vision",
     shell:
         "python -m vlv.pretrain_toy_vision --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 
@@ -103,16 +111,18 @@ rule benchmark_toy_standins:
     output:
         report="<results>/pretrain_toy/benchmark.json",
         grid="<results>/pretrain_toy/samples.png",
-    params:
-        cfg=standin_benchmark_json(),
     log:
         "<logs>/pretrain_toy/benchmark.log",
     benchmark:
         "<benchmarks>/pretrain_toy/benchmark.tsv"
+    conda:
+        "../environment.yml"
     threads: 2
     resources:
         mem_mb=3000,
         runtime=30,
+    params:
+        cfg=standin_benchmark_json(),
     shell:
         "python -m vlv.evaluate_standins --params {params.cfg:q} --t2i {input.t2i} --t2i {input.renderer} "
         "--clip {input.clip} --out {output.report} --grid {output.grid} > {log} 2>&1"

@@ -9,18 +9,20 @@ rule subset:
     output:
         subset="<results>/subset/subset.json",
         manifest="<results>/subset/manifest.json",
-    params:
-        cfg=cfg_json("subset"),
-        clip=config["models"]["clip"],
-        out=subpath(output.subset, parent=True),
     log:
         "<logs>/subset/subset.log",
     benchmark:
         "<benchmarks>/subset/subset.tsv"
+    conda:
+        "../environment.yml"
     threads: 2
     resources:
         mem_mb=3000,
         runtime=30,
+    params:
+        cfg=cfg_json("subset"),
+        clip=model_arg("clip"),
+        out=subpath(output.subset, parent=True),
     shell:
         "python -m vlv.subset --params {params.cfg:q} --images {input.images} --clip {params.clip} "
         "--out {params.out} > {log} 2>&1"

@@ -9,7 +9,9 @@ import sys
 
 
 def stage_parser(doc: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=(doc or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument(
         "--params",
         required=True,

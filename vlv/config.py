@@ -65,7 +65,9 @@ def validate_config(cfg: dict, schema_path: str | Path = SCHEMA) -> dict:
             extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
             for k in extra:
                 key = f"{where}.{k}" if where != "<top level>" else k
-                problems.append(f"unknown config key '{key}' (allowed here: {', '.join(sorted(e.schema.get('properties', {})))})")
+                problems.append(
+                    f"unknown config key '{key}' (allowed here: {', '.join(sorted(e.schema.get('properties', {})))})"
+                )
         else:
             problems.append(f"config key '{where}': {e.message}")
     problems.extend(_cross_checks(cfg))

@@ -33,7 +33,9 @@ def eval_captions(scenes, seed: int) -> list[str]:
     return [short_caption(s, rng, phrasing=0) for s in scenes]
 
 
-def t2i_report(path: str, scenes, captions, spec: WorldSpec, guidances, steps: int, seed: int, device) -> tuple[dict, dict]:
+def t2i_report(
+    path: str, scenes, captions, spec: WorldSpec, guidances, steps: int, seed: int, device
+) -> tuple[dict, dict]:
     from .models.t2i import load_t2i_pipeline, render_captions
 
     pipe = load_t2i_pipeline(path, device)
@@ -60,15 +62,28 @@ def clip_retrieval(path: str, scenes, spec: WorldSpec, device) -> dict:
     proc = AutoProcessor.from_pretrained(path)
     texts = [teacher_caption(s, spec) for s in scenes]
     images = list(render_array(scenes, spec))
-    inp = proc(text=texts, images=images, return_tensors="pt", padding="max_length", truncation=True, max_length=model.config.text_config.max_position_embeddings)
+    inp = proc(
+        text=texts,
+        images=images,
+        return_tensors="pt",
+        padding="max_length",
+        truncation=True,
+        max_length=model.config.text_config.max_position_embeddings,
+    )
     img = model.get_image_features(pixel_values=inp["pixel_values"].to(device))
-    txt = model.get_text_features(input_ids=inp["input_ids"].to(device), attention_mask=inp["attention_mask"].to(device))
+    txt = model.get_text_features(
+        input_ids=inp["input_ids"].to(device), attention_mask=inp["attention_mask"].to(device)
+    )
     img = getattr(img, "pooler_output", img)
     txt = getattr(txt, "pooler_output", txt)
     sim = torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T
     best = sim.argmax(-1).cpu().numpy()
     correct = [texts[b] == texts[i] for i, b in enumerate(best)]
-    return {"images": len(texts), "top1_image_to_caption": float(np.mean(correct)), "chance": float(np.mean([sum(t == u for u in texts) / len(texts) for t in texts]))}
+    return {
+        "images": len(texts),
+        "top1_image_to_caption": float(np.mean(correct)),
+        "chance": float(np.mean([sum(t == u for u in texts) / len(texts) for t in texts])),
+    }
 
 
 def save_grid(path: Path, gt: np.ndarray, rows: dict[str, np.ndarray], captions: list[str], n: int = 8) -> None:
@@ -77,8 +92,9 @@ def save_grid(path: Path, gt: np.ndarray, rows: dict[str, np.ndarray], captions:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    n = min(n, len(gt))
     names = ["original"] + list(rows)
-    fig, axes = plt.subplots(len(names), n, figsize=(1.6 * n, 1.7 * len(names)), dpi=110)
+    fig, axes = plt.subplots(len(names), n, figsize=(1.6 * n, 1.7 * len(names)), dpi=110, squeeze=False)
     for j in range(n):
         for i, name in enumerate(names):
             ax = axes[i, j]
@@ -122,7 +138,9 @@ def main(argv=None) -> int:
     report: dict = {"n_images": len(scenes), "sampler_steps": b["sampler_steps"], "seed": b["seed"], "t2i": {}}
     for k, path in enumerate(args.t2i):
         log.info("rendering %d captions with %s", len(captions), path)
-        rep, renders = t2i_report(path, scenes, captions, spec, b["guidance_scales"], b["sampler_steps"], b["seed"], device)
+        rep, renders = t2i_report(
+            path, scenes, captions, spec, b["guidance_scales"], b["sampler_steps"], b["seed"], device
+        )
         report["t2i"][path] = rep
         if k == 0 and args.grid:
             save_grid(Path(args.grid), render_array(scenes[:8], spec), renders, captions)
@@ -143,7 +161,9 @@ def format_report(report: dict) -> str:
                 f"{m['cell_accuracy_of_matched']:10.1%} {m['size_accuracy_of_matched']:10.1%}"
             )
     for path, m in report.get("clip", {}).items():
-        lines.append(f"{path[-44:]:44s} {'retrieval top-1':20s} {m['top1_image_to_caption']:7.1%}  (chance {m['chance']:.1%})")
+        lines.append(
+            f"{path[-44:]:44s} {'retrieval top-1':20s} {m['top1_image_to_caption']:7.1%}  (chance {m['chance']:.1%})"
+        )
     return "\n".join(lines)
 
 

@@ -85,11 +85,21 @@ def main(argv=None) -> int:
         write_shard(
             path,
             (
-                (r["key"], {"png": r["png"], "json": json.dumps({x: r[x] for x in ("id", "scene", "captions", "teacher_caption")}, sort_keys=True).encode()})
+                (
+                    r["key"],
+                    {
+                        "png": r["png"],
+                        "json": json.dumps(
+                            {x: r[x] for x in ("id", "scene", "captions", "teacher_caption")}, sort_keys=True
+                        ).encode(),
+                    },
+                )
                 for r in chunk
             ),
         )
-        shards.append({"file": path.name, "samples": len(chunk), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+        shards.append(
+            {"file": path.name, "samples": len(chunk), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        )
     with (out / "scenes.jsonl").open("w") as f:
         for r in records:
             f.write(json.dumps({"key": r["key"], **r["scene"]}, sort_keys=True) + "\n")

@@ -50,7 +50,9 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def build_manifest(stage: str, config: dict, seed: int | None, device: str = "cpu", precision: str = "fp32", **extra) -> dict:
+def build_manifest(
+    stage: str, config: dict, seed: int | None, device: str = "cpu", precision: str = "fp32", **extra
+) -> dict:
     """Everything needed to tell how an artefact was made. Volatile fields live under ``run``."""
     return {
         "stage": stage,

@@ -29,13 +29,17 @@ def main(argv=None) -> int:
     m, tr = params["model"], params["train"]
     trainer = StandinTrainer("pretrain_toy_clip", args, params, log)
     tokenizer = train_clip_tokenizer(shapes_corpus(spec, seed=tr["seed"]), m["vocab_size"], m["max_length"])
-    model = build_clip(m, len(tokenizer), spec.image_size, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    model = build_clip(
+        m, len(tokenizer), spec.image_size, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
     scenes, pool = trainer.image_pool(spec)
 
     def loss_fn(step: int, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
         idx = rng.choice(len(scenes), size=tr["batch_size"], replace=False)
         caps = [
-            teacher_caption(scenes[i], spec) if rng.random() < tr["teacher_caption_prob"] else short_caption(scenes[i], rng)
+            teacher_caption(scenes[i], spec)
+            if rng.random() < tr["teacher_caption_prob"]
+            else short_caption(scenes[i], rng)
             for i in idx
         ]
         tok = tokenizer(caps, padding="max_length", max_length=m["max_length"], truncation=True, return_tensors="pt")

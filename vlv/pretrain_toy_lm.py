@@ -49,7 +49,9 @@ def main(argv=None) -> int:
     def loss_fn(step: int, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
         idx = rng.integers(len(scenes), size=tr["batch_size"])
         texts = [
-            teacher_caption(scenes[i], spec) if rng.random() < tr["teacher_caption_prob"] else short_caption(scenes[i], rng)
+            teacher_caption(scenes[i], spec)
+            if rng.random() < tr["teacher_caption_prob"]
+            else short_caption(scenes[i], rng)
             for i in idx
         ]
         batch = {k: v.to(trainer.device) for k, v in lm_batch(texts, tokenizer, m["max_length"]).items()}

@@ -28,7 +28,9 @@ from .shapes.world import WorldSpec
 from .standin_training import StandinTrainer, standin_args
 
 
-def batch_captions(scenes, idx, rng: np.random.Generator, spec: WorldSpec, teacher_prob: float, dropout: float) -> list[str]:
+def batch_captions(
+    scenes, idx, rng: np.random.Generator, spec: WorldSpec, teacher_prob: float, dropout: float
+) -> list[str]:
     caps = []
     for i in idx:
         if rng.random() < dropout:

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models.toy import build_florence2, florence2_image_tokens, florence2_processor, shapes_corpus, train_bart_tokenizer
+from .models.toy import (
+    build_florence2,
+    florence2_image_tokens,
+    florence2_processor,
+    shapes_corpus,
+    train_bart_tokenizer,
+)
 from .shapes.world import Scene, WorldSpec
 from .standin_training import StandinTrainer, standin_args
 

@@ -24,7 +24,16 @@ from .cli_common import load_params, setup_logging, stage_parser
 from .manifest import build_manifest, write_manifest
 from .models.toy import images_to_tensor
 from .shapes.world import WorldSpec, render_array, sample_scenes
-from .training import Checkpointer, LossLog, pick_device, plot_loss, rng_state, seed_everything, set_rng_state, warmup_cosine
+from .training import (
+    Checkpointer,
+    LossLog,
+    pick_device,
+    plot_loss,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    warmup_cosine,
+)
 
 
 def standin_args(doc: str | None, argv=None) -> tuple[argparse.Namespace, dict, logging.Logger]:

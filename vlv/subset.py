@@ -119,7 +119,12 @@ def select(images_dir: str, cfg: dict, scorer) -> dict:
         kind = r["reason"].split(" (")[0].split(":")[0]
         reasons[kind] = reasons.get(kind, 0) + 1
     return {
-        "counts": {"seen": len(kept) + len(rejected), "kept": len(kept), "rejected": len(rejected), "by_reason": reasons},
+        "counts": {
+            "seen": len(kept) + len(rejected),
+            "kept": len(kept),
+            "rejected": len(rejected),
+            "by_reason": reasons,
+        },
         "broken_shards": broken_shards,
         "kept": kept,
         "rejected": sorted(rejected, key=lambda r: r["key"]),
@@ -140,7 +145,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "subset.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_manifest(out / "manifest.json", build_manifest("subset", cfg, None, device=str(scorer.device), counts=result["counts"], clip=args.clip))
+    write_manifest(
+        out / "manifest.json",
+        build_manifest("subset", cfg, None, device=str(scorer.device), counts=result["counts"], clip=args.clip),
+    )
     c = result["counts"]
     log.info("kept %d of %d images; rejected %s", c["kept"], c["seen"], c["by_reason"] or "none")
     for b in result["broken_shards"]:

@@ -96,7 +96,9 @@ def image_bytes(parts: dict[str, bytes]) -> bytes | None:
     return next((parts[e] for e in IMAGE_EXTS if e in parts), None)
 
 
-def load_images(directory: str | os.PathLike, keys: list[str] | None = None) -> tuple[list[str], np.ndarray, list[dict]]:
+def load_images(
+    directory: str | os.PathLike, keys: list[str] | None = None
+) -> tuple[list[str], np.ndarray, list[dict]]:
     """Decode a shard folder (or the given keys of it) into uint8 NxHxWx3 with metadata."""
     wanted = set(keys) if keys is not None else None
     out_keys, images, metas = [], [], []

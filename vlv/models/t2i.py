@@ -15,7 +15,9 @@ def load_t2i_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu
     from diffusers import StableDiffusionPipeline
 
     path = require_local(path, "text-to-image pipeline")
-    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False, torch_dtype=dtype)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        path, safety_checker=None, requires_safety_checker=False, dtype=dtype
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -37,7 +39,10 @@ def render_captions(
         h = pipe.unet.config.sample_size * pipe.vae_scale_factor
         latents = torch.stack(
             [
-                torch.randn((pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size), generator=g)
+                torch.randn(
+                    (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size),
+                    generator=g,
+                )
                 for g in gens
             ]
         ).to(pipe.device, pipe.unet.dtype)

@@ -71,7 +71,9 @@ def learn_bpe_merges(words: Counter, n_merges: int) -> list[tuple[str, str]]:
     return merges
 
 
-def _bpe_files(d: Path, corpus: list[str], vocab_size: int, specials: list[str], eow: str, lowercase: bool, pattern: str) -> None:
+def _bpe_files(
+    d: Path, corpus: list[str], vocab_size: int, specials: list[str], eow: str, lowercase: bool, pattern: str
+) -> None:
     """Write vocab.json and merges.txt of a byte-level BPE learnt deterministically on ``corpus``."""
     to_unicode = _byte_to_unicode()
     words: Counter = Counter()

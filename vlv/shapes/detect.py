@@ -118,7 +118,8 @@ def summarise(scores: list[SceneScore]) -> dict[str, float]:
         "cell_accuracy_of_matched": sum(s.cell_hits for s in scores) / max(cs, 1),
         "size_accuracy_of_matched": sum(s.size_hits for s in scores) / max(cs, 1),
         "colour_shape_cell_recall": sum(s.cell_hits for s in scores) / max(n, 1),
-        "mean_center_error_px": float(np.mean(errs)) if errs else float("nan"),
-        "mean_scale_error": float(np.mean(scale)) if scale else float("nan"),
+        # None (JSON null), not NaN, when nothing matched: the reports must stay valid JSON.
+        "mean_center_error_px": float(np.mean(errs)) if errs else None,
+        "mean_scale_error": float(np.mean(scale)) if scale else None,
         "extra_detections_per_image": sum(s.extra for s in scores) / max(len(scores), 1),
     }

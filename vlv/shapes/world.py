@@ -51,7 +51,7 @@ class WorldSpec:
     background: tuple[int, int, int] = (128, 128, 128)
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "WorldSpec":
+    def from_config(cls, cfg: dict) -> WorldSpec:
         return cls(
             image_size=int(cfg["image_size"]),
             grid=int(cfg["grid"]),
@@ -123,7 +123,7 @@ class Scene:
         return {"id": self.id, "objects": [asdict(o) for o in self.objects]}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Scene":
+    def from_json(cls, d: dict) -> Scene:
         objs = []
         for o in d["objects"]:
             o = dict(o)

@@ -1,0 +1,61 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests touches the network: a hub id fails in seconds instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+MICRO = ROOT / "tests" / "config.micro.yaml"
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def toy_config() -> dict:
+    from vlv.config import load_config, validate_config
+
+    return validate_config(load_config(ROOT / "config.yaml"))
+
+
+@pytest.fixture(scope="session")
+def micro_config() -> dict:
+    from vlv.config import load_config, validate_config
+
+    return validate_config(load_config(ROOT / "config.yaml", MICRO))
+
+
+def workflow_dir(tmp: Path) -> Path:
+    """A scratch working directory that sees the package and the committed stand-ins."""
+    for name in ("vlv", "models"):
+        (tmp / name).symlink_to(ROOT / name)
+    return tmp
+
+
+def run_snakemake(workdir: Path, *args: str, configfiles=(ROOT / "config.yaml", MICRO), check=True):
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    exe = shutil.which("snakemake", path=env["PATH"])
+    cmd = [
+        exe,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        *map(str, configfiles),
+        *args,
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res

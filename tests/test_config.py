@@ -1,0 +1,51 @@
+import copy
+
+import pytest
+
+from vlv.config import ConfigError, load_config, validate_config
+
+
+def test_toy_paper_and_micro_configs_validate(root):
+    validate_config(load_config(root / "config.yaml"))
+    paper = validate_config(load_config(root / "config.yaml", root / "config" / "paper.yaml"))
+    assert paper["profile"] == "paper"
+    assert paper["models"]["t2i"] == "stabilityai/stable-diffusion-2-1-base"
+    assert paper["stage1"]["image_size"] == 384 and paper["stage1"]["lr"] == 5e-5
+    assert paper["pathvars"]["results"] == "results/paper"
+    validate_config(load_config(root / "config.yaml", root / "tests" / "config.micro.yaml"))
+
+
+def test_unknown_key_is_named(toy_config):
+    cfg = copy.deepcopy(toy_config)
+    cfg["shapes"]["colour"] = ["red"]
+    with pytest.raises(ConfigError, match=r"unknown config key 'shapes\.colour'"):
+        validate_config(cfg)
+
+
+def test_unknown_nested_key_is_named(toy_config):
+    cfg = copy.deepcopy(toy_config)
+    cfg["pretrain_toy"]["t2i"]["train"]["stepz"] = 3
+    with pytest.raises(ConfigError, match=r"pretrain_toy\.t2i\.train\.stepz"):
+        validate_config(cfg)
+
+
+def test_mistyped_value_is_named(toy_config):
+    cfg = copy.deepcopy(toy_config)
+    cfg["stage1"]["lr"] = "fast"
+    with pytest.raises(ConfigError, match=r"'stage1\.lr'.*not of type 'number'"):
+        validate_config(cfg)
+
+
+def test_profiles_cannot_share_an_output_root(toy_config):
+    cfg = copy.deepcopy(toy_config)
+    cfg["profile"] = "paper"  # paper values written under the toy root would mix artefacts
+    with pytest.raises(ConfigError, match=r"pathvars\.results"):
+        validate_config(cfg)
+
+
+def test_overlay_merges_deeply(tmp_path, root):
+    over = tmp_path / "o.yaml"
+    over.write_text("shapes:\n  splits:\n    eval:\n      n: 7\n")
+    cfg = load_config(root / "config.yaml", over)
+    assert cfg["shapes"]["splits"]["eval"] == {"seed": 3, "n": 7}
+    assert cfg["shapes"]["splits"]["pool"]["n"] == 20000

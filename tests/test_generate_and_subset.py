@@ -1,0 +1,128 @@
+import json
+import tarfile
+
+import pytest
+
+from vlv import generate_shapes, subset
+from vlv.data.shards import BadImage, decode_image, encode_png, iter_dir, iter_shard, write_shard
+
+
+def _generate(micro_config, split, out):
+    assert (
+        generate_shapes.main(["--params", json.dumps(micro_config["shapes"]), "--split", split, "--out", str(out)]) == 0
+    )
+
+
+def test_generate_shapes_is_byte_identical_across_runs(micro_config, tmp_path):
+    _generate(micro_config, "eval", tmp_path / "a")
+    _generate(micro_config, "eval", tmp_path / "b")
+    for name in ("shard-00000.tar", "scenes.jsonl", "captions_coco.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    coco = json.loads((tmp_path / "a" / "captions_coco.json").read_text())
+    n = micro_config["shapes"]["splits"]["eval"]["n"]
+    assert len(coco["images"]) == n
+    assert len(coco["annotations"]) == n * micro_config["shapes"]["eval_references"]
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert man["samples"] == n and man["seed"] == 3 and "torch" in man["packages"]
+
+
+def test_shards_hold_image_and_scene_per_sample(micro_config, tmp_path):
+    _generate(micro_config, "pool", tmp_path / "pool")
+    samples = list(iter_dir(tmp_path / "pool"))
+    assert len(samples) == micro_config["shapes"]["splits"]["pool"]["n"]
+    key, parts = samples[0]
+    assert set(parts) == {"png", "json"}
+    meta = json.loads(parts["json"])
+    assert meta["scene"]["objects"] and meta["teacher_caption"].startswith("The image shows")
+    assert decode_image(parts["png"]).size == (32, 32)
+
+
+def test_decode_image_rejects_truncated_and_garbage_bytes():
+    png = encode_png(__import__("numpy").zeros((8, 8, 3), "uint8"))
+    with pytest.raises(BadImage):
+        decode_image(png[: len(png) // 2])
+    with pytest.raises(BadImage):
+        decode_image(b"not an image at all")
+
+
+def _pool_with_bad_samples(micro_config, tmp_path):
+    """The micro pool plus a shard holding a corrupt, a truncated, a tiny and a wide image."""
+    pool = tmp_path / "pool"
+    _generate(micro_config, "pool", pool)
+    import numpy as np
+
+    noisy = encode_png(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    write_shard(
+        pool / "shard-00099.tar",
+        [
+            ("bad00001", {"png": b"\x89PNG\r\n\x1a\n garbage"}),
+            ("bad00002", {"png": noisy[: int(len(noisy) * 0.6)]}),
+            ("bad00003", {"png": encode_png(np.zeros((8, 8, 3), np.uint8))}),
+            ("bad00004", {"png": encode_png(np.zeros((32, 96, 3), np.uint8))}),
+            ("bad00005", {"json": b"{}"}),
+        ],
+    )
+    return pool
+
+
+def test_subset_skips_and_explains_every_bad_image(micro_config, tmp_path, root):
+    pool = _pool_with_bad_samples(micro_config, tmp_path)
+    out = tmp_path / "subset"
+    rc = subset.main(
+        [
+            "--params",
+            json.dumps(micro_config["subset"]),
+            "--images",
+            str(pool),
+            "--clip",
+            str(root / "models/toy/clip"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    res = json.loads((out / "subset.json").read_text())
+    reasons = {r["key"]: r["reason"] for r in res["rejected"]}
+    assert reasons["bad00001"].startswith("undecodable image")
+    assert reasons["bad00002"].startswith("undecodable image")
+    assert reasons["bad00003"].startswith("too small")
+    assert reasons["bad00004"].startswith("aspect ratio 3.00")
+    assert reasons["bad00005"] == "no image member in the sample"
+    n_pool = micro_config["shapes"]["splits"]["pool"]["n"]
+    top_n = micro_config["subset"]["top_n"]
+    assert res["counts"]["kept"] == top_n and res["counts"]["seen"] == n_pool + 5
+    assert sum(r["reason"].startswith("below the top") for r in res["rejected"]) == n_pool - top_n
+    scores = [r["clip_score"] for r in res["kept"]]
+    assert scores == sorted(scores, reverse=True)
+    kept_min = min(scores)
+    assert all(r["clip_score"] <= kept_min for r in res["rejected"] if "clip_score" in r)
+
+
+def test_subset_survives_a_shard_that_breaks_off(micro_config, tmp_path, root):
+    pool = tmp_path / "pool"
+    _generate(micro_config, "pool", pool)
+    shard = pool / "shard-00001.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2 + 100])
+    with pytest.raises(tarfile.TarError):
+        list(iter_shard(shard))
+    out = tmp_path / "subset"
+    cfg = {**micro_config["subset"], "top_n": None}
+    assert (
+        subset.main(
+            [
+                "--params",
+                json.dumps(cfg),
+                "--images",
+                str(pool),
+                "--clip",
+                str(root / "models/toy/clip"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    res = json.loads((out / "subset.json").read_text())
+    assert [b["shard"] for b in res["broken_shards"]] == ["shard-00001.tar"]
+    assert 32 < res["counts"]["kept"] < 64

@@ -1,0 +1,79 @@
+import json
+import shutil
+
+import pytest
+from conftest import ROOT, run_snakemake, workflow_dir
+
+pytestmark = pytest.mark.workflow
+
+
+def test_dry_run_of_all_lists_the_stages(tmp_path):
+    res = run_snakemake(workflow_dir(tmp_path), "-n", "--cores", "1", "all")
+    out = res.stdout + res.stderr
+    for rule in ("generate_shapes", "subset"):
+        assert rule in out
+    assert "pretrain_toy_t2i" not in out  # `all` starts from the committed stand-ins
+
+
+def test_dry_run_of_pretrain_toy(tmp_path):
+    res = run_snakemake(workflow_dir(tmp_path), "-n", "--cores", "1", "pretrain_toy")
+    out = res.stdout + res.stderr
+    for rule in (
+        "pretrain_toy_t2i",
+        "pretrain_toy_clip",
+        "pretrain_toy_lm",
+        "pretrain_toy_vision",
+        "benchmark_toy_standins",
+    ):
+        assert rule in out
+
+
+def test_dry_run_of_the_paper_profile_writes_under_its_own_root(tmp_path):
+    res = run_snakemake(
+        workflow_dir(tmp_path),
+        "-n",
+        "--cores",
+        "1",
+        "all",
+        configfiles=(ROOT / "config.yaml", ROOT / "config" / "paper.yaml"),
+    )
+    out = res.stdout + res.stderr
+    assert "results/paper/subset/subset.json" in out
+    assert "results/subset/subset.json" not in out
+
+
+def test_bad_config_stops_before_any_job_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("subset:\n  top_m: 3\n")
+    (tmp_path / "w").mkdir()
+    res = run_snakemake(
+        workflow_dir(tmp_path / "w"), "-n", "--cores", "1", "all", configfiles=(ROOT / "config.yaml", bad), check=False
+    )
+    assert res.returncode != 0
+    assert "unknown config key 'subset.top_m'" in res.stdout + res.stderr
+
+
+def test_micro_all_end_to_end_then_nothing_to_do(tmp_path):
+    wd = workflow_dir(tmp_path)
+    run_snakemake(wd, "--cores", "2", "all")
+    res = json.loads((wd / "results/subset/subset.json").read_text())
+    assert res["counts"]["kept"] == 48
+    for split in ("pool", "pairs", "eval"):
+        assert (wd / "results/generate_shapes" / split / "manifest.json").exists()
+        assert (wd / "benchmarks/generate_shapes" / f"{split}.tsv").exists()
+    again = run_snakemake(wd, "-n", "--cores", "1", "all")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_micro_pretrain_toy_end_to_end(tmp_path):
+    wd = workflow_dir(tmp_path)
+    run_snakemake(wd, "--cores", "2", "pretrain_toy")
+    for name in ("t2i", "renderer", "clip", "lm", "vision"):
+        folder = wd / "results/pretrain_toy" / name
+        assert (folder / "manifest.json").exists() and (folder / "loss.csv").exists(), name
+    report = json.loads((wd / "results/pretrain_toy/benchmark.json").read_text())
+    assert set(report["t2i"]) == {"results/pretrain_toy/t2i", "results/pretrain_toy/renderer"}
+    assert 0.0 <= report["clip"]["results/pretrain_toy/clip"]["top1_image_to_caption"] <= 1.0
+    assert (wd / "results/pretrain_toy/samples.png").stat().st_size > 0
+    shutil.rmtree(wd / "results")
