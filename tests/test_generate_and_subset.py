@@ -35,6 +35,15 @@ def test_shards_hold_image_and_scene_per_sample(micro_config, tmp_path):
     meta = json.loads(parts["json"])
     assert meta["scene"]["objects"] and meta["teacher_caption"].startswith("The image shows")
     assert decode_image(parts["png"]).size == (32, 32)
+    for _, parts in samples:
+        scene = json.loads(parts["json"])["scene"]
+        n = len(scene["objects"])
+        # every ordered pair of objects in different cells has a relation
+        assert len(scene["relations"]) == n * (n - 1)
+        for r in scene["relations"]:
+            a, b = scene["objects"][r["subject"]], scene["objects"][r["object"]]
+            assert ("above" in r["relation"]) == (a["row"] < b["row"])
+            assert ("left of" in r["relation"]) == (a["col"] < b["col"])
 
 
 def test_decode_image_rejects_truncated_and_garbage_bytes():
@@ -65,23 +74,15 @@ def _pool_with_bad_samples(micro_config, tmp_path):
     return pool
 
 
+def _run_subset(cfg, pool, out, root):
+    clip = str(root / "models/toy/clip")
+    assert subset.main(["--params", json.dumps(cfg), "--images", str(pool), "--clip", clip, "--out", str(out)]) == 0
+    return json.loads((out / "subset.json").read_text())
+
+
 def test_subset_skips_and_explains_every_bad_image(micro_config, tmp_path, root):
     pool = _pool_with_bad_samples(micro_config, tmp_path)
-    out = tmp_path / "subset"
-    rc = subset.main(
-        [
-            "--params",
-            json.dumps(micro_config["subset"]),
-            "--images",
-            str(pool),
-            "--clip",
-            str(root / "models/toy/clip"),
-            "--out",
-            str(out),
-        ]
-    )
-    assert rc == 0
-    res = json.loads((out / "subset.json").read_text())
+    res = _run_subset(micro_config["subset"], pool, tmp_path / "subset", root)
     reasons = {r["key"]: r["reason"] for r in res["rejected"]}
     assert reasons["bad00001"].startswith("undecodable image")
     assert reasons["bad00002"].startswith("undecodable image")
@@ -106,23 +107,6 @@ def test_subset_survives_a_shard_that_breaks_off(micro_config, tmp_path, root):
     shard.write_bytes(data[: len(data) // 2 + 100])
     with pytest.raises(tarfile.TarError):
         list(iter_shard(shard))
-    out = tmp_path / "subset"
-    cfg = {**micro_config["subset"], "top_n": None}
-    assert (
-        subset.main(
-            [
-                "--params",
-                json.dumps(cfg),
-                "--images",
-                str(pool),
-                "--clip",
-                str(root / "models/toy/clip"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    res = json.loads((out / "subset.json").read_text())
+    res = _run_subset({**micro_config["subset"], "top_n": None}, pool, tmp_path / "subset", root)
     assert [b["shard"] for b in res["broken_shards"]] == ["shard-00001.tar"]
     assert 32 < res["counts"]["kept"] < 64

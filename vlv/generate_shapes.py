@@ -25,13 +25,23 @@ from tqdm import tqdm
 from .cli_common import load_params, setup_logging, stage_parser
 from .data.shards import encode_png, write_shard
 from .manifest import build_manifest, write_manifest
-from .shapes.captions import reference_captions, teacher_caption
+from .shapes.captions import reference_captions, relation_words, teacher_caption
 from .shapes.splits import SPLITS, split_scenes
 from .shapes.world import WorldSpec, render
 
 
 def sample_key(scene_id: int) -> str:
     return f"{scene_id:08d}"
+
+
+def scene_relations(scene) -> list[dict]:
+    """Pairwise spatial relations of a scene graph (subject and object by index)."""
+    out = []
+    for i, a in enumerate(scene.objects):
+        for j, b in enumerate(scene.objects):
+            if i != j and (rel := relation_words(a, b)) is not None:
+                out.append({"subject": i, "relation": rel, "object": j})
+    return out
 
 
 def coco_captions(records: list[dict]) -> dict:
@@ -71,7 +81,7 @@ def main(argv=None) -> int:
                 "id": s.id,
                 "width": img.width,
                 "height": img.height,
-                "scene": s.to_json(),
+                "scene": {**s.to_json(), "relations": scene_relations(s)},
                 "captions": reference_captions(s, seed, n=int(cfg["eval_references"])),
                 "teacher_caption": teacher_caption(s, spec),
                 "png": encode_png(img),
