@@ -28,6 +28,7 @@ include: "rules/common.smk"
 include: "rules/generate_shapes.smk"
 include: "rules/pretrain_toy.smk"
 include: "rules/subset.smk"
+include: "rules/distill_stage1.smk"
 
 
 rule all:

@@ -53,8 +53,14 @@ def model_arg(name):
     return arg
 
 
+def work_dir(stage):
+    """Where a training stage keeps its resumable checkpoints (per profile, never a declared output)."""
+    return f"work/{config['profile']}/{stage}"
+
+
 def final_outputs():
     return [
+        "<results>/reconstruct/metrics.json",
         "<results>/subset/subset.json",
         "<results>/generate_shapes/pairs",
         "<results>/generate_shapes/eval",

@@ -31,7 +31,7 @@ rule pretrain_toy_t2i:
         runtime=240,
     params:
         cfg=lambda wc: cfg_json(f"pretrain_toy.{wc.t2i_name}", with_shapes=True),
-        work="work/pretrain_toy/{t2i_name}",
+        work=lambda wc: work_dir(f"pretrain_toy/{wc.t2i_name}"),
     shell:
         "python -m vlv.pretrain_toy_t2i --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 
@@ -53,7 +53,7 @@ rule pretrain_toy_clip:
         runtime=30,
     params:
         cfg=cfg_json("pretrain_toy.clip", with_shapes=True),
-        work="work/pretrain_toy/clip",
+        work=work_dir("pretrain_toy/clip"),
     shell:
         "python -m vlv.pretrain_toy_clip --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 
@@ -75,7 +75,7 @@ rule pretrain_toy_lm:
         runtime=30,
     params:
         cfg=cfg_json("pretrain_toy.lm", with_shapes=True),
-        work="work/pretrain_toy/lm",
+        work=work_dir("pretrain_toy/lm"),
     shell:
         "python -m vlv.pretrain_toy_lm --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 
@@ -97,7 +97,7 @@ rule pretrain_toy_vision:
         runtime=30,
     params:
         cfg=cfg_json("pretrain_toy.vision", with_shapes=True),
-        work="work/pretrain_toy/vision",
+        work=work_dir("pretrain_toy/vision"),
     shell:
         "python -m vlv.pretrain_toy_vision --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 

@@ -2,11 +2,12 @@
 
     vlv config [KEY] [--configfile FILE ...]   print a validated config section as JSON
     vlv parse-caption TEXT                      read a Shapes caption into objects and relations
-    vlv detect IMAGE [--image-size N]           list the flat-coloured objects in an image
+    vlv detect IMAGE...                         list the flat-coloured objects in images
+    vlv reconstruct IMAGE... --encoder DIR      image -> caption embeddings -> image, with a trained encoder
     vlv <stage> --params JSON ...               run one pipeline stage (what the Snakemake rules call)
 
 Stages: generate-shapes, pretrain-toy-t2i, pretrain-toy-clip, pretrain-toy-lm,
-pretrain-toy-vision, evaluate-standins, subset.
+pretrain-toy-vision, evaluate-standins, subset, distill-stage1, reconstruct-eval.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ STAGES = {
     "pretrain-toy-vision": "vlv.pretrain_toy_vision",
     "evaluate-standins": "vlv.evaluate_standins",
     "subset": "vlv.subset",
+    "distill-stage1": "vlv.distill_stage1",
+    "reconstruct-eval": "vlv.reconstruct",
 }
 
 
@@ -64,6 +67,60 @@ def _detect(argv) -> int:
     return status
 
 
+def _reconstruct(argv) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from .config import ROOT, load_config
+    from .data.shards import BadImage, decode_image
+
+    cfg = load_config(ROOT / "config.yaml")
+    p = argparse.ArgumentParser(
+        prog="vlv reconstruct", description="Reconstruct images through a trained VLV encoder and the frozen decoder."
+    )
+    p.add_argument("images", nargs="+")
+    p.add_argument("--encoder", required=True, help="a distill_stage1 output folder")
+    p.add_argument(
+        "--decoder", default=cfg["models"]["t2i"], help="the T2I pipeline folder or hub id it was trained with"
+    )
+    p.add_argument("--route", default=cfg["stage1"]["route"], choices=["text_encoder", "direct"])
+    p.add_argument("--guidance", type=float, nargs="+", default=[2.0])
+    p.add_argument("--steps", type=int, default=cfg["stage1"]["reconstruct_steps"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="reconstructions", help="output folder (PNG per image and guidance)")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from .models.frozen_decoder import FrozenT2IDecoder
+    from .models.vlv_encoder import VLVEncoder
+
+    encoder = VLVEncoder.from_pretrained(args.encoder)
+    dec = FrozenT2IDecoder(args.decoder, route=args.route)
+    side = dec.unet.config.sample_size * dec.pipe.vae_scale_factor
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    status = 0
+    for path in args.images:
+        try:
+            with open(path, "rb") as f:
+                img = decode_image(f.read())
+        except (OSError, BadImage) as e:
+            print(f"{path}: cannot read image ({e})", file=sys.stderr)
+            status = 1
+            continue
+        arr = np.asarray(img.resize((side, side), Image.Resampling.BICUBIC))
+        with torch.no_grad():
+            cond = dec.condition(encoder(encoder.preprocess([arr])))
+        for g in args.guidance:
+            target = out / f"{Path(path).stem}_recon_cfg{g:g}.png"
+            Image.fromarray(dec.sample(cond, g, args.steps, args.seed)[0]).save(target)
+            print(target)
+    return status
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -78,6 +135,8 @@ def main(argv=None) -> int:
         return _parse_caption(rest)
     if cmd == "detect":
         return _detect(rest)
+    if cmd == "reconstruct":
+        return _reconstruct(rest)
     if cmd in STAGES:
         return importlib.import_module(STAGES[cmd]).main(rest)
     print(f"vlv: unknown command {cmd!r}\n{__doc__}", file=sys.stderr)

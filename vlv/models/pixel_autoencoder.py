@@ -45,7 +45,10 @@ class PixelUnshuffleAutoencoder(ModelMixin, ConfigMixin):
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         z = F.pixel_unshuffle(x, self.config.factor)
-        dist = DiagonalGaussianDistribution(torch.cat([z, torch.zeros_like(z)], dim=1), deterministic=True)
+        # log-variance -30 (diffusers' floor): a posterior with std 3e-7, so that one rebuilt from
+        # cached parameters is as good as deterministic too.
+        logvar = torch.full_like(z, -30.0)
+        dist = DiagonalGaussianDistribution(torch.cat([z, logvar], dim=1), deterministic=True)
         return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None):

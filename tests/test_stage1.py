@@ -1,0 +1,345 @@
+"""Stage 1: the VLV encoder, the frozen decoder and the distill_stage1 trainer."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlv import distill_stage1, generate_shapes
+from vlv.models.frozen_decoder import FrozenT2IDecoder, clip_text_from_embeddings
+from vlv.models.hub import MissingModelError
+from vlv.models.vlv_encoder import PARTS, VLVEncoder
+from vlv.training import LossLog
+
+PAPER_TRAINABLE = ["language_encoder", "language_decoder", "queries", "projection"]
+
+
+@pytest.fixture(scope="module")
+def toy_parts(root):
+    dec = FrozenT2IDecoder(str(root / "models/toy/t2i"))
+    enc = VLVEncoder.from_florence(str(root / "models/toy/vision"), num_queries=8, clip_dim=dec.embed_dim)
+    return enc, dec
+
+
+def test_clip_path_on_token_embeddings_equals_the_text_model(toy_parts):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _, dec = toy_parts
+    ids = dec.tokenizer(
+        ["a large red square in the center", ""], padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
+    te = dec.text_encoder
+    assert torch.allclose(
+        clip_text_from_embeddings(te, te.embeddings.token_embedding(ids)), te(ids).last_hidden_state, atol=1e-6
+    )
+    torch.manual_seed(0)  # and a random CLIP text encoder of another size (the paper's class)
+    rnd = CLIPTextModel(
+        CLIPTextConfig(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4)
+    ).eval()
+    ids = torch.randint(0, 99, (2, 77))
+    assert torch.allclose(
+        clip_text_from_embeddings(rnd, rnd.embeddings.token_embedding(ids)), rnd(ids).last_hidden_state, atol=1e-5
+    )
+
+
+def test_trainable_switch_freezes_exactly_the_named_parts(toy_parts):
+    enc, _ = toy_parts
+    enc.set_trainable(PAPER_TRAINABLE)
+    trainable = {id(p) for p in enc.parameters() if p.requires_grad}
+    expected = {id(p) for part in PAPER_TRAINABLE for p in enc.part_parameters(part)}
+    assert trainable == expected
+    assert not any(p.requires_grad for p in enc.part_parameters("vision_tower"))
+    with pytest.raises(ValueError, match="unknown trainable part"):
+        enc.set_trainable(["everything"])
+    enc.set_trainable(list(PARTS))
+
+
+@pytest.mark.parametrize("route", ["text_encoder", "direct"])
+def test_one_step_moves_only_trainable_weights_and_all_of_them_get_gradients(root, route):
+    dec = FrozenT2IDecoder(str(root / "models/toy/t2i"), route=route)
+    enc = VLVEncoder.from_florence(str(root / "models/toy/vision"), num_queries=8, clip_dim=dec.embed_dim)
+    enc.set_trainable(PAPER_TRAINABLE)
+    frozen_before = {n: p.detach().clone() for n, p in enc.named_parameters() if not p.requires_grad}
+    decoder_before = {n: p.detach().clone() for n, p in dec.named_parameters()}
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    latents = dec.latent_dist(x).mode()
+    noise, t = dec.draw_noise(latents, torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW([p for p in enc.parameters() if p.requires_grad], lr=1e-3)
+    loss = dec.diffusion_loss(latents, dec.condition(enc(enc.preprocess(images))), noise, t)
+    loss.backward()
+    missing = [
+        n for n, p in enc.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
+    assert missing == []
+    assert all(p.grad is None for p in dec.parameters())
+    opt.step()
+    assert all(torch.equal(p, frozen_before[n]) for n, p in enc.named_parameters() if n in frozen_before)
+    assert all(torch.equal(p, decoder_before[n]) for n, p in dec.named_parameters())
+
+
+def _data(micro_config, tmp_path):
+    pool = tmp_path / "pool"
+    assert (
+        generate_shapes.main(["--params", json.dumps(micro_config["shapes"]), "--split", "pool", "--out", str(pool)])
+        == 0
+    )
+    keys = [json.loads(line)["key"] for line in (pool / "scenes.jsonl").read_text().splitlines()]
+    subset = tmp_path / "subset.json"
+    subset.write_text(json.dumps({"kept": [{"key": k} for k in keys[:40]]}))
+    return pool, subset
+
+
+def _stage1_args(params, pool, subset, vision, decoder, out, work):
+    return [
+        "--params",
+        json.dumps(params),
+        "--images",
+        str(pool),
+        "--subset",
+        str(subset),
+        "--vision",
+        str(vision),
+        "--decoder",
+        str(decoder),
+        "--out",
+        str(out),
+        "--work",
+        str(work),
+        "--cpu",
+    ]
+
+
+def _micro_stage1(micro_config, **over):
+    return {
+        **micro_config["stage1"],
+        "num_queries": 8,
+        "batch_size": 4,
+        "steps": 4,
+        "warmup_steps": 1,
+        "log_every": 1,
+        "checkpoint_every": 2,
+        **over,
+    }
+
+
+def _weights(folder):
+    w = load_file(str(folder / "vlv_head.safetensors"))
+    w.update({f"florence.{k}": v for k, v in load_file(str(folder / "florence2" / "model.safetensors")).items()})
+    return w
+
+
+def test_killed_and_resumed_stage1_ends_with_the_same_weights(micro_config, tmp_path, root, monkeypatch):
+    pool, subset = _data(micro_config, tmp_path)
+    params = _micro_stage1(micro_config)
+    vision, t2i = root / "models/toy/vision", root / "models/toy/t2i"
+    assert (
+        distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "ref", tmp_path / "w_ref")) == 0
+    )
+    real = LossLog.append
+
+    def dies_at_3(self, step, *a):
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real(self, step, *a)
+
+    monkeypatch.setattr(LossLog, "append", dies_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "run", tmp_path / "w_run"))
+    monkeypatch.setattr(LossLog, "append", real)
+    assert (
+        distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "run", tmp_path / "w_run")) == 0
+    )
+    ref, run = _weights(tmp_path / "ref"), _weights(tmp_path / "run")
+    assert ref.keys() == run.keys() and all(torch.equal(ref[k], run[k]) for k in ref)
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["resumed_from_step"] == 2
+    enc = VLVEncoder.from_pretrained(tmp_path / "run")  # self-describing, no training state needed
+    assert enc(enc.preprocess(np.zeros((1, 32, 32, 3), np.uint8))).shape == (1, 8, 128)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(micro_config, tmp_path, root):
+    pool, subset = _data(micro_config, tmp_path)
+    params = _micro_stage1(micro_config, steps=3, checkpoint_every=100)
+    args = _stage1_args(
+        params, pool, subset, root / "models/toy/vision", root / "models/toy/t2i", tmp_path / "one", tmp_path / "w1"
+    )
+    assert distill_stage1.main(args) == 0
+    two = _stage1_args(
+        params, pool, subset, root / "models/toy/vision", root / "models/toy/t2i", tmp_path / "two", tmp_path / "w2"
+    )
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        "-m",
+        "vlv.distill_stage1",
+        *two,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(launch, capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
+    one, two_w = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    diffs = {k: (one[k] - two_w[k]).abs().max().item() for k in one}
+    assert max(diffs.values()) < 1e-4, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+    moved = max((one[k] - v).abs().max().item() for k, v in _weights_init(root).items() if k in one)
+    assert moved > 1e-3  # the runs trained: the agreement is not two untouched copies
+
+
+def _weights_init(root):
+    return {f"florence.{k}": v for k, v in load_file(str(root / "models/toy/vision/model.safetensors")).items()}
+
+
+def test_paper_classes_at_tiny_size_build_and_train_one_step(micro_config, tmp_path):
+    """Florence-2, an SD-2-style UNet (linear projection, 4 blocks), a KL VAE and a CLIP text encoder."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from vlv.models.toy import (
+        build_florence2,
+        florence2_image_tokens,
+        florence2_processor,
+        shapes_corpus,
+        train_bart_tokenizer,
+        train_clip_tokenizer,
+    )
+    from vlv.shapes.world import WorldSpec
+
+    torch.manual_seed(0)
+    corpus = shapes_corpus(WorldSpec(), n_scenes=50)
+    tok = train_clip_tokenizer(corpus, 600)
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=(2, 2, 2, 2),
+        use_linear_projection=True,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+    StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(tmp_path / "sd")
+    fcfg = micro_config["pretrain_toy"]["vision"]["model"]
+    btok = train_bart_tokenizer(corpus, 600)
+    special = dict(
+        bos_token_id=btok.bos_token_id,
+        eos_token_id=btok.eos_token_id,
+        pad_token_id=btok.pad_token_id,
+        decoder_start_token_id=btok.eos_token_id,
+    )
+    florence = build_florence2(fcfg, len(btok), btok.image_token_id, 32, special)
+    florence.save_pretrained(tmp_path / "florence")
+    florence2_processor(btok, 32, florence2_image_tokens(fcfg["vision"], 32)).save_pretrained(tmp_path / "florence")
+
+    pool, subset = _data(micro_config, tmp_path)
+    params = _micro_stage1(
+        micro_config, steps=1, cache_latents=False, gradient_checkpointing=True, trainable=PAPER_TRAINABLE
+    )
+    assert (
+        distill_stage1.main(
+            _stage1_args(params, pool, subset, tmp_path / "florence", tmp_path / "sd", tmp_path / "enc", tmp_path / "w")
+        )
+        == 0
+    )
+    enc = VLVEncoder.from_pretrained(tmp_path / "enc")
+    assert enc.config["clip_dim"] == 32 and enc.config["num_queries"] == 8
+
+
+def test_hub_ids_fail_at_once_offline_saying_what_to_download():
+    with pytest.raises(MissingModelError, match="hf download florence-community/Florence-2-large"):
+        VLVEncoder.from_florence("florence-community/Florence-2-large", 77, 1024)
+    with pytest.raises(MissingModelError, match="hf download stabilityai/stable-diffusion-2-1-base"):
+        FrozenT2IDecoder("stabilityai/stable-diffusion-2-1-base")
+
+
+def test_vlv_reconstruct_command_writes_pngs_and_reports_a_bad_file(tmp_path, root, capsys):
+    from PIL import Image
+
+    from vlv.cli import main as vlv_main
+
+    dec_dim = 128
+    VLVEncoder.from_florence(str(root / "models/toy/vision"), num_queries=8, clip_dim=dec_dim).save_pretrained(
+        tmp_path / "enc"
+    )
+    Image.fromarray(np.full((48, 40, 3), 128, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    rc = vlv_main(
+        [
+            "reconstruct",
+            str(tmp_path / "b.png"),
+            str(tmp_path / "a.png"),
+            "--encoder",
+            str(tmp_path / "enc"),
+            "--decoder",
+            str(root / "models/toy/t2i"),
+            "--steps",
+            "2",
+            "--guidance",
+            "1",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 1  # one file failed, the other was still reconstructed
+    assert "b.png: cannot read image" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a_recon_cfg1.png", "a_recon_cfg3.png"]
+    assert Image.open(out / "a_recon_cfg3.png").size == (32, 32)

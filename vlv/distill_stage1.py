@@ -1,0 +1,210 @@
+"""Stage 1: distil the VLV encoder through the frozen text-to-image decoder (images only, no text).
+
+Each step: encode a batch of images into N_q caption embeddings, condition the frozen decoder on
+them (through its frozen CLIP text encoder, or directly, by ``route``), and minimise the denoising
+MSE on the images' own latents at uniform random timesteps. accelerate handles devices and
+processes (the global batch is split across processes; each step's images, noise and timesteps are
+a pure function of (seed, step), so 1 and N processes see the same global batch). AdamW with the
+configured betas and weight decay, a warmup + cosine schedule over the *whole* run, fp32 or bf16,
+optional gradient checkpointing, optional cached VAE latent distributions. Checkpoints go to
+``--work`` (kept when a run fails) and the newest is resumed automatically.
+
+Inputs: ``--images`` (tar shards), ``--subset`` (subset.json; its kept keys are the training set),
+``--vision`` (Florence-2 folder or hub id), ``--decoder`` (T2I pipeline folder or hub id).
+Outputs: ``--out DIR``: the encoder folder (``VLVEncoder.from_pretrained``), manifest.json,
+loss.csv, loss.png.
+
+Example:
+    python -m vlv.distill_stage1 --params "$(python -m vlv.config stage1)" \
+        --images results/generate_shapes/pool --subset results/subset/subset.json \
+        --vision models/toy/vision --decoder models/toy/t2i \
+        --out results/distill_stage1/encoder --work work/distill_stage1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .cli_common import load_params, setup_logging, stage_parser
+from .data.shards import load_images
+from .manifest import build_manifest, write_manifest
+from .models.frozen_decoder import FrozenT2IDecoder
+from .models.vlv_encoder import VLVEncoder
+from .training import Checkpointer, LossLog, plot_loss, seed_everything, warmup_cosine
+
+
+def training_keys(subset_json: str) -> list[str]:
+    return [r["key"] for r in json.loads(Path(subset_json).read_text())["kept"]]
+
+
+def build(params: dict, vision: str, decoder: str, device) -> tuple[VLVEncoder, FrozenT2IDecoder]:
+    dec = FrozenT2IDecoder(decoder, route=params["route"]).to(device)
+    if params["num_queries"] > dec.max_tokens and params["route"] == "text_encoder":
+        raise SystemExit(
+            f"stage1.num_queries={params['num_queries']} exceeds the text encoder's {dec.max_tokens} positions"
+        )
+    enc = VLVEncoder.from_florence(vision, params["num_queries"], dec.embed_dim)
+    enc.set_trainable(params["trainable"])
+    if params["gradient_checkpointing"]:
+        enc.florence.gradient_checkpointing_enable()
+        dec.unet.enable_gradient_checkpointing()
+    return enc, dec
+
+
+def main(argv=None) -> int:
+    p = stage_parser(__doc__)
+    p.add_argument("--images", required=True)
+    p.add_argument("--subset", required=True)
+    p.add_argument("--vision", required=True)
+    p.add_argument("--decoder", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--work", required=True, help="checkpoint folder (kept on failure, resumed from)")
+    p.add_argument("--cpu", action="store_true", help="force the CPU even where a GPU is present")
+    args = p.parse_args(argv)
+    log = setup_logging()
+    cfg = load_params(args.params)
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=args.cpu, mixed_precision="bf16" if cfg["precision"] == "bf16" else "no")
+    world, rank = acc.num_processes, acc.process_index
+    if cfg["batch_size"] % world:
+        raise SystemExit(f"stage1.batch_size={cfg['batch_size']} is not divisible by {world} processes")
+    per_proc = cfg["batch_size"] // world
+    seed = int(cfg["seed"])
+    seed_everything(seed)  # the same initial queries and phi on every process
+
+    enc, dec = build(cfg, args.vision, args.decoder, acc.device)
+    keys = training_keys(args.subset)
+    _, images, _ = load_images(args.images, keys)
+    if len(images) == 0:
+        raise SystemExit(f"no training images: {args.subset} keeps none of the images in {args.images}")
+    pixel_values = enc.preprocess(images)  # deterministic, so computed once
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    if x.shape[-1] != dec.unet.config.sample_size * dec.pipe.vae_scale_factor:
+        raise SystemExit(
+            f"images are {x.shape[-1]} px but the decoder expects {dec.unet.config.sample_size * dec.pipe.vae_scale_factor} px"
+        )
+    cached = None
+    if cfg["cache_latents"]:
+        with torch.no_grad():
+            cached = torch.cat(
+                [dec.latent_dist(x[i : i + 256].to(acc.device)).parameters.cpu() for i in range(0, len(x), 256)]
+            )
+
+    trainable = [p for p in enc.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    steps = int(cfg["steps"])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, steps, cfg["warmup_steps"], cfg["final_lr_ratio"])
+    )
+    enc.to(acc.device)
+    enc_ddp, opt = acc.prepare(enc, opt)  # the scheduler stays unprepared: one step per global step
+
+    ckpt = Checkpointer(args.work)
+    start = 0
+    state = ckpt.load_latest()
+    if state is not None:
+        acc.unwrap_model(enc_ddp).load_state_dict(state["trainable"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        log.info("resumed from %s at step %d", ckpt.latest(), start)
+    out = Path(args.out)
+    loss_log = LossLog(out / "loss.csv", resume_step=start) if acc.is_main_process else None
+    scaling = dec.vae.config.scaling_factor
+    t0 = time.time()
+    bar = tqdm(
+        range(start, steps),
+        initial=start,
+        total=steps,
+        desc="distill_stage1",
+        mininterval=5,
+        disable=not acc.is_main_process,
+    )
+    enc_ddp.train()
+    for step in bar:
+        rng = np.random.default_rng([seed, step])
+        idx = rng.integers(len(x), size=cfg["batch_size"])
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        timesteps = torch.randint(0, dec.noise_scheduler.config.num_train_timesteps, (cfg["batch_size"],), generator=g)
+        noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+        mine = slice(rank * per_proc, (rank + 1) * per_proc)
+        sel = torch.from_numpy(idx[mine])
+        with torch.no_grad():
+            if cached is not None:
+                from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+                dist = DiagonalGaussianDistribution(cached[sel].to(acc.device))
+            else:
+                dist = dec.latent_dist(x[sel].to(acc.device))
+            latents = dist.sample(generator=torch.Generator(device=acc.device).manual_seed(noise_seed + rank)) * scaling
+        with acc.autocast():
+            z = enc_ddp(pixel_values[sel].to(acc.device))
+            cond = dec.condition(z)
+            # noise for the whole global batch, then this process's slice: same draws for any world size
+            gen = torch.Generator().manual_seed(noise_seed)
+            full_noise = torch.randn((cfg["batch_size"], *latents.shape[1:]), generator=gen)
+            loss = dec.diffusion_loss(latents, cond, full_noise[mine], timesteps[mine])
+        acc.backward(loss)
+        acc.clip_grad_norm_(trainable, cfg["grad_clip"])
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        lv = acc.reduce(loss.detach(), reduction="mean").item()
+        if not math.isfinite(lv):
+            raise RuntimeError(f"distill_stage1: loss is {lv} at step {step}; lower stage1.lr")
+        if acc.is_main_process and ((step + 1) % cfg["log_every"] == 0 or step + 1 == steps):
+            loss_log.append(step + 1, lv, sched.get_last_lr()[0], time.time() - t0)
+            bar.set_postfix(loss=f"{lv:.4f}")
+        if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < steps and acc.is_main_process:
+            unwrapped = acc.unwrap_model(enc_ddp)
+            names = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
+            ckpt.save(
+                step + 1,
+                {
+                    "trainable": {n: t for n, t in unwrapped.state_dict().items() if n in names},
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                },
+            )
+        acc.wait_for_everyone()
+    seconds = time.time() - t0
+
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        final = acc.unwrap_model(enc_ddp).cpu().eval()
+        final.save_pretrained(out)
+        plot_loss(out / "loss.csv", out / "loss.png", f"stage 1 ({steps} steps, route {cfg['route']})")
+        n_img = (steps - start) * cfg["batch_size"]
+        write_manifest(
+            out / "manifest.json",
+            build_manifest(
+                "distill_stage1",
+                cfg,
+                seed,
+                device=str(acc.device),
+                precision=cfg["precision"],
+                processes=world,
+                training_images=len(x),
+                train_seconds_this_run=round(seconds, 1),
+                images_per_second=round(n_img / max(seconds, 1e-9), 2),
+                resumed_from_step=start,
+                vision=args.vision,
+                decoder=args.decoder,
+            ),
+        )
+        ckpt.clear()
+        log.info("saved %s: %d steps, %.0f s, %.1f images/s", out, steps, seconds, n_img / max(seconds, 1e-9))
+    acc.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

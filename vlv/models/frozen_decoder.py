@@ -1,0 +1,128 @@
+"""The frozen text-to-image decoder of stage 1: a Stable-Diffusion-format pipeline folder.
+
+Caption embeddings ``z`` (B x N_q x d_CLIP) condition the UNet either through the frozen CLIP text
+encoder run on ``inputs_embeds`` (``route="text_encoder"``: position embeddings, causal mask, final
+layer norm, exactly what the text model does to token embeddings; the official code's path) or
+straight as ``encoder_hidden_states`` (``route="direct"``). Every weight is frozen; gradients flow
+through to ``z``. The same class loads the toy folder and ``stabilityai/stable-diffusion-2-1-base``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import pixel_autoencoder  # noqa: F401  (the toy VAE class must be importable by name)
+from .hub import require_local
+
+ROUTES = ("text_encoder", "direct")
+
+
+def clip_text_from_embeddings(text_encoder, inputs_embeds: torch.Tensor) -> torch.Tensor:
+    """``CLIPTextModel``'s last_hidden_state computed from token embeddings instead of token ids."""
+    from transformers.masking_utils import create_causal_mask
+
+    hidden = text_encoder.embeddings(inputs_embeds=inputs_embeds)
+    mask = create_causal_mask(config=text_encoder.config, inputs_embeds=hidden, attention_mask=None, cache=None)
+    out = text_encoder.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True)
+    return text_encoder.final_layer_norm(out.last_hidden_state)
+
+
+class FrozenT2IDecoder(torch.nn.Module):
+    def __init__(self, path: str, route: str = "text_encoder", dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+        from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+        self.path = require_local(path, "text-to-image decoder")
+        pipe = StableDiffusionPipeline.from_pretrained(
+            self.path, safety_checker=None, requires_safety_checker=False, dtype=dtype
+        )
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+        self.text_encoder = pipe.text_encoder
+        self.unet = pipe.unet
+        self.vae = pipe.vae
+        self.tokenizer = pipe.tokenizer
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.route = route
+        for m in (self.text_encoder, self.unet, self.vae):
+            m.eval()
+            m.requires_grad_(False)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.text_encoder.config.hidden_size
+
+    @property
+    def max_tokens(self) -> int:
+        return self.text_encoder.config.max_position_embeddings
+
+    def train(self, mode: bool = True):  # the decoder never leaves eval mode
+        return super().train(False)
+
+    def condition(self, z: torch.Tensor) -> torch.Tensor:
+        """UNet conditioning from caption embeddings, along the configured route."""
+        return clip_text_from_embeddings(self.text_encoder, z) if self.route == "text_encoder" else z
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device)).last_hidden_state
+
+    @torch.no_grad()
+    def latent_dist(self, images: torch.Tensor):
+        """VAE posterior of images in [-1, 1]; sample it (or take its mode) each step."""
+        return self.vae.encode(images.to(self.vae.dtype)).latent_dist
+
+    def draw_noise(self, latents: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian noise and uniform timesteps for a batch of latents (drawn on the CPU generator)."""
+        noise = torch.randn(latents.shape, generator=generator)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+        return noise, t
+
+    def diffusion_loss(
+        self, latents: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """The denoising MSE with the scheduler's target (epsilon for SD 2.1-base, v for the toy)."""
+        sched = self.noise_scheduler
+        t = timesteps.to(latents.device)
+        noise = noise.to(latents.device, latents.dtype)
+        noisy = sched.add_noise(latents, noise, t)
+        target = sched.get_velocity(latents, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+        pred = self.unet(noisy.to(self.unet.dtype), t, encoder_hidden_states=cond.to(self.unet.dtype)).sample
+        return F.mse_loss(pred.float(), target.float())
+
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, guidance: float, steps: int, seed: int) -> np.ndarray:
+        """uint8 renders from UNet conditioning, classifier-free guidance against the empty prompt."""
+        n = cond.shape[0]
+        uncond = self.encode_text([""]).expand(n, -1, -1)
+        if uncond.shape[1] != cond.shape[1]:  # direct route with N_q != 77 tokens: empty prompt, truncated or padded
+            uncond = (
+                uncond[:, : cond.shape[1]]
+                if uncond.shape[1] > cond.shape[1]
+                else F.pad(uncond, (0, 0, 0, cond.shape[1] - uncond.shape[1]))
+            )
+        size = self.unet.config.sample_size
+        gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(n)]
+        latents = torch.stack([torch.randn((self.unet.config.in_channels, size, size), generator=g) for g in gens])
+        out = self.pipe(
+            prompt_embeds=cond.to(self.unet.dtype),
+            negative_prompt_embeds=uncond.to(self.unet.dtype),
+            guidance_scale=guidance,
+            num_inference_steps=steps,
+            latents=latents.to(self.unet.device, self.unet.dtype),
+            height=size * self.pipe.vae_scale_factor,
+            width=size * self.pipe.vae_scale_factor,
+            output_type="np",
+        ).images
+        return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)

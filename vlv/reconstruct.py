@@ -1,0 +1,210 @@
+"""Reconstruct held-out images through the VLV encoder and the frozen decoder, and score them.
+
+For the evaluation images: image -> caption embeddings -> image at each guidance scale (fixed
+seeds), beside the decoder's own samples from the true caption (the upper bound) and from the
+empty caption (the floor), all with the same noise. Reports:
+- the held-out denoising loss at fixed timesteps for the embeddings, the true caption and the empty
+  caption (same images, noise and timesteps for the three);
+- with the Shapes detector (toy): the share of original objects whose colour and shape reappear,
+  the cell accuracy and the mean centre error, per guidance scale, for reconstruction, bound, floor.
+
+Outputs (``--out DIR``): ``metrics.json``, ``grid.png`` (originals beside reconstructions) and
+``reconstructions.tar`` (``<key>-cfg<g>.png`` per image and guidance, for later evaluation).
+
+Example:
+    python -m vlv.reconstruct --params "$(python -m vlv.config stage1)" --encoder results/distill_stage1/encoder \
+        --decoder models/toy/t2i --images results/generate_shapes/eval --out results/reconstruct
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cli_common import load_params, setup_logging, stage_parser
+from .data.shards import encode_png, load_images, write_shard
+from .manifest import build_manifest, write_manifest
+from .models.frozen_decoder import FrozenT2IDecoder
+from .models.vlv_encoder import VLVEncoder
+from .training import pick_device
+
+
+@torch.no_grad()
+def embed_images(encoder: VLVEncoder, images: np.ndarray, device, batch: int = 64) -> torch.Tensor:
+    return torch.cat(
+        [encoder(encoder.preprocess(images[i : i + batch]).to(device)) for i in range(0, len(images), batch)]
+    )
+
+
+@torch.no_grad()
+def denoising_losses(
+    dec: FrozenT2IDecoder, images: np.ndarray, conds: dict[str, torch.Tensor], timesteps: list[int], seed: int
+) -> dict:
+    """Mean denoising loss per condition and timestep; every condition sees the same noise."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(dec.unet.device)
+    latents = dec.latent_dist(x).mode() * dec.vae.config.scaling_factor
+    out: dict = {name: {} for name in conds}
+    for t in timesteps:
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed * 1000 + t))
+        ts = torch.full((len(latents),), t, dtype=torch.long)
+        for name, cond in conds.items():
+            losses = [
+                dec.diffusion_loss(latents[i : i + 64], cond[i : i + 64], noise[i : i + 64], ts[i : i + 64]).item()
+                * len(latents[i : i + 64])
+                for i in range(0, len(latents), 64)
+            ]
+            out[name][str(t)] = sum(losses) / len(latents)
+    gap = {}
+    for t in map(str, timesteps):
+        empty, caption = out["empty_caption"][t], out["true_caption"][t]
+        gap[t] = (empty - out["reconstruction"][t]) / (empty - caption) if empty != caption else None
+    out["share_of_empty_to_caption_gap_closed"] = gap
+    return out
+
+
+def detector_scores(scenes, renders: np.ndarray, spec) -> dict:
+    from .shapes.detect import detect, score_scene, summarise
+
+    return summarise([score_scene(s, detect(im, spec), spec) for s, im in zip(scenes, renders)])
+
+
+def save_grid(path: Path, originals: np.ndarray, rows: dict[str, np.ndarray], n: int = 8) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(originals))
+    names = ["original", *rows]
+    fig, axes = plt.subplots(len(names), n, figsize=(1.4 * n, 1.5 * len(names)), dpi=110, squeeze=False)
+    for i, name in enumerate(names):
+        for j in range(n):
+            ax = axes[i, j]
+            ax.imshow(originals[j] if i == 0 else rows[name][j], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.suptitle("VLV reconstructions: image -> caption embeddings -> frozen decoder", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = stage_parser(__doc__)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--decoder", required=True)
+    p.add_argument("--images", required=True, help="evaluation shards (with scene graphs for the toy scores)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--shapes", default=None, help="the Shapes world config as JSON (toy profile: detector scores)")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    log = setup_logging()
+    cfg = load_params(args.params)
+    device = pick_device(args.device)
+    encoder = VLVEncoder.from_pretrained(args.encoder).to(device)
+    dec = FrozenT2IDecoder(args.decoder, route=cfg["route"]).to(device)
+    keys, images, metas = load_images(args.images)
+    keys, images, metas = keys[: cfg["n_eval_images"]], images[: cfg["n_eval_images"]], metas[: cfg["n_eval_images"]]
+    captions = [m["captions"][0] if m.get("captions") else "" for m in metas]
+    seed = int(cfg["seed"])
+
+    z = embed_images(encoder, images, device)
+    with torch.no_grad():
+        recon_cond = dec.condition(z)
+    caption_cond = dec.encode_text(captions)
+    empty_cond = dec.encode_text([""] * len(images))
+    metrics: dict = {
+        "images": len(images),
+        "route": cfg["route"],
+        "sampler_steps": cfg["reconstruct_steps"],
+        "seed": seed,
+    }
+    if recon_cond.shape[1] == caption_cond.shape[1]:
+        conds = {"reconstruction": recon_cond, "true_caption": caption_cond, "empty_caption": empty_cond}
+        metrics["denoising_loss"] = denoising_losses(dec, images, conds, cfg["eval_timesteps"], seed)
+    else:
+        log.warning(
+            "denoising-loss comparison needs %d tokens, the embeddings have %d",
+            caption_cond.shape[1],
+            recon_cond.shape[1],
+        )
+
+    renders: dict[str, np.ndarray] = {}
+    for g in cfg["reconstruct_guidance"]:
+        log.info("sampling %d reconstructions and bounds at guidance %g", len(images), g)
+        renders[f"recon cfg{g:g}"] = np.concatenate(
+            [
+                dec.sample(recon_cond[i : i + 64], g, cfg["reconstruct_steps"], seed + i)
+                for i in range(0, len(images), 64)
+            ]
+        )
+        renders[f"caption cfg{g:g}"] = np.concatenate(
+            [
+                dec.sample(caption_cond[i : i + 64], g, cfg["reconstruct_steps"], seed + i)
+                for i in range(0, len(images), 64)
+            ]
+        )
+    renders["empty caption"] = np.concatenate(
+        [dec.sample(empty_cond[i : i + 64], 1.0, cfg["reconstruct_steps"], seed + i) for i in range(0, len(images), 64)]
+    )
+
+    if args.shapes:
+        from .shapes.world import Scene, WorldSpec
+
+        spec = WorldSpec.from_config(json.loads(args.shapes))
+        scenes = [Scene.from_json(m["scene"]) for m in metas]
+        metrics["detector"] = {name: detector_scores(scenes, r, spec) for name, r in renders.items()}
+        for g in cfg["reconstruct_guidance"]:
+            r, b, f = (
+                metrics["detector"][k]["colour_shape_recall"]
+                for k in (f"recon cfg{g:g}", f"caption cfg{g:g}", "empty caption")
+            )
+            metrics["detector"][f"recon cfg{g:g}"]["share_of_floor_to_bound_closed"] = (
+                (r - f) / (b - f) if b != f else None
+            )
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    save_grid(out / "grid.png", images, renders)
+    write_shard(
+        out / "reconstructions.tar",
+        (
+            (f"{k}-cfg{g:g}".replace(".", "p"), {"png": encode_png(renders[f"recon cfg{g:g}"][i])})
+            for g in cfg["reconstruct_guidance"]
+            for i, k in enumerate(keys)
+        ),
+    )
+    write_manifest(
+        out / "manifest.json",
+        build_manifest("reconstruct", cfg, seed, device=str(device), encoder=args.encoder, decoder=args.decoder),
+    )
+    print(format_metrics(metrics))
+    return 0
+
+
+def format_metrics(m: dict) -> str:
+    lines = []
+    if "denoising_loss" in m:
+        d = m["denoising_loss"]
+        lines.append(f"{'t':>5s} {'recon':>9s} {'caption':>9s} {'empty':>9s} {'gap closed':>10s}")
+        for t in d["reconstruction"]:
+            gap = d["share_of_empty_to_caption_gap_closed"][t]
+            lines.append(
+                f"{t:>5s} {d['reconstruction'][t]:9.5f} {d['true_caption'][t]:9.5f} {d['empty_caption'][t]:9.5f} {gap if gap is None else f'{gap:10.1%}'}"
+            )
+    for name, s in m.get("detector", {}).items():
+        err = s["mean_center_error_px"]
+        lines.append(
+            f"{name:16s} colour {s['colour_recall']:6.1%}  colour+shape {s['colour_shape_recall']:6.1%}  cell {s['cell_accuracy_of_matched']:6.1%}  centre err {err if err is None else round(err, 2)} px"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
