@@ -25,7 +25,11 @@ from .cli_common import load_params, setup_logging, stage_parser
 
 SETTINGS = {
     "a_official_style": {"precision": "fp32", "cache_latents": False, "gradient_checkpointing": True},
-    "b_ours": {"precision": "bf16" if torch.cuda.is_available() else "fp32", "cache_latents": True, "gradient_checkpointing": False},
+    "b_ours": {
+        "precision": "bf16" if torch.cuda.is_available() else "fp32",
+        "cache_latents": True,
+        "gradient_checkpointing": False,
+    },
 }
 
 
@@ -41,15 +45,47 @@ def main(argv=None) -> int:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, over in SETTINGS.items():
-            params = {**cfg, **over, "steps": args.steps, "warmup_steps": 1, "checkpoint_every": 10**9, "log_every": max(1, args.steps // 5)}
+            params = {
+                **cfg,
+                **over,
+                "steps": args.steps,
+                "warmup_steps": 1,
+                "checkpoint_every": 10**9,
+                "log_every": max(1, args.steps // 5),
+            }
             out = Path(tmp) / name
-            distill_stage1.main(["--params", json.dumps(params), "--images", args.images, "--subset", args.subset, "--vision", args.vision, "--decoder", args.decoder, "--out", str(out), "--work", str(Path(tmp) / f"w_{name}")])
+            distill_stage1.main(
+                [
+                    "--params",
+                    json.dumps(params),
+                    "--images",
+                    args.images,
+                    "--subset",
+                    args.subset,
+                    "--vision",
+                    args.vision,
+                    "--decoder",
+                    args.decoder,
+                    "--out",
+                    str(out),
+                    "--work",
+                    str(Path(tmp) / f"w_{name}"),
+                ]
+            )
             man = json.loads((out / "manifest.json").read_text())
-            rows[name] = {**over, "batch_size": cfg["batch_size"], "steps": args.steps, "device": man["device"], "images_per_second": man["images_per_second"]}
+            rows[name] = {
+                **over,
+                "batch_size": cfg["batch_size"],
+                "steps": args.steps,
+                "device": man["device"],
+                "images_per_second": man["images_per_second"],
+            }
     ratio = rows["b_ours"]["images_per_second"] / rows["a_official_style"]["images_per_second"]
     print(f"{'setting':18s} {'device':8s} {'precision':9s} {'cached':6s} {'ckpt':5s} {'batch':>5s} {'images/s':>9s}")
     for name, r in rows.items():
-        print(f"{name:18s} {r['device']:8s} {r['precision']:9s} {str(r['cache_latents']):6s} {str(r['gradient_checkpointing']):5s} {r['batch_size']:5d} {r['images_per_second']:9.1f}")
+        print(
+            f"{name:18s} {r['device']:8s} {r['precision']:9s} {str(r['cache_latents']):6s} {str(r['gradient_checkpointing']):5s} {r['batch_size']:5d} {r['images_per_second']:9.1f}"
+        )
     print(f"ratio b/a: {ratio:.2f}")
     if args.out:
         Path(args.out).write_text(json.dumps({"settings": rows, "ratio_b_over_a": ratio}, indent=2) + "\n")
