@@ -58,6 +58,9 @@ def test_micro_all_end_to_end_then_nothing_to_do(tmp_path):
     run_snakemake(wd, "--cores", "2", "all")
     res = json.loads((wd / "results/subset/subset.json").read_text())
     assert res["counts"]["kept"] == 48
+    metrics = json.loads((wd / "results/reconstruct/metrics.json").read_text())
+    assert metrics["images"] == 8 and set(metrics["detector"]) == {"recon cfg2", "caption cfg2", "empty caption"}
+    assert (wd / "results/distill_stage1/encoder/vlv_encoder.json").exists()
     for split in ("pool", "pairs", "eval"):
         assert (wd / "results/generate_shapes" / split / "manifest.json").exists()
         assert (wd / "benchmarks/generate_shapes" / f"{split}.tsv").exists()
