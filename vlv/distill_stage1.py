@@ -111,7 +111,12 @@ def main(argv=None) -> int:
     start = 0
     state = ckpt.load_latest()
     if state is not None:
-        acc.unwrap_model(enc_ddp).load_state_dict(state["trainable"], strict=False)
+        # the checkpoint holds the trainable tensors only; anything else in it is a config mismatch
+        unexpected = acc.unwrap_model(enc_ddp).load_state_dict(state["trainable"], strict=False).unexpected_keys
+        if unexpected:
+            raise SystemExit(
+                f"checkpoint {ckpt.latest()} does not match this encoder ({unexpected[:3]}...); delete {args.work}"
+            )
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start = int(state["step"])
