@@ -61,3 +61,13 @@ def test_t2i_training_changes_weights_and_saves_a_pipeline(micro_config, tmp_pat
     assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
     assert index["vae"] == ["vlv.models.pixel_autoencoder", "PixelUnshuffleAutoencoder"]
     assert (tmp_path / "t2i" / "loss.png").stat().st_size > 0
+
+
+def test_checkpoints_of_other_settings_are_not_resumed(tmp_path):
+    from vlv.training import Checkpointer, fingerprint
+
+    old = Checkpointer(tmp_path, fingerprint=fingerprint({"lr": 0.1}))
+    old.save(5, {"x": torch.zeros(1)})
+    assert Checkpointer(tmp_path, fingerprint=fingerprint({"lr": 0.1})).load_latest()["step"] == 5
+    assert Checkpointer(tmp_path, fingerprint=fingerprint({"lr": 0.2})).load_latest() is None
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # discarded, not kept to confuse a later run

@@ -37,7 +37,7 @@ from .data.shards import load_images
 from .manifest import build_manifest, write_manifest
 from .models.frozen_decoder import FrozenT2IDecoder
 from .models.vlv_encoder import VLVEncoder
-from .training import Checkpointer, LossLog, plot_loss, seed_everything, warmup_cosine
+from .training import Checkpointer, LossLog, fingerprint, plot_loss, seed_everything, warmup_cosine
 
 
 def training_keys(subset_json: str) -> list[str]:
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     enc.to(acc.device)
     enc_ddp, opt = acc.prepare(enc, opt)  # the scheduler stays unprepared: one step per global step
 
-    ckpt = Checkpointer(args.work)
+    ckpt = Checkpointer(args.work, fingerprint=fingerprint({**cfg, "world_size": world}))
     start = 0
     state = ckpt.load_latest()
     if state is not None:

@@ -27,6 +27,7 @@ from .shapes.world import WorldSpec, render_array, sample_scenes
 from .training import (
     Checkpointer,
     LossLog,
+    fingerprint,
     pick_device,
     plot_loss,
     rng_state,
@@ -55,7 +56,7 @@ class StandinTrainer:
         self.device = pick_device(args.device)
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.ckpt = Checkpointer(args.work)
+        self.ckpt = Checkpointer(args.work, fingerprint=fingerprint(params))
         self.start_step = 0
         self.seconds = 0.0
         self.n_params = 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import logging
 import math
 import os
 import random
@@ -33,6 +35,13 @@ def warmup_cosine(step: int, total: int, warmup: int, final_ratio: float) -> flo
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def fingerprint(params: dict) -> str:
+    """A short hash of a stage's settings, to tie checkpoints to them."""
+    import json
+
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class Checkpointer:
     """Keeps the newest ``keep`` checkpoints under ``directory`` and resumes from the newest.
 
@@ -41,9 +50,12 @@ class Checkpointer:
     previous one intact. Loading uses ``weights_only=True``.
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 2):
+    def __init__(self, directory: str | os.PathLike, keep: int = 2, fingerprint: str | None = None):
         self.dir = Path(directory)
         self.keep = keep
+        # A checkpoint is resumed only by a run with the same settings (e.g. the same JSON params);
+        # one left by a run with other settings is discarded instead of silently continued.
+        self.fingerprint = fingerprint
 
     def _all(self) -> list[Path]:
         if not self.dir.exists():
@@ -58,7 +70,7 @@ class Checkpointer:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"step-{step:08d}.pt"
         tmp = path.with_suffix(".tmp")
-        torch.save({"step": step, **state}, tmp)
+        torch.save({"step": step, "fingerprint": self.fingerprint, **state}, tmp)
         tmp.replace(path)
         for old in self._all()[: -self.keep]:
             old.unlink()
@@ -68,7 +80,12 @@ class Checkpointer:
         path = self.latest()
         if path is None:
             return None
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != self.fingerprint:
+            logging.getLogger("vlv").warning("ignoring checkpoints in %s: they were made with other settings", self.dir)
+            self.clear()
+            return None
+        return state
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
