@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .cli_common import load_params, setup_logging, stage_parser
+from .figures import save_image_grid
 from .shapes.captions import short_caption
 from .shapes.detect import detect, score_scene, summarise
 from .shapes.splits import split_scenes
@@ -86,40 +87,6 @@ def clip_retrieval(path: str, scenes, spec: WorldSpec, device) -> dict:
     }
 
 
-def save_grid(path: Path, gt: np.ndarray, rows: dict[str, np.ndarray], captions: list[str], n: int = 8) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = min(n, len(gt))
-    names = ["original"] + list(rows)
-    fig, axes = plt.subplots(len(names), n, figsize=(1.6 * n, 1.7 * len(names)), dpi=110, squeeze=False)
-    for j in range(n):
-        for i, name in enumerate(names):
-            ax = axes[i, j]
-            ax.imshow(gt[j] if i == 0 else rows[name][j], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(name, fontsize=7)
-        axes[0, j].set_title("\n".join(_wrap(captions[j], 28)), fontsize=5)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    lines, cur = [], ""
-    for w in text.split():
-        if len(cur) + len(w) + 1 > width and cur:
-            lines.append(cur)
-            cur = w
-        else:
-            cur = f"{cur} {w}".strip()
-    return lines + [cur]
-
-
 def main(argv=None) -> int:
     p = stage_parser(__doc__)
     p.add_argument("--t2i", action="append", default=[], help="a pipeline folder (repeatable)")
@@ -143,7 +110,7 @@ def main(argv=None) -> int:
         )
         report["t2i"][path] = rep
         if k == 0 and args.grid:
-            save_grid(Path(args.grid), render_array(scenes[:8], spec), renders, captions)
+            save_image_grid(args.grid, {"original": render_array(scenes[:8], spec), **renders}, column_titles=captions)
     if args.clip:
         report["clip"] = {args.clip: clip_retrieval(args.clip, scenes, spec, device)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

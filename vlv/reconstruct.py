@@ -26,6 +26,7 @@ import torch
 
 from .cli_common import load_params, setup_logging, stage_parser
 from .data.shards import encode_png, load_images, write_shard
+from .figures import save_image_grid
 from .manifest import build_manifest, write_manifest
 from .models.frozen_decoder import FrozenT2IDecoder
 from .models.vlv_encoder import VLVEncoder
@@ -69,29 +70,6 @@ def detector_scores(scenes, renders: np.ndarray, spec) -> dict:
     from .shapes.detect import detect, score_scene, summarise
 
     return summarise([score_scene(s, detect(im, spec), spec) for s, im in zip(scenes, renders)])
-
-
-def save_grid(path: Path, originals: np.ndarray, rows: dict[str, np.ndarray], n: int = 8) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = min(n, len(originals))
-    names = ["original", *rows]
-    fig, axes = plt.subplots(len(names), n, figsize=(1.4 * n, 1.5 * len(names)), dpi=110, squeeze=False)
-    for i, name in enumerate(names):
-        for j in range(n):
-            ax = axes[i, j]
-            ax.imshow(originals[j] if i == 0 else rows[name][j], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(name, fontsize=7)
-    fig.suptitle("VLV reconstructions: image -> caption embeddings -> frozen decoder", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -171,7 +149,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    save_grid(out / "grid.png", images, renders)
+    save_image_grid(
+        out / "grid.png",
+        {"original": images, **renders},
+        title="VLV reconstructions: image -> caption embeddings -> frozen decoder",
+    )
     write_shard(
         out / "reconstructions.tar",
         (
