@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .models.pixel_autoencoder import PixelUnshuffleAutoencoder
+from .models.t2i import denoising_loss
 from .models.toy import build_scheduler, build_text_encoder, build_unet, shapes_corpus, train_clip_tokenizer
 from .shapes.captions import short_caption, teacher_caption
 from .shapes.world import WorldSpec
@@ -59,7 +59,6 @@ def main(argv=None) -> int:
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler.from_config(sampler.config)
-    v_pred = noise_sched.config.prediction_type == "v_prediction"
     scenes, pool = trainer.image_pool(spec)
     device = trainer.device
 
@@ -70,11 +69,8 @@ def main(argv=None) -> int:
         latents = vae.encode(pool[torch.from_numpy(idx).to(device)]).latent_dist.mode() * vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=gen).to(device)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(device)
-        noisy = noise_sched.add_noise(latents, noise, t)
-        target = noise_sched.get_velocity(latents, noise, t) if v_pred else noise
         enc = text_encoder(ids.to(device)).last_hidden_state
-        pred = unet(noisy, t, encoder_hidden_states=enc).sample
-        return F.mse_loss(pred.float(), target.float())
+        return denoising_loss(unet, noise_sched, latents, enc, noise, t)
 
     trainer.fit({"text_encoder": text_encoder, "unet": unet}, loss_fn)
 

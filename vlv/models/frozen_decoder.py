@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from . import pixel_autoencoder  # noqa: F401  (the toy VAE class must be importable by name)
 from .hub import require_local
+from .t2i import denoising_loss
 
 ROUTES = ("text_encoder", "direct")
 
@@ -93,13 +94,7 @@ class FrozenT2IDecoder(torch.nn.Module):
         self, latents: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """The denoising MSE with the scheduler's target (epsilon for SD 2.1-base, v for the toy)."""
-        sched = self.noise_scheduler
-        t = timesteps.to(latents.device)
-        noise = noise.to(latents.device, latents.dtype)
-        noisy = sched.add_noise(latents, noise, t)
-        target = sched.get_velocity(latents, noise, t) if sched.config.prediction_type == "v_prediction" else noise
-        pred = self.unet(noisy.to(self.unet.dtype), t, encoder_hidden_states=cond.to(self.unet.dtype)).sample
-        return F.mse_loss(pred.float(), target.float())
+        return denoising_loss(self.unet, self.noise_scheduler, latents, cond, noise, timesteps)
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, guidance: float, steps: int, seed: int) -> np.ndarray:

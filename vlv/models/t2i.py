@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import pixel_autoencoder  # noqa: F401  (diffusers resolves the toy VAE class from sys.modules)
 from .hub import require_local
@@ -57,3 +58,15 @@ def render_captions(
         ).images
         out.append((np.clip(imgs, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(out)
+
+
+def denoising_loss(
+    unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """MSE between the UNet's prediction and the scheduler's target (epsilon, or v for v-prediction)."""
+    t = timesteps.to(latents.device)
+    noise = noise.to(latents.device, latents.dtype)
+    noisy = scheduler.add_noise(latents, noise, t)
+    target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+    pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample
+    return F.mse_loss(pred.float(), target.float())
