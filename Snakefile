@@ -29,6 +29,9 @@ include: "rules/generate_shapes.smk"
 include: "rules/pretrain_toy.smk"
 include: "rules/subset.smk"
 include: "rules/distill_stage1.smk"
+include: "rules/synthesize_captions.smk"
+include: "rules/finetune_stage2.smk"
+include: "rules/caption.smk"
 
 
 rule all:

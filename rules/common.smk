@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import sys
 
 sys.path.insert(0, workflow.basedir)
@@ -53,15 +54,85 @@ def model_arg(name):
     return arg
 
 
+def teacher_model_input():
+    """The teacher VLM folder as an input when it is local; nothing for the oracle or a hub id."""
+    t = config["teacher"]
+    return [t["model"]] if t["backend"] == "local" and is_local_model(t["model"]) else []
+
+
+def shapes_arg():
+    """``--shapes JSON`` in the toy profile (scene graphs and the oracle); nothing in the paper profile."""
+    if config["profile"] != "toy":
+        return ""
+    return f"--shapes {shlex.quote(json.dumps(config['shapes'], sort_keys=True))}"
+
+
 def work_dir(stage):
     """Where a training stage keeps its resumable checkpoints (per profile, never a declared output)."""
     return f"work/{config['profile']}/{stage}"
 
 
+def stage2_json():
+    """The stage-2 section plus what it inherits from stage 1 (route and number of queries)."""
+    s1 = config["stage1"]
+    return json.dumps(
+        {**config["stage2"], "route": s1["route"], "num_queries": s1["num_queries"]},
+        sort_keys=True,
+    )
+
+
+def captioners():
+    """Every captioner the evaluation compares (the names of results/caption/<name>.jsonl)."""
+    names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100"]
+    for pct in config["stage2"]["pair_percents"]:
+        names += [f"vlv_pairs{pct}", f"no_stage1_pairs{pct}"]
+    return names + list(config["stage2"]["open_captioners"])
+
+
+def results_path(*parts):
+    """A path under the profile's results root, for input functions (pathvars are not expanded there)."""
+    return os.path.join(config["pathvars"]["results"], *parts)
+
+
+def stage2_encoder(wildcards):
+    if wildcards.init == "vlv":
+        return [results_path("distill_stage1", "encoder")]
+    return model_input("vision_encoder")
+
+
+def stage2_encoder_arg(wildcards, input):
+    return str(input.encoder) or config["models"]["vision_encoder"]
+
+
+def captioner_inputs(wildcards):
+    name = wildcards.captioner
+    if name.startswith(("vlv_pairs", "no_stage1_pairs")):
+        return [results_path("finetune_stage2", name)]
+    if name in config["stage2"]["open_captioners"]:
+        value = config["stage2"]["open_captioners"][name]
+        return [value] if is_local_model(value) else []
+    if name == "teacher":
+        return teacher_model_input()
+    return []
+
+
+def captioner_args(wildcards, input):
+    name = wildcards.captioner
+    if name in ("reference", "teacher"):
+        return f"--captioner {name}"
+    if name in config["stage2"]["open_captioners"]:
+        return f"--captioner vlm --model {input.model or config['stage2']['open_captioners'][name]}"
+    return f"--captioner vlv --model {input.model}"
+
+
 def final_outputs():
-    return [
+    out = [
         "<results>/reconstruct/metrics.json",
         "<results>/subset/subset.json",
         "<results>/generate_shapes/pairs",
         "<results>/generate_shapes/eval",
     ]
+    out += [f"<results>/caption/{name}.jsonl" for name in captioners()]
+    if config["profile"] == "toy":
+        out.append("<results>/evaluate/captions_shapes.json")
+    return out

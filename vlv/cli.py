@@ -4,10 +4,12 @@
     vlv parse-caption TEXT                      read a Shapes caption into objects and relations
     vlv detect IMAGE...                         list the flat-coloured objects in images
     vlv reconstruct IMAGE... --encoder DIR      image -> caption embeddings -> image, with a trained encoder
+    vlv caption IMAGE|FOLDER... --captioner DIR  captions from a trained VLV captioner (JSONL)
     vlv <stage> --params JSON ...               run one pipeline stage (what the Snakemake rules call)
 
 Stages: generate-shapes, pretrain-toy-t2i, pretrain-toy-clip, pretrain-toy-lm,
-pretrain-toy-vision, evaluate-standins, subset, distill-stage1, reconstruct-eval.
+pretrain-toy-vision, evaluate-standins, subset, distill-stage1, reconstruct-eval,
+synthesize-captions, finetune-stage2, caption-eval.
 """
 
 from __future__ import annotations
@@ -28,7 +30,29 @@ STAGES = {
     "subset": "vlv.subset",
     "distill-stage1": "vlv.distill_stage1",
     "reconstruct-eval": "vlv.reconstruct",
+    "synthesize-captions": "vlv.synthesize_captions",
+    "finetune-stage2": "vlv.finetune_stage2",
+    "caption-eval": "vlv.caption",
 }
+
+
+def read_images(paths: list[str]):
+    """Yield (path, PIL image) for each image file, or each file of a folder (sorted); a file that
+    cannot be read is reported on stderr and skipped. The last value of ``status`` is 1 if any failed."""
+    from pathlib import Path
+
+    from .data.shards import BadImage, decode_image
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                yield str(path), decode_image(f.read())
+        except (OSError, BadImage) as e:
+            print(f"{path}: cannot read image ({e})", file=sys.stderr)
+            yield str(path), None
 
 
 def _parse_caption(argv) -> int:
@@ -45,7 +69,6 @@ def _detect(argv) -> int:
     import numpy as np
 
     from .config import ROOT, load_config
-    from .data.shards import BadImage, decode_image
     from .shapes.detect import detect
     from .shapes.world import WorldSpec
 
@@ -55,15 +78,11 @@ def _detect(argv) -> int:
     args = p.parse_args(argv)
     spec = WorldSpec.from_config(load_config(*args.configfile)["shapes"])
     status = 0
-    for path in args.images:
-        try:
-            with open(path, "rb") as f:
-                img = np.asarray(decode_image(f.read()))
-        except (OSError, BadImage) as e:
-            print(f"{path}: cannot read image ({e})", file=sys.stderr)
+    for path, img in read_images(args.images):
+        if img is None:
             status = 1
             continue
-        print(json.dumps({"image": path, "objects": [asdict(d) for d in detect(img, spec)]}))
+        print(json.dumps({"image": path, "objects": [asdict(d) for d in detect(np.asarray(img), spec)]}))
     return status
 
 
@@ -74,7 +93,6 @@ def _reconstruct(argv) -> int:
     from PIL import Image
 
     from .config import ROOT, load_config
-    from .data.shards import BadImage, decode_image
 
     cfg = load_config(ROOT / "config.yaml")
     p = argparse.ArgumentParser(
@@ -103,12 +121,8 @@ def _reconstruct(argv) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     status = 0
-    for path in args.images:
-        try:
-            with open(path, "rb") as f:
-                img = decode_image(f.read())
-        except (OSError, BadImage) as e:
-            print(f"{path}: cannot read image ({e})", file=sys.stderr)
+    for path, img in read_images(args.images):
+        if img is None:
             status = 1
             continue
         arr = np.asarray(img.resize((side, side), Image.Resampling.BICUBIC))
@@ -118,6 +132,44 @@ def _reconstruct(argv) -> int:
             target = out / f"{Path(path).stem}_recon_cfg{g:g}.png"
             Image.fromarray(dec.sample(cond, g, args.steps, args.seed)[0]).save(target)
             print(target)
+    return status
+
+
+def _caption(argv) -> int:
+    import numpy as np
+
+    p = argparse.ArgumentParser(
+        prog="vlv caption", description="Caption image files or folders with a trained VLV captioner."
+    )
+    p.add_argument("images", nargs="+", help="image files and/or folders of images")
+    p.add_argument("--captioner", required=True, help="a finetune_stage2 output folder")
+    p.add_argument("--num-beams", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="JSONL output ({image, caption} per line); default: print")
+    args = p.parse_args(argv)
+
+    from .captioners import VLVCaptionerBackend
+    from .training import pick_device
+
+    backend = VLVCaptionerBackend(
+        args.captioner, args.num_beams, args.max_new_tokens, pick_device(args.device), args.batch_size
+    )
+    done = []
+    todo = list(read_images(args.images))
+    good = [(path, img) for path, img in todo if img is not None]
+    status = int(len(good) < len(todo))
+    for i in range(0, len(good), args.batch_size):
+        chunk = good[i : i + args.batch_size]
+        caps = backend.caption([np.asarray(img.convert("RGB")) for _, img in chunk])
+        done += [{"image": path, "caption": c} for (path, _), c in zip(chunk, caps)]
+    lines = [json.dumps(r) for r in done]
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+    else:
+        print("\n".join(lines))
     return status
 
 
@@ -137,6 +189,8 @@ def main(argv=None) -> int:
         return _detect(rest)
     if cmd == "reconstruct":
         return _reconstruct(rest)
+    if cmd == "caption":
+        return _caption(rest)
     if cmd in STAGES:
         return importlib.import_module(STAGES[cmd]).main(rest)
     print(f"vlv: unknown command {cmd!r}\n{__doc__}", file=sys.stderr)

@@ -37,7 +37,16 @@ from .data.shards import load_images
 from .manifest import build_manifest, write_manifest
 from .models.frozen_decoder import FrozenT2IDecoder
 from .models.vlv_encoder import VLVEncoder
-from .training import Checkpointer, LossLog, fingerprint, plot_loss, seed_everything, warmup_cosine
+from .training import (
+    Checkpointer,
+    LossLog,
+    fingerprint,
+    plot_loss,
+    resume_trainable,
+    save_trainable,
+    seed_everything,
+    warmup_cosine,
+)
 
 
 def training_keys(subset_json: str) -> list[str]:
@@ -108,19 +117,7 @@ def main(argv=None) -> int:
     enc_ddp, opt = acc.prepare(enc, opt)  # the scheduler stays unprepared: one step per global step
 
     ckpt = Checkpointer(args.work, fingerprint=fingerprint({**cfg, "world_size": world}))
-    start = 0
-    state = ckpt.load_latest()
-    if state is not None:
-        # the checkpoint holds the trainable tensors only; anything else in it is a config mismatch
-        unexpected = acc.unwrap_model(enc_ddp).load_state_dict(state["trainable"], strict=False).unexpected_keys
-        if unexpected:
-            raise SystemExit(
-                f"checkpoint {ckpt.latest()} does not match this encoder ({unexpected[:3]}...); delete {args.work}"
-            )
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = int(state["step"])
-        log.info("resumed from %s at step %d", ckpt.latest(), start)
+    start = resume_trainable(ckpt, acc.unwrap_model(enc_ddp), opt, sched, args.work)
     out = Path(args.out)
     loss_log = LossLog(out / "loss.csv", resume_step=start) if acc.is_main_process else None
     scaling = dec.vae.config.scaling_factor
@@ -169,16 +166,7 @@ def main(argv=None) -> int:
             loss_log.append(step + 1, lv, sched.get_last_lr()[0], time.time() - t0)
             bar.set_postfix(loss=f"{lv:.4f}")
         if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < steps and acc.is_main_process:
-            unwrapped = acc.unwrap_model(enc_ddp)
-            names = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-            ckpt.save(
-                step + 1,
-                {
-                    "trainable": {n: t for n, t in unwrapped.state_dict().items() if n in names},
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                },
-            )
+            save_trainable(ckpt, step + 1, acc.unwrap_model(enc_ddp), opt, sched)
         acc.wait_for_everyone()
     seconds = time.time() - t0
 

@@ -35,6 +35,49 @@ def warmup_cosine(step: int, total: int, warmup: int, final_ratio: float) -> flo
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def lr_multiplier(schedule: str, step: int, total: int, warmup: int, final_ratio: float) -> float:
+    """Linear warmup, then ``cosine`` or ``linear`` decay over the whole remaining run to ``final_ratio``
+    (or ``constant``)."""
+    if schedule == "cosine":
+        return warmup_cosine(step, total, warmup, final_ratio)
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 1.0 - (1.0 - final_ratio) * progress
+    raise ValueError(f"unknown learning-rate schedule {schedule!r} (cosine, linear, constant)")
+
+
+def save_trainable(ckpt: Checkpointer, step: int, model: torch.nn.Module, optimizer, scheduler) -> Path:
+    """A checkpoint of the trainable tensors only (frozen ones come from the starting folders)."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return ckpt.save(
+        step,
+        {
+            "trainable": {n: t for n, t in model.state_dict().items() if n in names},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+        },
+    )
+
+
+def resume_trainable(ckpt: Checkpointer, model: torch.nn.Module, optimizer, scheduler, work: str) -> int:
+    """Load the newest matching checkpoint into model, optimizer and schedule; the step to go on from."""
+    state = ckpt.load_latest()
+    if state is None:
+        return 0
+    # the checkpoint holds the trainable tensors only; anything else in it is a config mismatch
+    unexpected = model.load_state_dict(state["trainable"], strict=False).unexpected_keys
+    if unexpected:
+        raise SystemExit(f"checkpoint {ckpt.latest()} does not match this model ({unexpected[:3]}...); delete {work}")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    logging.getLogger("vlv").info("resumed from %s at step %d", ckpt.latest(), int(state["step"]))
+    return int(state["step"])
+
+
 def fingerprint(params: dict) -> str:
     """A short hash of a stage's settings, to tie checkpoints to them."""
     import json

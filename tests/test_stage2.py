@@ -1,0 +1,289 @@
+"""Stage 2: teacher captions, the caption decoder, captioning, and the Shapes caption judge."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlv import caption, finetune_stage2, generate_shapes, synthesize_captions
+from vlv.captioners import APICaptioner, APISettings, CaptionFailure
+from vlv.models.captioner import TRAINABLE, VLVCaptioner
+from vlv.shapes.judge import score_caption
+from vlv.shapes.world import Scene, ShapeObject
+from vlv.training import LossLog
+
+
+@pytest.fixture(scope="module")
+def captioner(root):
+    torch.manual_seed(0)
+    return VLVCaptioner.build(
+        str(root / "models/toy/vision"), str(root / "models/toy/t2i"), str(root / "models/toy/lm"), "text_encoder", 8
+    )
+
+
+def test_prefix_positions_carry_no_loss_and_eos_is_in_the_labels(captioner):
+    tok = captioner.tokenize(["a red circle at the top", "two shapes: a blue square on the left"], max_tokens=64)
+    prefix = torch.randn(2, 8, captioner.llm.config.hidden_size)
+    _, mask, labels = captioner.inputs_and_labels(prefix, **tok)
+    eos = captioner.tokenizer.eos_token_id
+    assert (labels[:, :8] == -100).all()  # the prefix
+    for row, m in zip(labels[:, 8:], tok["attention_mask"]):
+        n = int(m.sum())
+        assert row[n - 1] == eos  # the caption ends with a supervised EOS
+        assert (row[:n] != -100).all() and (row[n:] == -100).all()  # padding carries no loss
+    assert mask.shape == labels.shape and mask[:, :8].all()
+    # the budget counts the EOS: a long caption is cut, and still ends with EOS
+    short = captioner.tokenize(["a red circle at the top left and a blue square"], max_tokens=4)["input_ids"][0]
+    assert len(short) == 4 and short[-1] == eos
+
+
+@pytest.mark.parametrize("trainable", sorted(TRAINABLE))
+def test_trainable_set_freezes_exactly_what_it_says(captioner, trainable):
+    captioner.set_trainable(trainable)
+    enc = captioner.encoder
+    expected = {id(p) for p in captioner.psi.parameters()}
+    if trainable != "mlp":
+        expected |= {id(p) for p in captioner.llm.parameters()}
+    if trainable == "mlp_llm_encoder":
+        expected |= {id(p) for part in ("language_encoder", "language_decoder") for p in enc.part_parameters(part)}
+    got = {id(p) for p in captioner.parameters() if p.requires_grad}
+    names = {id(p): n for n, p in captioner.named_parameters()}
+    assert got == expected, sorted(names[i] for i in got ^ expected)[:5]
+    assert not any(p.requires_grad for p in captioner.text_encoder.parameters())  # always frozen
+    assert not any(
+        p.requires_grad for part in ("vision_tower", "queries", "projection") for p in enc.part_parameters(part)
+    )
+
+
+def test_lora_trains_only_the_adapters_and_merges_on_save(root, tmp_path):
+    torch.manual_seed(0)
+    cap = VLVCaptioner.build(
+        str(root / "models/toy/vision"), str(root / "models/toy/t2i"), str(root / "models/toy/lm"), "text_encoder", 8
+    )
+    cap.add_lora(r=4, alpha=8)
+    cap.set_trainable("mlp_llm")
+    llm_trainable = [n for n, p in cap.llm.named_parameters() if p.requires_grad]
+    assert llm_trainable and all("lora_" in n for n in llm_trainable)
+    cap.save_pretrained(tmp_path / "c")
+    weights = load_file(str(tmp_path / "c/llm/model.safetensors"))
+    assert not any("lora" in k for k in weights)  # a plain Qwen2 folder, loadable without peft
+    again = VLVCaptioner.from_pretrained(tmp_path / "c")
+    assert type(again.llm).__name__ == "Qwen2ForCausalLM"
+
+
+def _pairs(micro_config, tmp_path):
+    pairs = tmp_path / "pairs"
+    shapes = json.dumps(micro_config["shapes"])
+    assert generate_shapes.main(["--params", shapes, "--split", "pairs", "--out", str(pairs)]) == 0
+    caps = tmp_path / "captions.jsonl"
+    args = ["--params", json.dumps(micro_config["teacher"]), "--shapes", shapes, "--images", str(pairs)]
+    assert synthesize_captions.main([*args, "--out", str(caps), "--work", str(tmp_path / "teacher.jsonl")]) == 0
+    return pairs, caps
+
+
+def _stage2_args(micro_config, root, pairs, caps, out, work, **over):
+    params = {**micro_config["stage2"], "route": "text_encoder", "num_queries": 8, **over}
+    return [
+        "--params",
+        json.dumps(params),
+        "--init",
+        "no_stage1",
+        "--encoder",
+        str(root / "models/toy/vision"),
+        "--t2i",
+        str(root / "models/toy/t2i"),
+        "--llm",
+        str(root / "models/toy/lm"),
+        "--images",
+        str(pairs),
+        "--captions",
+        str(caps),
+        "--out",
+        str(out),
+        "--work",
+        str(work),
+        "--cpu",
+    ]
+
+
+def _captioner_weights(folder):
+    w = {f"psi.{k}": v for k, v in load_file(str(folder / "psi.safetensors")).items()}
+    w.update({f"llm.{k}": v for k, v in load_file(str(folder / "llm/model.safetensors")).items()})
+    w.update({f"enc.{k}": v for k, v in load_file(str(folder / "encoder/florence2/model.safetensors")).items()})
+    return w
+
+
+def test_killed_and_resumed_stage2_ends_with_the_same_weights(micro_config, root, tmp_path, monkeypatch):
+    pairs, caps = _pairs(micro_config, tmp_path)
+    assert finetune_stage2.main(_stage2_args(micro_config, root, pairs, caps, tmp_path / "ref", tmp_path / "w0")) == 0
+    real = LossLog.append
+
+    def dies_at_3(self, step, *a):
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real(self, step, *a)
+
+    monkeypatch.setattr(LossLog, "append", dies_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_stage2.main(_stage2_args(micro_config, root, pairs, caps, tmp_path / "run", tmp_path / "w1"))
+    monkeypatch.setattr(LossLog, "append", real)
+    assert finetune_stage2.main(_stage2_args(micro_config, root, pairs, caps, tmp_path / "run", tmp_path / "w1")) == 0
+    ref, run = _captioner_weights(tmp_path / "ref"), _captioner_weights(tmp_path / "run")
+    assert ref.keys() == run.keys() and all(torch.equal(ref[k], run[k]) for k in ref)
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert manifest["resumed_from_step"] == 2 and manifest["pairs"] == micro_config["shapes"]["splits"]["pairs"]["n"]
+    init = load_file(str(root / "models/toy/lm/model.safetensors"))
+    assert any(not torch.equal(init[k], ref[f"llm.{k}"]) for k in init)  # it trained
+
+    # the saved folder captions by itself (no training state), and the captioning stage uses it
+    out = tmp_path / "eval.jsonl"
+    args = ["--params", json.dumps(micro_config["stage2"]), "--captioner", "vlv", "--model", str(tmp_path / "run")]
+    assert caption.main([*args, "--images", str(pairs), "--n-images", "5", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 5 and all(isinstance(r["caption"], str) for r in rows)
+
+
+def test_frozen_encoder_caches_its_output_and_a_share_of_pairs_is_used(micro_config, root, tmp_path):
+    pairs, caps = _pairs(micro_config, tmp_path)
+    args = _stage2_args(micro_config, root, pairs, caps, tmp_path / "q", tmp_path / "wq", trainable="mlp", steps=2)
+    assert finetune_stage2.main([*args, "--pairs-fraction", "0.25"]) == 0
+    manifest = json.loads((tmp_path / "q/manifest.json").read_text())
+    assert manifest["pairs"] == round(micro_config["shapes"]["splits"]["pairs"]["n"] * 0.25)
+    # mlp: only psi moved; the LM folder is the starting LM, bit for bit
+    init = load_file(str(root / "models/toy/lm/model.safetensors"))
+    saved = load_file(str(tmp_path / "q/llm/model.safetensors"))
+    assert all(torch.equal(init[k], saved[k]) for k in init)
+
+
+def test_teacher_captioning_resumes_without_duplicates(micro_config, tmp_path):
+    pairs = tmp_path / "pairs"
+    shapes = json.dumps(micro_config["shapes"])
+    assert generate_shapes.main(["--params", shapes, "--split", "pairs", "--out", str(pairs)]) == 0
+    work, out = tmp_path / "work/teacher.jsonl", tmp_path / "captions.jsonl"
+    args = ["--params", json.dumps(micro_config["teacher"]), "--shapes", shapes, "--images", str(pairs)]
+    args += ["--out", str(out), "--work", str(work)]
+    with pytest.raises(SystemExit, match="have no teacher caption yet"):  # stopped after 10 images
+        synthesize_captions.main([*args, "--limit", "10"])
+    assert len(work.read_text().splitlines()) == 10 and not out.exists()
+    with work.open("a") as f:  # a kill mid-write leaves a torn line
+        f.write('{"key": "100000')
+    assert synthesize_captions.main(args) == 0
+    lines = work.read_text().splitlines()
+    keys = [json.loads(line)["key"] for line in lines]
+    n = micro_config["shapes"]["splits"]["pairs"]["n"]
+    assert len(keys) == len(set(keys)) == n  # every image captioned exactly once
+    final = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["key"] for r in final] == sorted(keys)
+    assert final[0]["caption"].startswith("The image shows")
+    assert synthesize_captions.main(args) == 0  # a rerun captions nothing new
+    assert len(work.read_text().splitlines()) == n
+
+
+class _FlakyAPI(BaseHTTPRequestHandler):
+    calls: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _FlakyAPI.calls.append((self.headers["Authorization"], body))
+        n = len(_FlakyAPI.calls)
+        if n in (1, 2):  # rate limited twice, then fine
+            self.send_response(429)
+            self.end_headers()
+            return
+        if n >= 4:  # then the server breaks for good
+            self.send_response(500)
+            self.end_headers()
+            return
+        reply = {"choices": [{"message": {"content": "A red  circle\non gray."}}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_api_teacher_retries_rate_limits_and_reports_failures(monkeypatch):
+    server = HTTPServer(("127.0.0.1", 0), _FlakyAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _FlakyAPI.calls = []
+    settings = APISettings(
+        base_url=f"http://127.0.0.1:{server.server_port}/v1",
+        model="test-vlm",
+        key_env="VLV_TEST_KEY",
+        requests_per_minute=6000,
+        max_retries=2,
+        timeout_s=5,
+        max_tokens=50,
+    )
+    with pytest.raises(SystemExit, match="VLV_TEST_KEY"):  # no key, no calls
+        APICaptioner(settings, "describe")
+    monkeypatch.setenv("VLV_TEST_KEY", "sk-test")
+    api = APICaptioner(settings, "describe")
+    img = np.zeros((8, 8, 3), np.uint8)
+    assert api.caption_one(img) == "A red circle on gray."  # after two 429s
+    auth, body = _FlakyAPI.calls[-1]
+    assert auth == "Bearer sk-test" and body["model"] == "test-vlm"
+    assert body["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+    with pytest.raises(CaptionFailure, match="HTTP 500 after 3 attempt"):
+        api.caption_one(img)
+    server.shutdown()
+
+
+def test_vlv_caption_command_on_a_folder_with_a_corrupt_file(root, tmp_path, capsys):
+    from PIL import Image
+
+    from vlv.cli import main as vlv_main
+
+    torch.manual_seed(0)
+    cap = VLVCaptioner.build(
+        str(root / "models/toy/vision"), str(root / "models/toy/t2i"), str(root / "models/toy/lm"), "text_encoder", 8
+    )
+    cap.save_pretrained(tmp_path / "captioner")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.full((40, 48, 3), 50, np.uint8)).save(folder / "c.jpg")
+    (folder / "b.png").write_bytes(b"not an image")
+    out = tmp_path / "caps.jsonl"
+    rc = vlv_main(["caption", str(folder), "--captioner", str(tmp_path / "captioner"), "--max-new-tokens", "8",
+                   "--out", str(out)])  # fmt: skip
+    assert rc == 1  # one file failed; the others still got captions
+    assert "b.png: cannot read image" in capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "c.jpg"]
+    assert all(isinstance(r["caption"], str) for r in rows)
+
+
+def _scene():
+    def obj(shape, colour, size, row, col, pos):
+        return ShapeObject(shape, colour, size, row, col, pos, (0.0, 0.0), 1.0)
+
+    return Scene(
+        id=0,
+        objects=[obj("circle", "red", "large", 0, 0, "top left"), obj("square", "blue", "small", 2, 2, "bottom right")],
+    )
+
+
+def test_judge_on_hand_written_captions_with_known_errors():
+    s = _scene()
+    perfect = (
+        "The image shows two objects. At the top left there is a large red circle. At the bottom right there is a "
+        "small blue square. The red circle is above and to the left of the blue square."
+    )
+    r = score_caption(s, perfect)
+    assert (r.covered, r.hallucinated, r.attributes_correct, r.relations_true, r.count_correct) == (2, 0, 2, 2, True)
+    assert r.relation_facts == r.relation_facts_stated == 2
+    r = score_caption(s, "a large red circle at the top left and a small green triangle in the center")
+    assert (r.covered, r.hallucinated, r.attributes_correct, r.relations_stated) == (1, 1, 1, 0)
+    r = score_caption(s, "a small red circle at the bottom left. The red circle is below the blue square.")
+    assert (r.covered, r.size_correct, r.position_correct, r.relations_stated, r.relations_true) == (1, 0, 0, 1, 0)
+    r = score_caption(s, "The blue square is below the red circle. three shapes.")
+    assert (r.relations_true, r.relation_facts_stated, r.count_correct) == (1, 1, False)

@@ -1,0 +1,265 @@
+"""Every captioner behind one interface: ``captioner.caption(images, metas) -> list[str]``.
+
+- ``ShapesOracle``: the Shapes world's exhaustive caption from the scene graph (the toy teacher),
+  or the first reference caption (``kind="reference"``).
+- ``VLVCaptionerBackend``: a trained VLV captioner folder (``finetune_stage2``), batched beam search.
+- ``LocalVLM``: an open VLM through transformers, batched on the GPU: Florence-2 (native class, task
+  prompt such as ``<MORE_DETAILED_CAPTION>``) or a chat VLM (``AutoModelForImageTextToText``:
+  Qwen2.5-VL, LLaVA-1.5, ...) with the paper's captioning prompt.
+- ``APICaptioner``: an OpenAI-compatible chat-completions endpoint, only when the user configures a
+  key; rate limited, retried with backoff, failures returned (never silently dropped).
+
+``make_teacher(cfg, ...)`` picks the teacher backend from the ``teacher`` config section.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .models.hub import require_local
+
+log = logging.getLogger("vlv")
+
+# The paper's Gemini 2.0 Flash captioning prompt (Fig. 7), verbatim.
+PAPER_PROMPT = (
+    "You are a perceptive visual assistant. Given an image, your task is to describe it in exhaustive detail. "
+    "Your description should include the overall scene and setting, objects present and their relative positions, "
+    "people or animals (including appearance, clothing, expressions, and poses), colors, textures, lighting, "
+    "shadows, any actions occurring, and the mood or atmosphere. Describe what you see without summarizing or "
+    "inferring beyond the visible content. Provide only the caption without any additional text or line breaks."
+)
+
+
+class CaptionFailure(RuntimeError):
+    """One image could not be captioned (e.g. the API kept failing); the caller records it."""
+
+
+class ShapesOracle:
+    """Captions from the Shapes scene graph stored with each image (toy profile only)."""
+
+    def __init__(self, shapes_cfg: dict, kind: str = "teacher"):
+        from .shapes.world import WorldSpec
+
+        if kind not in ("teacher", "reference"):
+            raise ValueError(f"kind must be teacher or reference, got {kind!r}")
+        self.spec = WorldSpec.from_config(shapes_cfg)
+        self.kind = kind
+        self.name = "shapes_oracle" if kind == "teacher" else "reference"
+
+    def caption(self, images: np.ndarray, metas: list[dict]) -> list[str]:
+        from .shapes.captions import teacher_caption
+        from .shapes.world import Scene
+
+        out = []
+        for m in metas:
+            if "scene" not in m:
+                raise ValueError("the Shapes oracle needs scene graphs beside the images (Shapes shards)")
+            if self.kind == "teacher":
+                out.append(teacher_caption(Scene.from_json(m["scene"]), self.spec))
+            else:
+                out.append(m["captions"][0])
+        return out
+
+
+class VLVCaptionerBackend:
+    def __init__(self, path: str, num_beams: int, max_new_tokens: int, device, batch_size: int = 32):
+        from .models.captioner import VLVCaptioner
+
+        self.model = VLVCaptioner.from_pretrained(path).to(device)
+        self.device = device
+        self.num_beams, self.max_new_tokens, self.batch_size = num_beams, max_new_tokens, batch_size
+        self.name = str(path)
+
+    def caption(self, images: np.ndarray, metas: list[dict] | None = None) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(images), self.batch_size):
+            pv = self.model.encoder.preprocess(images[i : i + self.batch_size]).to(self.device)
+            out += self.model.generate(pv, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens)
+        return out
+
+
+class LocalVLM:
+    """An open VLM from a local folder or cached hub id, run through transformers (no remote code)."""
+
+    def __init__(self, model: str, prompt: str, max_new_tokens: int, device, num_beams: int = 1, batch_size: int = 8):
+        from transformers import AutoConfig, AutoProcessor
+
+        local = require_local(model, "captioning VLM")
+        self.florence = AutoConfig.from_pretrained(local).model_type == "florence2"
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        if self.florence:
+            from transformers import Florence2ForConditionalGeneration
+
+            self.model = Florence2ForConditionalGeneration.from_pretrained(local, dtype=dtype)
+            # Florence-2 reads a task token, not an instruction (the paper's prompt is for chat VLMs)
+            self.prompt = prompt if prompt.startswith("<") else "<MORE_DETAILED_CAPTION>"
+        else:
+            from transformers import AutoModelForImageTextToText
+
+            self.model = AutoModelForImageTextToText.from_pretrained(local, dtype=dtype)
+            self.prompt = prompt
+        self.model.to(device).eval()
+        self.processor = AutoProcessor.from_pretrained(local)
+        if not self.florence and getattr(self.processor, "tokenizer", None) is not None:
+            self.processor.tokenizer.padding_side = "left"  # batched generation of a decoder-only LM
+        self.device, self.dtype = device, dtype
+        self.max_new_tokens, self.num_beams, self.batch_size = max_new_tokens, num_beams, batch_size
+        self.name = str(model)
+
+    def _texts(self, n: int) -> list[str]:
+        if self.florence:
+            return [self.prompt] * n
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
+        return [self.processor.apply_chat_template(messages, add_generation_prompt=True)] * n
+
+    @torch.no_grad()
+    def caption(self, images: np.ndarray, metas: list[dict] | None = None) -> list[str]:
+        from PIL import Image
+
+        out: list[str] = []
+        for i in range(0, len(images), self.batch_size):
+            batch = [Image.fromarray(np.asarray(im)) for im in images[i : i + self.batch_size]]
+            inputs = self.processor(text=self._texts(len(batch)), images=batch, return_tensors="pt", padding=True)
+            inputs = {
+                k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
+                for k, v in inputs.items()
+            }
+            ids = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False
+            )
+            if not self.florence:  # a decoder-only LM returns prompt + answer
+                ids = ids[:, inputs["input_ids"].shape[1] :]
+            texts = self.processor.batch_decode(ids, skip_special_tokens=True)
+            out += [" ".join(t.split()) for t in texts]
+        return out
+
+
+@dataclass
+class APISettings:
+    base_url: str
+    model: str
+    key_env: str
+    requests_per_minute: float
+    max_retries: int
+    timeout_s: float
+    max_tokens: int
+
+
+class APICaptioner:
+    """OpenAI-compatible ``/chat/completions`` with an image; one request per image.
+
+    Requests are spaced to ``requests_per_minute``; a 429, 5xx or network error is retried with
+    exponential backoff up to ``max_retries`` times; then the image raises ``CaptionFailure``, which
+    the caller records. The key is read from the environment variable the config names, never from
+    the config itself.
+    """
+
+    def __init__(self, settings: APISettings, prompt: str):
+        key = os.environ.get(settings.key_env)
+        if not key:
+            raise SystemExit(
+                f"the API teacher needs a key: set the environment variable {settings.key_env} "
+                "(the config never holds keys), or choose teacher.backend: local"
+            )
+        self.s, self.key, self.prompt = settings, key, prompt
+        self._last = 0.0
+        self.name = f"api:{settings.model}"
+
+    def _wait_turn(self) -> None:
+        gap = 60.0 / self.s.requests_per_minute
+        now = time.monotonic()
+        if now - self._last < gap:
+            time.sleep(gap - (now - self._last))
+        self._last = time.monotonic()
+
+    def caption_one(self, image: np.ndarray) -> str:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(image)).save(buf, format="PNG")
+        body = {
+            "model": self.s.model,
+            "max_tokens": self.s.max_tokens,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": self.prompt},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()},
+                        },
+                    ],
+                }
+            ],
+        }
+        url = self.s.base_url.rstrip("/") + "/chat/completions"
+        last_error = ""
+        for attempt in range(self.s.max_retries + 1):
+            self._wait_turn()
+            req = urllib.request.Request(
+                url,
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.key}"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=self.s.timeout_s) as r:
+                    reply = json.loads(r.read())
+                text = reply["choices"][0]["message"]["content"]
+                if not isinstance(text, str) or not text.strip():
+                    raise CaptionFailure("empty caption in the reply")
+                return " ".join(text.split())
+            except urllib.error.HTTPError as e:
+                last_error = f"HTTP {e.code}"
+                if e.code not in (408, 409, 429) and e.code < 500:
+                    break  # a client error will not get better by retrying
+            except (urllib.error.URLError, TimeoutError, OSError, KeyError, IndexError, ValueError) as e:
+                last_error = f"{type(e).__name__}: {e}"
+            if attempt < self.s.max_retries:
+                time.sleep(min(30.0, 0.5 * 2**attempt))
+        raise CaptionFailure(f"{last_error} after {attempt + 1} attempt(s)")
+
+    def caption(self, images: np.ndarray, metas: list[dict] | None = None) -> list[str]:
+        return [self.caption_one(im) for im in images]
+
+
+def make_teacher(teacher_cfg: dict, shapes_cfg: dict | None, device):
+    backend = teacher_cfg["backend"]
+    if backend == "shapes_oracle":
+        if shapes_cfg is None:
+            raise SystemExit("teacher.backend shapes_oracle needs the Shapes world (toy profile)")
+        return ShapesOracle(shapes_cfg, "teacher")
+    if backend == "local":
+        return LocalVLM(
+            teacher_cfg["model"],
+            teacher_cfg["prompt"] or PAPER_PROMPT,
+            teacher_cfg["max_new_tokens"],
+            device,
+            batch_size=teacher_cfg["batch_size"],
+        )
+    if backend == "api":
+        a = teacher_cfg["api"]
+        return APICaptioner(
+            APISettings(
+                base_url=a["base_url"],
+                model=teacher_cfg["model"],
+                key_env=a["key_env"],
+                requests_per_minute=a["requests_per_minute"],
+                max_retries=a["max_retries"],
+                timeout_s=a["timeout_s"],
+                max_tokens=teacher_cfg["max_new_tokens"],
+            ),
+            teacher_cfg["prompt"] or PAPER_PROMPT,
+        )
+    raise SystemExit(f"unknown teacher.backend {backend!r} (shapes_oracle, local or api)")

@@ -1,0 +1,204 @@
+"""Stage 2: fine-tune the caption decoder (psi + LM, optionally the VLV encoder) on teacher captions.
+
+The VLV encoder's caption embeddings pass the frozen CLIP text encoder, the MLP psi maps them into
+the LM's input space as a prefix, and the LM learns the teacher caption with cross-entropy (no
+loss on the prefix or padding; an end-of-sequence token after each caption, so it learns to stop).
+``--init vlv`` starts from the stage-1 encoder; ``--init no_stage1`` from the Florence-2 folder
+before distillation (queries and phi random): the paper's Table 7 baseline and the "direct
+captioner" of the data-efficiency comparison. ``--pairs-fraction`` trains on the first share of
+the pair set (sorted by key).
+
+accelerate for devices and processes; each step's batch is a pure function of (seed, step). When
+the encoder is frozen (``mlp``, ``mlp_llm``) its output T(z) is computed once and cached. AdamW,
+warmup then ``lr_schedule`` over the whole run, fp32 or bf16, LoRA by config; checkpoints in
+``--work`` resumed automatically. The result is a ``VLVCaptioner`` folder.
+
+Example:
+    python -m vlv.finetune_stage2 --params "$(python -m vlv.config stage2)" --init vlv \
+        --encoder results/distill_stage1/encoder --t2i models/toy/t2i --llm models/toy/lm \
+        --images results/generate_shapes/pairs --captions results/synthesize_captions/captions.jsonl \
+        --out results/finetune_stage2/vlv_pairs100 --work work/toy/finetune_stage2/vlv_pairs100
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .cli_common import load_params, setup_logging, stage_parser
+from .data.shards import load_images
+from .manifest import build_manifest, write_manifest
+from .models.captioner import TRAINABLE, VLVCaptioner
+from .training import (
+    Checkpointer,
+    LossLog,
+    fingerprint,
+    lr_multiplier,
+    plot_loss,
+    resume_trainable,
+    save_trainable,
+    seed_everything,
+)
+
+
+def read_pairs(captions_jsonl: str, fraction: float) -> dict[str, str]:
+    """key -> teacher caption: the first ``fraction`` of the pair set in key order (at least one)."""
+    rows = [json.loads(line) for line in Path(captions_jsonl).read_text().splitlines() if line.strip()]
+    pairs = dict(sorted((r["key"], r["caption"]) for r in rows))
+    n = max(1, round(len(pairs) * fraction))
+    return dict(list(pairs.items())[:n])
+
+
+def build(cfg: dict, init: str, encoder: str, t2i: str, llm: str) -> VLVCaptioner:
+    if init not in ("vlv", "no_stage1"):
+        raise SystemExit(f"--init must be vlv or no_stage1, got {init!r}")
+    if init == "vlv" and not (Path(encoder) / "vlv_encoder.json").exists():
+        raise SystemExit(f"--init vlv needs a stage-1 encoder folder; {encoder} is not one")
+    cap = VLVCaptioner.build(encoder, t2i, llm, cfg["route"], num_queries=cfg["num_queries"])
+    if cfg["finetune"] == "lora":
+        if cfg["trainable"] == "mlp":
+            raise SystemExit("stage2.finetune: lora adapts the LM, but stage2.trainable: mlp freezes it")
+        cap.add_lora(cfg["lora"]["r"], cfg["lora"]["alpha"])
+    cap.set_trainable(cfg["trainable"])
+    if cfg["gradient_checkpointing"]:
+        cap.llm.gradient_checkpointing_enable()
+    return cap
+
+
+def main(argv=None) -> int:
+    p = stage_parser(__doc__)
+    p.add_argument("--init", required=True, choices=["vlv", "no_stage1"])
+    p.add_argument("--encoder", required=True, help="stage-1 encoder folder (vlv) or Florence-2 folder/id (no_stage1)")
+    p.add_argument("--t2i", required=True, help="the T2I pipeline whose CLIP text encoder stage 1 used")
+    p.add_argument("--llm", required=True)
+    p.add_argument("--images", required=True, help="shard folder of the pair set")
+    p.add_argument("--captions", required=True, help="teacher captions (synthesize_captions JSONL)")
+    p.add_argument("--pairs-fraction", type=float, default=1.0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--work", required=True, help="checkpoint folder (kept on failure, resumed from)")
+    p.add_argument("--cpu", action="store_true")
+    args = p.parse_args(argv)
+    log = setup_logging()
+    cfg = load_params(args.params)
+    if not 0 < args.pairs_fraction <= 1:
+        raise SystemExit(f"--pairs-fraction must be in (0, 1], got {args.pairs_fraction}")
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=args.cpu, mixed_precision="bf16" if cfg["precision"] == "bf16" else "no")
+    world, rank = acc.num_processes, acc.process_index
+    if cfg["batch_size"] % world:
+        raise SystemExit(f"stage2.batch_size={cfg['batch_size']} is not divisible by {world} processes")
+    per_proc = cfg["batch_size"] // world
+    seed = int(cfg["seed"])
+    seed_everything(seed)  # the same psi (and no-stage-1 queries) on every process
+
+    pairs = read_pairs(args.captions, args.pairs_fraction)
+    keys, images, _ = load_images(args.images, list(pairs))
+    if len(keys) != len(pairs):
+        missing = sorted(set(pairs) - set(keys))
+        raise SystemExit(f"{len(missing)} captioned images are not in {args.images} (e.g. {missing[:3]})")
+    captions = [pairs[k] for k in keys]
+    cap = build(cfg, args.init, args.encoder, args.t2i, args.llm)
+    cap.to(acc.device)
+    pixel_values = cap.encoder.preprocess(images)
+    encoder_frozen = not TRAINABLE[cfg["trainable"]]
+    cached = None
+    if encoder_frozen:  # T(z) never changes: compute it once
+        with torch.no_grad():
+            cached = torch.cat(
+                [cap.caption_input(pixel_values[i : i + 256].to(acc.device)).cpu() for i in range(0, len(keys), 256)]
+            )
+    tokens = [cap.tokenize([c], cfg["max_caption_tokens"])["input_ids"][0] for c in captions]
+
+    trainable = [p for p in cap.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    steps = int(cfg["steps"])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_multiplier(cfg["lr_schedule"], s, steps, cfg["warmup_steps"], cfg["final_lr_ratio"])
+    )
+    model, opt = acc.prepare(cap, opt)
+    settings = {**cfg, "world_size": world, "init": args.init, "pairs": len(keys)}
+    ckpt = Checkpointer(args.work, fingerprint=fingerprint(settings))
+    start = resume_trainable(ckpt, acc.unwrap_model(model), opt, sched, args.work)
+    out = Path(args.out)
+    loss_log = LossLog(out / "loss.csv", resume_step=start) if acc.is_main_process else None
+    pad = cap.tokenizer.pad_token_id
+    t0 = time.time()
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="finetune_stage2", mininterval=5,
+               disable=not acc.is_main_process)  # fmt: skip
+    model.train()
+    if cap.text_encoder is not None:
+        cap.text_encoder.eval()  # frozen: no dropout
+    for step in bar:
+        idx = np.random.default_rng([seed, step]).integers(len(keys), size=cfg["batch_size"])
+        sel = idx[rank * per_proc : (rank + 1) * per_proc]
+        seqs = [tokens[i] for i in sel]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)], mask[i, : len(s)] = s, 1
+        inputs = {"input_ids": ids.to(acc.device), "attention_mask": mask.to(acc.device)}
+        if cached is not None:
+            inputs["caption_input"] = cached[torch.from_numpy(sel)].to(acc.device)
+        else:
+            inputs["pixel_values"] = pixel_values[torch.from_numpy(sel)].to(acc.device)
+        with acc.autocast():
+            loss = model(**inputs)
+        acc.backward(loss)
+        acc.clip_grad_norm_(trainable, cfg["grad_clip"])
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        lv = acc.reduce(loss.detach(), reduction="mean").item()
+        if not math.isfinite(lv):
+            raise RuntimeError(f"finetune_stage2: loss is {lv} at step {step}; lower stage2.lr")
+        if acc.is_main_process and ((step + 1) % cfg["log_every"] == 0 or step + 1 == steps):
+            loss_log.append(step + 1, lv, sched.get_last_lr()[0], time.time() - t0)
+            bar.set_postfix(loss=f"{lv:.4f}")
+        if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < steps and acc.is_main_process:
+            save_trainable(ckpt, step + 1, acc.unwrap_model(model), opt, sched)
+        acc.wait_for_everyone()
+    seconds = time.time() - t0
+
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        final = acc.unwrap_model(model).cpu().eval()
+        final.save_pretrained(out)
+        plot_loss(out / "loss.csv", out / "loss.png", f"stage 2 ({args.init}, {len(keys)} pairs, {steps} steps)")
+        n = (steps - start) * cfg["batch_size"]
+        write_manifest(
+            out / "manifest.json",
+            build_manifest(
+                "finetune_stage2",
+                cfg,
+                seed,
+                device=str(acc.device),
+                precision=cfg["precision"],
+                processes=world,
+                init=args.init,
+                encoder=args.encoder,
+                t2i=args.t2i,
+                llm=args.llm,
+                pairs=len(keys),
+                pairs_fraction=args.pairs_fraction,
+                trainable_parameters=sum(p.numel() for p in trainable),
+                train_seconds_this_run=round(seconds, 1),
+                captions_per_second=round(n / max(seconds, 1e-9), 2),
+                resumed_from_step=start,
+            ),
+        )
+        ckpt.clear()
+        log.info("saved %s: %d steps, %.0f s", out, steps, seconds)
+    acc.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

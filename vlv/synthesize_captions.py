@@ -1,0 +1,152 @@
+"""Teacher captions for the stage-2 pair set, append-only and resumable.
+
+Captions are appended, one JSON line per image, to ``--work`` (a file Snakemake does not delete
+when the job fails); a rerun reads it first and captions only the images not in it, so a stopped
+run continues where it stopped and no image is captioned twice. A torn last line (a kill mid-write)
+is dropped and redone. Images the teacher could not caption (e.g. an API that kept failing) are
+recorded in ``<work>.failures.jsonl`` and retried by the next run. When every image is done, the
+captions are written, sorted by key, to ``--out`` with a manifest beside it.
+
+Backends (the ``teacher`` config section): ``shapes_oracle`` (toy: the exhaustive caption from the
+scene graph), ``local`` (an open VLM through transformers, batched on the GPU), ``api`` (an
+OpenAI-compatible endpoint; only with a key in the environment variable the config names).
+
+Example:
+    python -m vlv.synthesize_captions --params "$(python -m vlv.config teacher)" \
+        --shapes "$(python -m vlv.config shapes)" --images results/generate_shapes/pairs \
+        --out results/synthesize_captions/captions.jsonl --work work/toy/synthesize_captions/captions.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .captioners import CaptionFailure, make_teacher
+from .cli_common import load_params, setup_logging, stage_parser
+from .data.shards import load_images
+from .manifest import build_manifest, write_manifest
+from .training import pick_device
+
+
+def read_done(path: Path) -> dict[str, str]:
+    """key -> caption from an append-only JSONL file; a torn last line is cut off the file."""
+    done: dict[str, str] = {}
+    if not path.exists():
+        return done
+    good_bytes = 0
+    with path.open("rb") as f:
+        for raw in f:
+            try:
+                rec = json.loads(raw)
+                done.setdefault(rec["key"], rec["caption"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                break
+            good_bytes += len(raw)
+    if good_bytes < path.stat().st_size:
+        with path.open("r+b") as f:
+            f.truncate(good_bytes)
+    return done
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    with path.open("a") as f:
+        for r in records:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def main(argv=None) -> int:
+    p = stage_parser(__doc__)
+    p.add_argument("--images", required=True, help="shard folder of the images to caption")
+    p.add_argument("--out", required=True)
+    p.add_argument("--work", required=True, help="the append-only JSONL (kept when the job fails)")
+    p.add_argument("--shapes", default=None, help="the Shapes world config as JSON (shapes_oracle backend)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--limit", type=int, default=None, help="caption at most this many new images, then stop")
+    args = p.parse_args(argv)
+    log = setup_logging()
+    cfg = load_params(args.params)
+    work = Path(args.work)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    failures_path = work.with_suffix(".failures.jsonl")
+
+    keys, images, metas = load_images(args.images)
+    if not keys:
+        raise SystemExit(f"no images in {args.images}")
+    done = read_done(work)
+    todo = [i for i, k in enumerate(keys) if k not in done]
+    if args.limit is not None:
+        todo = todo[: args.limit]
+    log.info("%d images, %d captioned before, %d to caption now", len(keys), len(done), len(todo))
+    failures: list[dict] = []
+    seconds = 0.0
+    if todo:
+        teacher = make_teacher(cfg, json.loads(args.shapes) if args.shapes else None, pick_device(args.device))
+        bs = int(cfg["batch_size"])
+        bar = tqdm(total=len(todo), desc=f"teacher {teacher.name}", unit="img", mininterval=5)
+        t0 = time.time()
+        for s in range(0, len(todo), bs):
+            idx = todo[s : s + bs]
+            try:
+                caps = teacher.caption(images[idx], [metas[i] for i in idx])
+                recs = [{"key": keys[i], "caption": c, "teacher": teacher.name} for i, c in zip(idx, caps)]
+            except CaptionFailure:  # caption one by one to find and record the failing images
+                recs = []
+                for i in idx:
+                    try:
+                        recs.append(
+                            {
+                                "key": keys[i],
+                                "caption": teacher.caption(images[[i]], [metas[i]])[0],
+                                "teacher": teacher.name,
+                            }
+                        )
+                    except CaptionFailure as e:
+                        failures.append({"key": keys[i], "error": str(e)})
+            _append(work, recs)
+            done.update((r["key"], r["caption"]) for r in recs)
+            bar.update(len(idx))
+            bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - t0, 1e-9):.1f}", refresh=False)
+        bar.close()
+        seconds = time.time() - t0
+    if failures:
+        _append(failures_path, failures)
+    missing = [k for k in keys if k not in done]
+    if missing:
+        raise SystemExit(
+            f"{len(missing)} of {len(keys)} images have no teacher caption yet "
+            f"({len(failures)} failed this run, listed in {failures_path}); rerun to continue"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        for k in sorted(keys):
+            f.write(json.dumps({"key": k, "caption": done[k]}, sort_keys=True) + "\n")
+    tmp.replace(out)
+    write_manifest(
+        out.with_name("manifest.json"),
+        build_manifest(
+            "synthesize_captions",
+            cfg,
+            None,
+            images=args.images,
+            captions=len(keys),
+            captioned_this_run=len(todo) - len(failures),
+            seconds_this_run=round(seconds, 2),
+            images_per_second=round((len(todo) - len(failures)) / seconds, 2) if seconds else None,
+            failures_file=str(failures_path) if failures_path.exists() else None,
+        ),
+    )
+    log.info("wrote %d teacher captions to %s", len(keys), out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
