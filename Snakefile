@@ -2,6 +2,7 @@
 #
 #   snakemake --cores 2 all            toy profile (config.yaml), offline, CPU
 #   snakemake --cores 2 pretrain_toy   retrain the toy stand-in models (outside `all`)
+#   snakemake --cores 2 data_efficiency   VLV against the direct captioner on fewer pairs
 #   snakemake --configfile config/paper.yaml --cores N all    paper profile
 #
 # This file only loads the config, validates it and includes one rule file per stage.
@@ -38,3 +39,10 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+
+
+# The paper's central claim at toy scale: VLV against the direct captioner on a share of the pairs
+# (outside `all`: two more stage-2 trainings per share).
+rule data_efficiency:
+    input:
+        "<results>/evaluate/captions_shapes_data_efficiency.json",

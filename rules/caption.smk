@@ -34,14 +34,18 @@ rule evaluate_captions_shapes:
     input:
         code=code("evaluate_captions_shapes", "shapes/judge", "shapes/parse"),
         images="<results>/generate_shapes/eval",
-        captions=expand("<results>/caption/{captioner}.jsonl", captioner=captioners()),
+        captions=lambda wildcards: [
+            results_path("caption", f"{name}.jsonl") for name in captioners(wildcards.group)
+        ],
     output:
-        json="<results>/evaluate/captions_shapes.json",
-        csv=report("<results>/evaluate/captions_shapes.csv", category="Stage 2"),
+        json="<results>/evaluate/captions_shapes_{group}.json",
+        csv=report("<results>/evaluate/captions_shapes_{group}.csv", category="Stage 2"),
     log:
-        "<logs>/evaluate/captions_shapes.log",
+        "<logs>/evaluate/captions_shapes_{group}.log",
     benchmark:
-        "<benchmarks>/evaluate/captions_shapes.tsv"
+        "<benchmarks>/evaluate/captions_shapes_{group}.tsv"
+    wildcard_constraints:
+        group="main|data_efficiency",
     conda:
         "../environment.yml"
     threads: 1
@@ -50,7 +54,7 @@ rule evaluate_captions_shapes:
         runtime=10,
     params:
         pairs=lambda wildcards, input: " ".join(
-            f"{name}={path}" for name, path in zip(captioners(), input.captions)
+            f"{name}={path}" for name, path in zip(captioners(wildcards.group), input.captions)
         ),
     shell:
         "python -m vlv.evaluate_captions_shapes --images {input.images} --captions {params.pairs} "

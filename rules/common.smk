@@ -81,11 +81,15 @@ def stage2_json():
     )
 
 
-def captioners():
-    """Every captioner the evaluation compares (the names of results/caption/<name>.jsonl)."""
+def captioners(group="main"):
+    """The captioners an evaluation compares (names of results/caption/<name>.jsonl). ``main``: the
+    references, the teacher, VLV, no-stage-1 and the open VLMs; ``data_efficiency``: VLV and the
+    direct (no-stage-1) captioner on the whole pair set and on each share in stage2.pair_percents.
+    """
+    if group == "data_efficiency":
+        percents = [100, *config["stage2"]["pair_percents"]]
+        return [f"{init}_pairs{pct}" for pct in percents for init in ("vlv", "no_stage1")]
     names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100"]
-    for pct in config["stage2"]["pair_percents"]:
-        names += [f"vlv_pairs{pct}", f"no_stage1_pairs{pct}"]
     return names + list(config["stage2"]["open_captioners"])
 
 
@@ -134,5 +138,5 @@ def final_outputs():
     ]
     out += [f"<results>/caption/{name}.jsonl" for name in captioners()]
     if config["profile"] == "toy":
-        out.append("<results>/evaluate/captions_shapes.json")
+        out.append("<results>/evaluate/captions_shapes_main.json")
     return out

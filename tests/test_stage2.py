@@ -183,6 +183,22 @@ def test_teacher_captioning_resumes_without_duplicates(micro_config, tmp_path):
     assert len(work.read_text().splitlines()) == n
 
 
+def test_local_vlm_teacher_runs_florence2_and_records_empty_captions(micro_config, root, tmp_path):
+    pairs = tmp_path / "pairs"
+    shapes = json.dumps(micro_config["shapes"])
+    assert generate_shapes.main(["--params", shapes, "--split", "pairs", "--out", str(pairs)]) == 0
+    teacher = {**micro_config["teacher"], "backend": "local", "model": str(root / "models/toy/vision")}
+    teacher["max_new_tokens"] = 6
+    work = tmp_path / "teacher.jsonl"
+    args = ["--params", json.dumps(teacher), "--images", str(pairs), "--out", str(tmp_path / "c.jsonl")]
+    # the toy Florence-2 was never trained to caption: it answers with nothing, and that is a failure
+    with pytest.raises(SystemExit, match="have no teacher caption yet"):
+        synthesize_captions.main([*args, "--work", str(work), "--limit", "4"])
+    failed = [json.loads(line) for line in work.with_suffix(".failures.jsonl").read_text().splitlines()]
+    assert len(failed) == 4 and failed[0]["error"] == "the teacher returned an empty caption"
+    assert not work.exists() or work.read_text() == ""
+
+
 class _FlakyAPI(BaseHTTPRequestHandler):
     calls: list = []
 
@@ -287,3 +303,23 @@ def test_judge_on_hand_written_captions_with_known_errors():
     assert (r.covered, r.size_correct, r.position_correct, r.relations_stated, r.relations_true) == (1, 0, 0, 1, 0)
     r = score_caption(s, "The blue square is below the red circle. three shapes.")
     assert (r.relations_true, r.relation_facts_stated, r.count_correct) == (1, 1, False)
+
+
+def test_batched_generation_gives_the_captions_of_one_at_a_time(root, tmp_path, micro_config, capsys):
+    from vlv import benchmark_stage2
+
+    torch.manual_seed(0)
+    cap = VLVCaptioner.build(
+        str(root / "models/toy/vision"), str(root / "models/toy/t2i"), str(root / "models/toy/lm"), "text_encoder", 8
+    )
+    cap.save_pretrained(tmp_path / "captioner")
+    ev = tmp_path / "eval"
+    assert (
+        generate_shapes.main(["--params", json.dumps(micro_config["shapes"]), "--split", "eval", "--out", str(ev)]) == 0
+    )
+    out = tmp_path / "speed.json"
+    args = ["--captioner", str(tmp_path / "captioner"), "--images", str(ev), "--n-images", "6", "--batch-size", "3"]
+    assert benchmark_stage2.main([*args, "--max-new-tokens", "10", "--num-beams", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["captions_that_differ"] == 0 and result["images"] == 6
+    assert "batched / one-at-a-time" in capsys.readouterr().out

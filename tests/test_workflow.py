@@ -10,7 +10,7 @@ pytestmark = pytest.mark.workflow
 def test_dry_run_of_all_lists_the_stages(tmp_path):
     res = run_snakemake(workflow_dir(tmp_path), "-n", "--cores", "1", "all")
     out = res.stdout + res.stderr
-    for rule in ("generate_shapes", "subset"):
+    for rule in ("generate_shapes", "subset", "distill_stage1", "synthesize_captions", "finetune_stage2", "caption"):
         assert rule in out
     assert "pretrain_toy_t2i" not in out  # `all` starts from the committed stand-ins
 
@@ -40,6 +40,10 @@ def test_dry_run_of_the_paper_profile_writes_under_its_own_root(tmp_path):
     out = res.stdout + res.stderr
     assert "results/paper/subset/subset.json" in out
     assert "results/subset/subset.json" not in out
+    # the paper profile captions with the open VLMs of Table 1 and has no Shapes judge
+    for name in ("florence2_large", "qwen25vl_7b", "llava15_7b", "vlv_pairs100", "no_stage1_pairs100"):
+        assert f"results/paper/caption/{name}.jsonl" in out
+    assert "captions_shapes" not in out
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path):
@@ -61,11 +65,24 @@ def test_micro_all_end_to_end_then_nothing_to_do(tmp_path):
     metrics = json.loads((wd / "results/reconstruct/metrics.json").read_text())
     assert metrics["images"] == 8 and set(metrics["detector"]) == {"recon cfg2", "caption cfg2", "empty caption"}
     assert (wd / "results/distill_stage1/encoder/vlv_encoder.json").exists()
+    scores = json.loads((wd / "results/evaluate/captions_shapes_main.json").read_text())
+    assert set(scores) == {"reference", "teacher", "vlv_pairs100", "no_stage1_pairs100"}
+    assert scores["teacher"]["coverage"] == 1.0 and scores["teacher"]["exact"] == 1.0  # the oracle is exact
+    assert scores["vlv_pairs100"]["captions"] == 16
     for split in ("pool", "pairs", "eval"):
         assert (wd / "results/generate_shapes" / split / "manifest.json").exists()
         assert (wd / "benchmarks/generate_shapes" / f"{split}.tsv").exists()
     again = run_snakemake(wd, "-n", "--cores", "1", "all")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # the data-efficiency target reuses the whole-pair-set captioners and adds the quarter-set ones
+    whole = wd / "results/finetune_stage2/vlv_pairs100/manifest.json"
+    before = whole.stat().st_mtime_ns
+    run_snakemake(wd, "--cores", "2", "data_efficiency")
+    assert whole.stat().st_mtime_ns == before  # not retrained
+    scores = json.loads((wd / "results/evaluate/captions_shapes_data_efficiency.json").read_text())
+    assert set(scores) == {"vlv_pairs100", "no_stage1_pairs100", "vlv_pairs25", "no_stage1_pairs25"}
+    quarter = json.loads((wd / "results/finetune_stage2/vlv_pairs25/manifest.json").read_text())
+    assert quarter["pairs"] == 8 and quarter["init"] == "vlv"
 
 
 @pytest.mark.slow

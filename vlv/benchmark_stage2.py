@@ -66,7 +66,6 @@ def main(argv=None) -> int:
         "images": len(images),
         "num_beams": args.num_beams,
         "max_new_tokens": args.max_new_tokens,
-        "device": str(device),
         "threads": torch.get_num_threads(),
         "settings": rows,
         "speedup_batched_over_one": round(s_one / s_batch, 2),

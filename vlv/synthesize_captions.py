@@ -109,6 +109,9 @@ def main(argv=None) -> int:
                         )
                     except CaptionFailure as e:
                         failures.append({"key": keys[i], "error": str(e)})
+            empty = [r for r in recs if not r["caption"].strip()]
+            failures += [{"key": r["key"], "error": "the teacher returned an empty caption"} for r in empty]
+            recs = [r for r in recs if r["caption"].strip()]
             _append(work, recs)
             done.update((r["key"], r["caption"]) for r in recs)
             bar.update(len(idx))
