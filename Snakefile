@@ -33,6 +33,8 @@ include: "rules/distill_stage1.smk"
 include: "rules/synthesize_captions.smk"
 include: "rules/finetune_stage2.smk"
 include: "rules/caption.smk"
+include: "rules/evaluate.smk"
+include: "rules/tables.smk"
 
 
 rule all:

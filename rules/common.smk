@@ -129,12 +129,20 @@ def captioner_args(wildcards, input):
     return f"--captioner vlv --model {input.model}"
 
 
+def evaluation_dataset():
+    n = config["evaluation"]["n_images"]
+    if config["profile"] == "toy":
+        return f"Shapes evaluation split ({n} images)"
+    return f"MS-COCO 2014 val ({n} images)"
+
+
 def final_outputs():
     out = [
         "<results>/reconstruct/metrics.json",
         "<results>/subset/subset.json",
         "<results>/generate_shapes/pairs",
         "<results>/generate_shapes/eval",
+        "<results>/tables/coco.csv",
     ]
     out += [f"<results>/caption/{name}.jsonl" for name in captioners()]
     if config["profile"] == "toy":

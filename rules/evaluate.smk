@@ -1,0 +1,111 @@
+# Evaluation, one rule per metric family, each writing one JSON per captioner:
+# caption -> image distance (render, then Fréchet distance), reference-based caption metrics, and the
+# exact Shapes judge (toy profile).
+
+
+rule render_captions:
+    input:
+        code=code("render_captions", "models/t2i"),
+        captions="<results>/caption/{captioner}.jsonl",
+        renderer=model_input("renderer"),
+    output:
+        "<results>/render_captions/{captioner}.tar",
+    log:
+        "<logs>/render_captions/{captioner}.log",
+    benchmark:
+        "<benchmarks>/render_captions/{captioner}.tsv"
+    conda:
+        "../environment.yml"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    params:
+        cfg=cfg_json("evaluation"),
+        renderer=model_arg("renderer"),
+    shell:
+        "python -m vlv.render_captions --params {params.cfg:q} --renderer {params.renderer} "
+        "--captions {input.captions} --out {output} > {log} 2>&1"
+
+
+rule evaluate_fid:
+    input:
+        code=code("evaluate_fid", "models/clip_features"),
+        renders="<results>/render_captions/{captioner}.tar",
+        images="<results>/generate_shapes/eval",
+        clip=model_input("clip"),
+    output:
+        "<results>/evaluate/fid/{captioner}.json",
+    log:
+        "<logs>/evaluate/fid/{captioner}.log",
+    benchmark:
+        "<benchmarks>/evaluate/fid/{captioner}.tsv"
+    conda:
+        "../environment.yml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        cfg=cfg_json("evaluation"),
+        clip=model_arg("clip"),
+        profile=config["profile"],
+    shell:
+        "python -m vlv.evaluate_fid --params {params.cfg:q} --profile {params.profile} --clip {params.clip} "
+        "--images {input.images} --renders {input.renders} --out {output} > {log} 2>&1"
+
+
+rule evaluate_caption_metrics:
+    input:
+        code=code("evaluate_caption_metrics", "models/clip_features"),
+        captions="<results>/caption/{captioner}.jsonl",
+        images="<results>/generate_shapes/eval",
+        clip=model_input("clip"),
+    output:
+        "<results>/evaluate/caption_metrics/{captioner}.json",
+    log:
+        "<logs>/evaluate/caption_metrics/{captioner}.log",
+    benchmark:
+        "<benchmarks>/evaluate/caption_metrics/{captioner}.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    params:
+        clip=model_arg("clip"),
+    shell:
+        "python -m vlv.evaluate_caption_metrics --clip {params.clip} --images {input.images} "
+        "--captions {input.captions} --out {output} > {log} 2>&1"
+
+
+rule evaluate_captions_shapes:
+    input:
+        code=code("evaluate_captions_shapes", "shapes/judge", "shapes/parse"),
+        images="<results>/generate_shapes/eval",
+        captions=lambda wildcards: [
+            results_path("caption", f"{name}.jsonl") for name in captioners(wildcards.group)
+        ],
+    output:
+        json="<results>/evaluate/captions_shapes_{group}.json",
+        csv=report("<results>/evaluate/captions_shapes_{group}.csv", category="Stage 2"),
+    log:
+        "<logs>/evaluate/captions_shapes_{group}.log",
+    benchmark:
+        "<benchmarks>/evaluate/captions_shapes_{group}.tsv"
+    wildcard_constraints:
+        group="main|data_efficiency",
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        pairs=lambda wildcards, input: " ".join(
+            f"{name}={path}" for name, path in zip(captioners(wildcards.group), input.captions)
+        ),
+    shell:
+        "python -m vlv.evaluate_captions_shapes --images {input.images} --captions {params.pairs} "
+        "--out {output.json} > {log} 2>&1"

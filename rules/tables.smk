@@ -1,0 +1,28 @@
+# The paper's tables as CSV files (results/tables/ in the toy profile, results/paper/tables/ in the paper one).
+
+
+rule table_coco:
+    input:
+        code=code("tables"),
+        fid=expand("<results>/evaluate/fid/{captioner}.json", captioner=captioners()),
+        metrics=expand(
+            "<results>/evaluate/caption_metrics/{captioner}.json", captioner=captioners()
+        ),
+    output:
+        report("<results>/tables/coco.csv", category="Tables"),
+    log:
+        "<logs>/tables/coco.log",
+    benchmark:
+        "<benchmarks>/tables/coco.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        profile=config["profile"],
+        dataset=evaluation_dataset(),
+    shell:
+        "python -m vlv.tables coco --profile {params.profile} --dataset {params.dataset:q} --fid {input.fid} "
+        "--caption-metrics {input.metrics} --out {output} > {log} 2>&1"

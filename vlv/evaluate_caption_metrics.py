@@ -1,0 +1,104 @@
+"""Reference-based caption metrics of one captioner on the evaluation split.
+
+BLEU-4, METEOR, ROUGE-L and CIDEr with pycocoevalcap and its PTB tokenizer (Java); SPICE only where
+its jar and Stanford CoreNLP models are present (otherwise reported as not computed, never as 0).
+CLIPScore and RefCLIPScore as defined by Hessel et al. (2021): CLIP-S = 2.5 * max(cos(caption,
+image), 0); RefCLIP-S = harmonic mean of CLIP-S and max(max over references of cos(caption,
+reference), 0), with the profile's CLIP (toy: the toy CLIP; its numbers are not comparable with
+ViT-B/32 CLIPScores). References: the split's ``captions`` (five per image, COCO format).
+
+Example:
+    python -m vlv.evaluate_caption_metrics --clip models/toy/clip --images results/generate_shapes/eval \
+        --captions results/caption/vlv_pairs100.jsonl --out results/evaluate/caption_metrics/vlv_pairs100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.shards import load_images
+from .evaluate_captions_shapes import read_captions
+from .manifest import build_manifest, write_manifest
+
+CLIP_W = 2.5
+
+
+def coco_metrics(references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, float | None]:
+    """pycocoevalcap scores (the scorers compute corpus-level BLEU/CIDEr as in the COCO toolkit)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in refs] for k, refs in references.items()})
+    res = tok.tokenize({k: [{"caption": candidates[k]}] for k in references})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    out = {"BLEU-4": float(bleu[3]), "ROUGE-L": float(Rouge().compute_score(gts, res)[0])}
+    out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    out["METEOR"] = float(Meteor().compute_score(gts, res)[0])
+    out["SPICE"] = spice_score(gts, res)
+    return out
+
+
+def spice_score(gts, res) -> float | None:
+    """SPICE where its Stanford CoreNLP jars are installed (pycocoevalcap would download them: never here)."""
+    import pycocoevalcap.spice as spice_pkg
+
+    lib = Path(spice_pkg.__file__).parent / "lib"
+    if not (lib / "stanford-corenlp-3.6.0.jar").exists():
+        return None
+    from pycocoevalcap.spice.spice import Spice
+
+    return float(Spice().compute_score(gts, res)[0])
+
+
+def clip_scores(clip, images: np.ndarray, candidates: list[str], references: list[list[str]]) -> dict[str, float]:
+    img = torch.nn.functional.normalize(clip.images(images), dim=-1)
+    cand = torch.nn.functional.normalize(clip.texts(candidates), dim=-1)
+    flat = [r for refs in references for r in refs]
+    ref = torch.nn.functional.normalize(clip.texts(flat), dim=-1)
+    clip_s = CLIP_W * (img * cand).sum(-1).clamp(min=0)
+    per_ref = cand @ ref.T  # candidate i against every reference
+    best, start = [], 0
+    for i, refs in enumerate(references):
+        best.append(per_ref[i, start : start + len(refs)].max().clamp(min=0))
+        start += len(refs)
+    best = torch.stack(best)
+    ref_clip_s = torch.where(clip_s + best > 0, 2 * clip_s * best / (clip_s + best), torch.zeros_like(best))
+    return {"CLIPScore": float(clip_s.mean()), "RefCLIPScore": float(ref_clip_s.mean())}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clip", required=True)
+    p.add_argument("--images", required=True)
+    p.add_argument("--captions", required=True)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    from .models.clip_features import ClipFeatures
+
+    cands = read_captions(args.captions)
+    keys, images, metas = load_images(args.images, list(cands))
+    if len(keys) != len(cands):
+        raise SystemExit(f"{args.captions}: {len(cands) - len(keys)} keys are not images of {args.images}")
+    refs = {k: m["captions"] for k, m in zip(keys, metas)}
+    result = {"images": len(keys), **coco_metrics(refs, cands)}
+    result.update(clip_scores(ClipFeatures(args.clip), images, [cands[k] for k in keys], [refs[k] for k in keys]))
+    result["implementation"] = "pycocoevalcap 1.2 (PTB tokenizer); CLIPScore/RefCLIPScore: Hessel et al. 2021, w=2.5"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_manifest(out.with_suffix(".manifest.json"), build_manifest("evaluate_caption_metrics", vars(args), None))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

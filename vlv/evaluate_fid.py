@@ -1,0 +1,89 @@
+"""Caption -> image distance per guidance scale: Fréchet distance between renders and the originals.
+
+Toy profile: features from the toy CLIP's image tower, reported as ``FD-toyCLIP`` (never "FID").
+Paper profile: the standard Inception FID needs the pytorch-fid Inception weights; torchmetrics
+reads them from ``--inception-weights`` (a missing file is a clear error saying where to put it).
+Both go through torchmetrics' ``FrechetInceptionDistance`` (a custom feature module for the toy).
+
+Example:
+    python -m vlv.evaluate_fid --params "$(python -m vlv.config evaluation)" --clip models/toy/clip \
+        --images results/generate_shapes/eval --renders results/render_captions/vlv_pairs100.tar \
+        --out results/evaluate/fid/vlv_pairs100.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cli_common import load_params, setup_logging, stage_parser
+from .data.shards import decode_image, iter_shard, load_images
+from .manifest import build_manifest, write_manifest
+from .render_captions import render_key
+
+
+def frechet_distance(feature: torch.nn.Module, real: np.ndarray, fake: np.ndarray) -> float:
+    """Fréchet distance between two uint8 NxHxWx3 image sets in ``feature``'s embedding space."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    fd = FrechetInceptionDistance(feature=feature, normalize=False)
+    fd.update(torch.from_numpy(real).permute(0, 3, 1, 2).contiguous(), real=True)
+    fd.update(torch.from_numpy(fake).permute(0, 3, 1, 2).contiguous(), real=False)
+    return float(fd.compute())
+
+
+def feature_space(profile: str, clip: str | None, inception_weights: str | None):
+    """(name of the metric, feature module) for the profile."""
+    if profile == "toy":
+        from .models.clip_features import ClipFeatures
+
+        return "FD-toyCLIP", ClipFeatures(clip)
+    if not inception_weights or not Path(inception_weights).is_file():
+        raise SystemExit(
+            "FID needs the pytorch-fid Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth): download them "
+            "once and pass --inception-weights PATH (evaluation.inception_weights in the config)"
+        )
+    raise SystemExit(
+        "standard Inception FID needs torch-fidelity, which pulls torchvision (not allowed beside torch 2.13 here); "
+        "see README, Evaluation"
+    )
+
+
+def main(argv=None) -> int:
+    p = stage_parser(__doc__)
+    p.add_argument("--profile", default="toy", choices=["toy", "paper"])
+    p.add_argument("--clip", default=None)
+    p.add_argument("--inception-weights", default=None)
+    p.add_argument("--images", required=True, help="the original evaluation images")
+    p.add_argument("--renders", required=True, help="render_captions tar")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    log = setup_logging()
+    cfg = load_params(args.params)
+    metric, feature = feature_space(args.profile, args.clip, args.inception_weights)
+    rendered = {key: np.asarray(decode_image(parts["png"])) for key, parts in iter_shard(args.renders)}
+    keys, originals, _ = load_images(args.images)
+    keys, originals = keys[: cfg["n_images"]], originals[: cfg["n_images"]]
+    result = {"metric": metric, "images": len(keys), "guidance": {}}
+    for g in cfg["renderer_guidance"]:
+        missing = [k for k in keys if render_key(k, g) not in rendered]
+        if missing:
+            raise SystemExit(f"{args.renders} lacks renders at guidance {g} for {len(missing)} images")
+        fake = np.stack([rendered[render_key(k, g)] for k in keys])
+        result["guidance"][f"{g:g}"] = frechet_distance(feature, originals, fake)
+        log.info("%s at guidance %g: %.3f", metric, g, result["guidance"][f"{g:g}"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_manifest(
+        out.with_suffix(".manifest.json"),
+        build_manifest("evaluate_fid", cfg, cfg["seed"], renders=args.renders, feature=args.clip or "inception"),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Render a captioner's captions with the evaluation renderer (caption -> image, the paper's Table 1).
+
+Every caption is rendered at each guidance scale of ``evaluation.renderer_guidance`` with a fixed
+seed per image (the same noise for every captioner, so captioners differ only by their words).
+Toy profile: the committed toy renderer (a second, independently trained Stable-Diffusion-format
+pipeline); paper profile: the configured renderer id. Captions longer than the renderer's text
+encoder (77 CLIP tokens) are truncated by it; how many were is recorded in the manifest.
+
+Outputs: ``--out FILE.tar`` with ``<key>-cfg<g>.png`` per image and guidance, and
+``FILE.manifest.json``.
+
+Example:
+    python -m vlv.render_captions --params "$(python -m vlv.config evaluation)" --renderer models/toy/renderer \
+        --captions results/caption/vlv_pairs100.jsonl --out results/render_captions/vlv_pairs100.tar
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .cli_common import load_params, setup_logging, stage_parser
+from .data.shards import encode_png, write_shard
+from .manifest import build_manifest, write_manifest
+from .models.t2i import load_t2i_pipeline, render_captions
+from .training import pick_device
+
+
+def render_key(key: str, guidance: float) -> str:
+    return f"{key}-cfg{guidance:g}".replace(".", "p")
+
+
+def main(argv=None) -> int:
+    p = stage_parser(__doc__)
+    p.add_argument("--renderer", required=True)
+    p.add_argument("--captions", required=True, help="JSONL of {key, caption}")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    log = setup_logging()
+    cfg = load_params(args.params)
+    rows = [json.loads(line) for line in Path(args.captions).read_text().splitlines() if line.strip()]
+    rows = rows[: cfg["n_images"]]
+    if not rows:
+        raise SystemExit(f"no captions in {args.captions}")
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # truncation is counted below, not logged per batch
+    device = pick_device(args.device)
+    pipe = load_t2i_pipeline(args.renderer, device)
+    tok = pipe.tokenizer
+    truncated = sum(len(tok(r["caption"]).input_ids) > tok.model_max_length for r in rows)
+    captions = [r["caption"] for r in rows]
+    renders = {}
+    t0 = time.time()
+    for g in tqdm(cfg["renderer_guidance"], desc="guidance scales"):
+        renders[g] = render_captions(pipe, captions, g, cfg["renderer_steps"], cfg["seed"])
+    seconds = time.time() - t0
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_shard(
+        out,
+        (
+            (render_key(r["key"], g), {"png": encode_png(renders[g][i])})
+            for g in cfg["renderer_guidance"]
+            for i, r in enumerate(rows)
+        ),
+    )
+    write_manifest(
+        out.with_suffix(".manifest.json"),
+        build_manifest(
+            "render_captions",
+            cfg,
+            cfg["seed"],
+            device=str(device),
+            renderer=args.renderer,
+            captions=args.captions,
+            images=len(rows),
+            captions_truncated_by_renderer=truncated,
+            seconds=round(seconds, 1),
+        ),
+    )
+    log.info("rendered %d captions at %d guidance scales in %.0f s", len(rows), len(renders), seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
