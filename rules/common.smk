@@ -147,4 +147,5 @@ def final_outputs():
     out += [f"<results>/caption/{name}.jsonl" for name in captioners()]
     if config["profile"] == "toy":
         out.append("<results>/evaluate/captions_shapes_main.json")
+        out.append("<results>/tables/spatial.csv")
     return out

@@ -75,9 +75,12 @@ rule evaluate_caption_metrics:
         runtime=10,
     params:
         clip=model_arg("clip"),
+        leave_one_out=lambda wildcards: (
+            "--exclude-first-reference" if wildcards.captioner == "reference" else ""
+        ),
     shell:
         "python -m vlv.evaluate_caption_metrics --clip {params.clip} --images {input.images} "
-        "--captions {input.captions} --out {output} > {log} 2>&1"
+        "--captions {input.captions} {params.leave_one_out} --out {output} > {log} 2>&1"
 
 
 rule evaluate_captions_shapes:

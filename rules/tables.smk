@@ -9,7 +9,8 @@ rule table_coco:
             "<results>/evaluate/caption_metrics/{captioner}.json", captioner=captioners()
         ),
     output:
-        report("<results>/tables/coco.csv", category="Tables"),
+        table=report("<results>/tables/coco.csv", category="Tables"),
+        figure=report("<results>/tables/coco_distance_vs_guidance.png", category="Tables"),
     log:
         "<logs>/tables/coco.log",
     benchmark:
@@ -25,4 +26,28 @@ rule table_coco:
         dataset=evaluation_dataset(),
     shell:
         "python -m vlv.tables coco --profile {params.profile} --dataset {params.dataset:q} --fid {input.fid} "
-        "--caption-metrics {input.metrics} --out {output} > {log} 2>&1"
+        "--caption-metrics {input.metrics} --out {output.table} --figure {output.figure} > {log} 2>&1"
+
+
+rule table_spatial:
+    input:
+        code=code("tables"),
+        reconstruct="<results>/reconstruct/metrics.json",
+    output:
+        report("<results>/tables/spatial.csv", category="Tables"),
+    log:
+        "<logs>/tables/spatial.log",
+    benchmark:
+        "<benchmarks>/tables/spatial.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        profile=config["profile"],
+        dataset=evaluation_dataset(),
+    shell:
+        "python -m vlv.tables spatial --profile {params.profile} --dataset {params.dataset:q} "
+        "--reconstruct {input.reconstruct} --out {output} > {log} 2>&1"

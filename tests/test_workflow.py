@@ -1,3 +1,4 @@
+import csv
 import json
 import shutil
 
@@ -69,6 +70,12 @@ def test_micro_all_end_to_end_then_nothing_to_do(tmp_path):
     assert set(scores) == {"reference", "teacher", "vlv_pairs100", "no_stage1_pairs100"}
     assert scores["teacher"]["coverage"] == 1.0 and scores["teacher"]["exact"] == 1.0  # the oracle is exact
     assert scores["vlv_pairs100"]["captions"] == 16
+    table = list(csv.DictReader((wd / "results/tables/coco.csv").open()))
+    assert [r["captioner"] for r in table] == ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100"]
+    assert {r["metric"] for r in table} == {"FD-toyCLIP"} and all(float(r["FD-toyCLIP cfg2"]) >= 0 for r in table)
+    assert (wd / "results/tables/coco.manifest.json").exists()
+    spatial = list(csv.DictReader((wd / "results/tables/spatial.csv").open()))
+    assert {r["source"] for r in spatial} >= {"VLV reconstruction", "decoder from empty caption (floor)"}
     for split in ("pool", "pairs", "eval"):
         assert (wd / "results/generate_shapes" / split / "manifest.json").exists()
         assert (wd / "benchmarks/generate_shapes" / f"{split}.tsv").exists()

@@ -5,7 +5,9 @@ its jar and Stanford CoreNLP models are present (otherwise reported as not compu
 CLIPScore and RefCLIPScore as defined by Hessel et al. (2021): CLIP-S = 2.5 * max(cos(caption,
 image), 0); RefCLIP-S = harmonic mean of CLIP-S and max(max over references of cos(caption,
 reference), 0), with the profile's CLIP (toy: the toy CLIP; its numbers are not comparable with
-ViT-B/32 CLIPScores). References: the split's ``captions`` (five per image, COCO format).
+ViT-B/32 CLIPScores). References: the split's ``captions`` (five per image, COCO format). The
+``reference`` captioner's caption is the first reference, so it is scored against the other four
+(``--exclude-first-reference``: the usual leave-one-out human baseline).
 
 Example:
     python -m vlv.evaluate_caption_metrics --clip models/toy/clip --images results/generate_shapes/eval \
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", required=True)
     p.add_argument("--captions", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--exclude-first-reference", action="store_true", help="for the reference captioner itself")
     args = p.parse_args(argv)
     from .models.clip_features import ClipFeatures
 
@@ -88,8 +91,9 @@ def main(argv=None) -> int:
     keys, images, metas = load_images(args.images, list(cands))
     if len(keys) != len(cands):
         raise SystemExit(f"{args.captions}: {len(cands) - len(keys)} keys are not images of {args.images}")
-    refs = {k: m["captions"] for k, m in zip(keys, metas)}
-    result = {"images": len(keys), **coco_metrics(refs, cands)}
+    first = 1 if args.exclude_first_reference else 0
+    refs = {k: m["captions"][first:] for k, m in zip(keys, metas)}
+    result = {"images": len(keys), "references_per_image": len(next(iter(refs.values()))), **coco_metrics(refs, cands)}
     result.update(clip_scores(ClipFeatures(args.clip), images, [cands[k] for k in keys], [refs[k] for k in keys]))
     result["implementation"] = "pycocoevalcap 1.2 (PTB tokenizer); CLIPScore/RefCLIPScore: Hessel et al. 2021, w=2.5"
     out = Path(args.out)

@@ -3,6 +3,9 @@
 ``coco.csv`` (Table 1): one row per captioner: the caption -> image distance at each guidance scale
 (FD-toyCLIP in the toy profile, FID in the paper profile, named in the ``metric`` column) and the
 reference-based caption metrics; every row names the data set, profile and metric implementations.
+``spatial.csv`` (Table 6): position and scale errors of the objects in stage-1 reconstructions (toy:
+the Shapes detector against the scene graph), per guidance scale, beside the decoder's bound (true
+caption) and floor (empty caption).
 A ``.manifest.json`` beside each table lists the files it was made from.
 
 Example:
@@ -44,6 +47,56 @@ def coco_rows(fid_files: list[str], metric_files: list[str], profile: str, datas
     return rows
 
 
+SPATIAL_COLUMNS = {
+    "colour_shape_recall": "objects found (colour+shape)",
+    "cell_accuracy_of_matched": "right cell (of found)",
+    "size_accuracy_of_matched": "right size (of found)",
+    "mean_center_error_px": "mean centre error (px)",
+    "mean_scale_error": "mean scale error (share of image side)",
+}
+
+
+def spatial_rows(metrics_file: str, profile: str, dataset: str) -> list[dict]:
+    m = json.loads(Path(metrics_file).read_text())
+    if "detector" not in m:
+        raise SystemExit(f"{metrics_file} has no detector scores (the spatial table needs the toy profile's detector)")
+    rows = []
+    for name, d in m["detector"].items():
+        kind, _, guidance = name.partition(" cfg")
+        source = {"recon": "VLV reconstruction", "caption": "decoder from true caption (bound)"}.get(
+            kind, "decoder from empty caption (floor)"
+        )
+        row = {"source": source, "guidance": guidance or "1", "dataset": dataset, "profile": profile}
+        row["images"] = m["images"]
+        row.update({label: None if d.get(k) is None else round(d[k], 4) for k, label in SPATIAL_COLUMNS.items()})
+        row["implementation"] = "Shapes detector (colour segmentation) against the scene graph"
+        rows.append(row)
+    return rows
+
+
+def plot_distance_vs_guidance(fid_files: list[str], png: str | Path) -> None:
+    """One line per captioner: caption -> image distance against guidance (the paper's U shape)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    metric = "distance"
+    for f in fid_files:
+        fid = json.loads(Path(f).read_text())
+        metric = fid["metric"]
+        gs = sorted(fid["guidance"], key=float)
+        ax.plot([float(g) for g in gs], [fid["guidance"][g] for g in gs], marker="o", label=_name(f))
+    ax.set_xlabel("guidance scale of the renderer")
+    ax.set_ylabel(f"{metric} (lower is better)")
+    ax.set_title(f"caption -> image {metric} against guidance")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
 def write_table(rows: list[dict], out: str | Path, sources: list[str]) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -61,17 +114,26 @@ def write_table(rows: list[dict], out: str | Path, sources: list[str]) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("table", choices=["coco"])
+    p.add_argument("table", choices=["coco", "spatial"])
     p.add_argument("--profile", required=True)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--fid", nargs="+", required=True)
-    p.add_argument("--caption-metrics", nargs="+", required=True)
+    p.add_argument("--fid", nargs="+", default=[], help="coco: evaluate_fid JSON per captioner")
+    p.add_argument("--caption-metrics", nargs="+", default=[], help="coco: evaluate_caption_metrics JSON")
+    p.add_argument("--reconstruct", default=None, help="spatial: reconstruct metrics.json")
     p.add_argument("--out", required=True)
+    p.add_argument("--figure", default=None, help="coco: PNG of the distance against guidance")
     args = p.parse_args(argv)
-    rows = coco_rows(args.fid, args.caption_metrics, args.profile, args.dataset)
-    write_table(rows, args.out, args.fid + args.caption_metrics)
-    for r in rows:
-        print(r)
+    if args.table == "coco":
+        rows = coco_rows(args.fid, args.caption_metrics, args.profile, args.dataset)
+        write_table(rows, args.out, args.fid + args.caption_metrics)
+        if args.figure:
+            plot_distance_vs_guidance(args.fid, args.figure)
+    else:
+        if not args.reconstruct:
+            raise SystemExit("the spatial table needs --reconstruct")
+        rows = spatial_rows(args.reconstruct, args.profile, args.dataset)
+        write_table(rows, args.out, [args.reconstruct])
+    print(f"{args.out}: {len(rows)} rows")
     return 0
 
 
