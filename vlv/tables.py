@@ -90,6 +90,7 @@ def plot_distance_vs_guidance(fid_files: list[str], png: str | Path) -> None:
         ax.plot([float(g) for g in gs], [fid["guidance"][g] for g in gs], marker="o", label=_name(f))
     ax.set_xlabel("guidance scale of the renderer")
     ax.set_ylabel(f"{metric} (lower is better)")
+    ax.set_yscale("log")
     ax.set_title(f"caption -> image {metric} against guidance")
     ax.legend(fontsize=7)
     fig.tight_layout()
