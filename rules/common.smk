@@ -148,4 +148,5 @@ def final_outputs():
     if config["profile"] == "toy":
         out.append("<results>/evaluate/captions_shapes_main.json")
         out.append("<results>/tables/spatial.csv")
+        out.append("<results>/tables/arena.csv")
     return out

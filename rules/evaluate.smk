@@ -112,3 +112,25 @@ rule evaluate_captions_shapes:
     shell:
         "python -m vlv.evaluate_captions_shapes --images {input.images} --captions {params.pairs} "
         "--out {output.json} > {log} 2>&1"
+
+
+rule evaluate_arena:
+    input:
+        code=code("evaluate_arena", "shapes/judge", "shapes/parse"),
+        captions="<results>/caption/{captioner}.jsonl",
+        images="<results>/generate_shapes/eval",
+    output:
+        "<results>/evaluate/arena/{captioner}.json",
+    log:
+        "<logs>/evaluate/arena/{captioner}.log",
+    benchmark:
+        "<benchmarks>/evaluate/arena/{captioner}.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m vlv.evaluate_arena --images {input.images} --captions {input.captions} "
+        "--out {output} > {log} 2>&1"

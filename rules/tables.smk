@@ -51,3 +51,27 @@ rule table_spatial:
     shell:
         "python -m vlv.tables spatial --profile {params.profile} --dataset {params.dataset:q} "
         "--reconstruct {input.reconstruct} --out {output} > {log} 2>&1"
+
+
+rule table_arena:
+    input:
+        code=code("tables"),
+        arena=expand("<results>/evaluate/arena/{captioner}.json", captioner=captioners()),
+    output:
+        report("<results>/tables/arena.csv", category="Tables"),
+    log:
+        "<logs>/tables/arena.log",
+    benchmark:
+        "<benchmarks>/tables/arena.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        profile=config["profile"],
+        dataset=evaluation_dataset(),
+    shell:
+        "python -m vlv.tables arena --profile {params.profile} --dataset {params.dataset:q} "
+        "--arena {input.arena} --out {output} > {log} 2>&1"

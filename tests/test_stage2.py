@@ -382,3 +382,25 @@ def test_batched_generation_gives_the_captions_of_one_at_a_time(root, tmp_path, 
     result = json.loads(out.read_text())
     assert result["captions_that_differ"] == 0 and result["images"] == 6
     assert "batched / one-at-a-time" in capsys.readouterr().out
+
+
+def test_arena_rubric_levels_on_hand_written_captions():
+    from vlv.shapes.judge import arena_rating
+
+    s = _scene()
+    full = (
+        "The image shows two objects. At the top left there is a large red circle. At the bottom right there is a "
+        "small blue square. The red circle is above and to the left of the blue square."
+    )
+    no_relation = "At the top left there is a large red circle. At the bottom right there is a small blue square."
+    one_object = "At the top left there is a large red circle."
+    vague = "a red circle"
+    wrong_relation = full.replace("above and to the left of", "below")
+    invented = one_object + " In the center there is a small green triangle."
+    two_errors = "At the bottom left there is a large red circle. In the center there is a small green triangle."
+    levels = {c: arena_rating(score_caption(s, c)) for c in (full, no_relation, one_object, vague)}
+    assert list(levels.values()) == [6, 4, 3, 3]  # no hallucination: coverage decides 6 / 4 / 3
+    assert arena_rating(score_caption(s, no_relation + " The red circle is above the blue square.")) == 5
+    assert arena_rating(score_caption(s, wrong_relation)) == 2  # informative, one false relation
+    assert arena_rating(score_caption(s, invented)) == 1  # limited, one invented object
+    assert arena_rating(score_caption(s, two_errors)) == 0  # wrong position and an invented object

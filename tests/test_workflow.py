@@ -74,6 +74,10 @@ def test_micro_all_end_to_end_then_nothing_to_do(tmp_path):
     assert [r["captioner"] for r in table] == ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100"]
     assert {r["metric"] for r in table} == {"FD-toyCLIP"} and all(float(r["FD-toyCLIP cfg2"]) >= 0 for r in table)
     assert (wd / "results/tables/coco.manifest.json").exists()
+    arena = {
+        r["captioner"]: float(r["mean rating (0-6)"]) for r in csv.DictReader((wd / "results/tables/arena.csv").open())
+    }
+    assert arena["teacher"] == 6.0 and arena["reference"] < 6.0  # the oracle is exact; short references omit relations
     spatial = list(csv.DictReader((wd / "results/tables/spatial.csv").open()))
     assert {r["source"] for r in spatial} >= {"VLV reconstruction", "decoder from empty caption (floor)"}
     for split in ("pool", "pairs", "eval"):

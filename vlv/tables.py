@@ -3,6 +3,7 @@
 ``coco.csv`` (Table 1): one row per captioner: the caption -> image distance at each guidance scale
 (FD-toyCLIP in the toy profile, FID in the paper profile, named in the ``metric`` column) and the
 reference-based caption metrics; every row names the data set, profile and metric implementations.
+``arena.csv`` (Table 2): each captioner's mean 0-6 rubric rating and the share at each level.
 ``spatial.csv`` (Table 6): position and scale errors of the objects in stage-1 reconstructions (toy:
 the Shapes detector against the scene graph), per guidance scale, beside the decoder's bound (true
 caption) and floor (empty caption).
@@ -74,6 +75,20 @@ def spatial_rows(metrics_file: str, profile: str, dataset: str) -> list[dict]:
     return rows
 
 
+def arena_rows(files: list[str], profile: str, dataset: str) -> list[dict]:
+    rows = []
+    for f in files:
+        a = json.loads(Path(f).read_text())
+        row = {"captioner": _name(f), "dataset": dataset, "profile": profile, "captions": a["captions"]}
+        row["mean rating (0-6)"] = round(a["mean_rating"], 3)
+        row.update(
+            {f"share rated {level}": round(n / max(1, a["captions"]), 3) for level, n in a["distribution"].items()}
+        )
+        row["judge"] = a["judge"]
+        rows.append(row)
+    return rows
+
+
 def plot_distance_vs_guidance(fid_files: list[str], png: str | Path) -> None:
     """One line per captioner: caption -> image distance against guidance (the paper's U shape)."""
     import matplotlib
@@ -115,7 +130,8 @@ def write_table(rows: list[dict], out: str | Path, sources: list[str]) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("table", choices=["coco", "spatial"])
+    p.add_argument("table", choices=["coco", "spatial", "arena"])
+    p.add_argument("--arena", nargs="+", default=[], help="arena: evaluate_arena JSON per captioner")
     p.add_argument("--profile", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--fid", nargs="+", default=[], help="coco: evaluate_fid JSON per captioner")
@@ -125,15 +141,19 @@ def main(argv=None) -> int:
     p.add_argument("--figure", default=None, help="coco: PNG of the distance against guidance")
     args = p.parse_args(argv)
     if args.table == "coco":
-        rows = coco_rows(args.fid, args.caption_metrics, args.profile, args.dataset)
-        write_table(rows, args.out, args.fid + args.caption_metrics)
+        rows, sources = (
+            coco_rows(args.fid, args.caption_metrics, args.profile, args.dataset),
+            args.fid + args.caption_metrics,
+        )
         if args.figure:
             plot_distance_vs_guidance(args.fid, args.figure)
+    elif args.table == "arena":
+        rows, sources = arena_rows(args.arena, args.profile, args.dataset), args.arena
     else:
         if not args.reconstruct:
             raise SystemExit("the spatial table needs --reconstruct")
-        rows = spatial_rows(args.reconstruct, args.profile, args.dataset)
-        write_table(rows, args.out, [args.reconstruct])
+        rows, sources = spatial_rows(args.reconstruct, args.profile, args.dataset), [args.reconstruct]
+    write_table(rows, args.out, sources)
     print(f"{args.out}: {len(rows)} rows")
     return 0
 

@@ -32,6 +32,7 @@ class CaptionScore:
     hallucinated: int
     size_correct: int
     position_correct: int
+    position_wrong: int  # stated, and not the object's cell (a missing position is an omission)
     attributes_correct: int
     relations_stated: int
     relations_true: int
@@ -78,6 +79,7 @@ def score_caption(scene: Scene, caption: str) -> CaptionScore:
     matched, hallucinated = _match(scene, res.objects)
     size_ok = sum(p.size == scene.objects[i].size for i, p in matched.items())
     pos_ok = sum(p.position == scene.objects[i].position for i, p in matched.items())
+    pos_wrong = sum(p.position is not None and p.position != scene.objects[i].position for i, p in matched.items())
     both_ok = sum(
         p.size == scene.objects[i].size and p.position == scene.objects[i].position for i, p in matched.items()
     )
@@ -115,6 +117,7 @@ def score_caption(scene: Scene, caption: str) -> CaptionScore:
         hallucinated=hallucinated,
         size_correct=size_ok,
         position_correct=pos_ok,
+        position_wrong=pos_wrong,
         attributes_correct=both_ok,
         relations_stated=stated,
         relations_true=true,
@@ -162,3 +165,40 @@ def summarise_captions(scores: list[CaptionScore]) -> dict[str, float | int | No
 
 def score_captions(scenes: list[Scene], captions: list[str]) -> dict:
     return summarise_captions([score_caption(s, c) for s, c in zip(scenes, captions, strict=True)])
+
+
+# The paper's arena rubric (Appendix D), 0-6: coverage, no hallucination, spatial layout.
+RUBRIC = {
+    6: "comprehensive coverage, correct spatial layout, no hallucination",
+    5: "very informative, correct layout, no hallucination, minor omissions",
+    4: "moderate coverage, correct layout, no hallucination, several omissions",
+    3: "limited coverage, minimal spatial detail, no hallucination",
+    2: "informative but at least one hallucination (object or spatial)",
+    1: "limited coverage and at least one hallucination",
+    0: "not informative and/or multiple hallucinations",
+}
+
+
+def hallucinations(s: CaptionScore) -> int:
+    """Invented objects, false relations, wrongly stated positions and a wrong count (the rubric counts
+    wrong spatial statements as hallucinations)."""
+    return s.hallucinated + (s.relations_stated - s.relations_true) + s.position_wrong + int(s.count_correct is False)
+
+
+def informativeness(s: CaptionScore) -> float:
+    """Mean of object coverage, attribute completeness of the covered objects and relation recall
+    (omitting an obvious relation lowers coverage)."""
+    parts = [s.covered / max(1, s.objects), s.attributes_correct / max(1, s.objects)]
+    if s.relation_facts:
+        parts.append(s.relation_facts_stated / s.relation_facts)
+    return float(np.mean(parts))
+
+
+def arena_rating(s: CaptionScore) -> int:
+    """The rubric level of one caption, from its exact scores."""
+    h, info = hallucinations(s), informativeness(s)
+    if h == 0:
+        return 6 if info >= 0.999 else 5 if info >= 0.75 else 4 if info >= 0.5 else 3
+    if h == 1:
+        return 2 if info >= 0.5 else 1 if info >= 0.25 else 0
+    return 0
