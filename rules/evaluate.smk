@@ -85,7 +85,7 @@ rule evaluate_caption_metrics:
 
 rule evaluate_captions_shapes:
     input:
-        code=code("evaluate_captions_shapes", "shapes/judge", "shapes/parse"),
+        code=code("evaluate_captions_shapes", "shapes/judge", "shapes/parse", "figures"),
         images="<results>/generate_shapes/eval",
         captions=lambda wildcards: [
             results_path("caption", f"{name}.jsonl") for name in captioners(wildcards.group)
@@ -93,6 +93,7 @@ rule evaluate_captions_shapes:
     output:
         json="<results>/evaluate/captions_shapes_{group}.json",
         csv=report("<results>/evaluate/captions_shapes_{group}.csv", category="Stage 2"),
+        figure=report("<results>/evaluate/captions_shapes_{group}.png", category="Stage 2"),
     log:
         "<logs>/evaluate/captions_shapes_{group}.log",
     benchmark:

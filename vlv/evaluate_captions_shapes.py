@@ -2,7 +2,8 @@
 
 For each captioner: object coverage, hallucinated objects per caption, attribute (size and
 position) accuracy, spatial-relation accuracy and recall, count accuracy and the share of exactly
-right captions (``vlv.shapes.judge``). Writes one JSON (per captioner) and one CSV row per captioner.
+right captions (``vlv.shapes.judge``). Writes one JSON (per captioner), one CSV row per captioner and
+a figure of the first images beside every captioner's caption (``<out>.png``).
 
 Example:
     python -m vlv.evaluate_captions_shapes --images results/generate_shapes/eval \
@@ -17,7 +18,8 @@ import csv
 import json
 from pathlib import Path
 
-from .data.shards import iter_dir
+from .data.shards import iter_dir, load_images
+from .figures import save_captions_figure
 from .manifest import build_manifest, write_manifest
 from .shapes.judge import score_captions
 from .shapes.world import Scene
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="JSON output; the CSV goes beside it")
     args = p.parse_args(argv)
     scenes = {k: Scene.from_json(json.loads(parts["json"])["scene"]) for k, parts in iter_dir(args.images)}
-    results = {}
+    results, all_caps = {}, {}
     for item in args.captions:
         name, _, path = item.partition("=")
         if not path:
@@ -59,6 +61,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"{path}: {len(unknown)} keys are not in {args.images} (e.g. {sorted(unknown)[:3]})")
         keys = sorted(caps)
         results[name] = score_captions([scenes[k] for k in keys], [caps[k] for k in keys])
+        all_caps[name] = caps
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -67,6 +70,9 @@ def main(argv=None) -> int:
         w.writerow(COLUMNS)
         for name, r in results.items():
             w.writerow([name] + [_fmt(r.get(c)) for c in COLUMNS[1:]])
+    shown = sorted(next(iter(all_caps.values())))[:6]
+    _, images, _ = load_images(args.images, shown)
+    save_captions_figure(out.with_suffix(".png"), images, {n: [c[k] for k in shown] for n, c in all_caps.items()})
     write_manifest(
         out.with_suffix(".manifest.json"),
         build_manifest("evaluate_captions_shapes", {"captions": args.captions}, None, images=args.images),

@@ -48,3 +48,27 @@ def save_image_grid(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def save_captions_figure(
+    path: str | os.PathLike, images: np.ndarray, captions: dict[str, list[str]], n: int = 6, width: int = 100
+) -> None:
+    """Each image beside every captioner's caption of it (one row per image)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(images))
+    fig, axes = plt.subplots(n, 2, figsize=(10, 2.4 * n), dpi=110, gridspec_kw={"width_ratios": [1, 6]}, squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(images[i], interpolation="nearest")
+        axes[i, 0].axis("off")
+        text = "\n".join(
+            f"{name}: " + "\n    ".join(_wrap(caps[i], width)) for name, caps in captions.items() if i < len(caps)
+        )
+        axes[i, 1].text(0, 1, text, va="top", ha="left", fontsize=5.5, family="monospace")
+        axes[i, 1].axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
