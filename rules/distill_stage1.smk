@@ -11,7 +11,11 @@ rule distill_stage1:
         vision_encoder=model_input("vision_encoder"),
         t2i=model_input("t2i"),
     output:
-        directory("<results>/distill_stage1/encoder"),
+        report(
+            directory("<results>/distill_stage1/encoder"),
+            patterns=["loss.png"],
+            category="Training curves",
+        ),
     log:
         "<logs>/distill_stage1/encoder.log",
     benchmark:

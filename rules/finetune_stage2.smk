@@ -12,7 +12,11 @@ rule finetune_stage2:
         t2i=model_input("t2i"),
         llm=model_input("llm"),
     output:
-        directory("<results>/finetune_stage2/{init}_pairs{percent}"),
+        report(
+            directory("<results>/finetune_stage2/{init}_pairs{percent}"),
+            patterns=["loss.png"],
+            category="Training curves",
+        ),
     log:
         "<logs>/finetune_stage2/{init}_pairs{percent}.log",
     benchmark:

@@ -85,6 +85,9 @@ def test_micro_all_end_to_end_then_nothing_to_do(tmp_path):
         assert (wd / "benchmarks/generate_shapes" / f"{split}.tsv").exists()
     again = run_snakemake(wd, "-n", "--cores", "1", "all")
     assert "Nothing to be done" in again.stdout + again.stderr
+    run_snakemake(wd, "--report", str(wd / "report.html"))  # tables, figures and training curves in one page
+    html = (wd / "report.html").read_text(errors="replace")
+    assert "coco.csv" in html and "arena.csv" in html and "loss.png" in html
     # the data-efficiency target reuses the whole-pair-set captioners and adds the quarter-set ones
     whole = wd / "results/finetune_stage2/vlv_pairs100/manifest.json"
     before = whole.stat().st_mtime_ns
