@@ -13,7 +13,7 @@ rule distill_stage1:
     output:
         report(
             directory("<results>/distill_stage1/encoder"),
-            patterns=["loss.png"],
+            patterns=["{curve}.png"],
             category="Training curves",
         ),
     log:

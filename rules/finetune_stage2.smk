@@ -14,7 +14,7 @@ rule finetune_stage2:
     output:
         report(
             directory("<results>/finetune_stage2/{init}_pairs{percent}"),
-            patterns=["loss.png"],
+            patterns=["{curve}.png"],
             category="Training curves",
         ),
     log:
