@@ -209,97 +209,45 @@ def _weights_init(root):
 
 def test_paper_classes_at_tiny_size_build_and_train_one_step(micro_config, tmp_path):
     """Florence-2, an SD-2-style UNet (linear projection, 4 blocks), a KL VAE and a CLIP text encoder."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from vlv.models.paper_sized import build_stage1_stack
 
-    from vlv.models.toy import (
-        build_florence2,
-        florence2_image_tokens,
-        florence2_processor,
-        shapes_corpus,
-        train_bart_tokenizer,
-        train_clip_tokenizer,
-    )
-    from vlv.shapes.world import WorldSpec
-
-    torch.manual_seed(0)
-    corpus = shapes_corpus(WorldSpec(), n_scenes=50)
-    tok = train_clip_tokenizer(corpus, 600)
-    te = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1,
-        cross_attention_dim=32,
-        attention_head_dim=(2, 2, 2, 2),
-        use_linear_projection=True,
-        norm_num_groups=4,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
-    )
-    sched = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-        clip_sample=False,
-        set_alpha_to_one=False,
-    )
-    StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=te,
-        tokenizer=tok,
-        unet=unet,
-        scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(tmp_path / "sd")
-    fcfg = micro_config["pretrain_toy"]["vision"]["model"]
-    btok = train_bart_tokenizer(corpus, 600)
-    special = dict(
-        bos_token_id=btok.bos_token_id,
-        eos_token_id=btok.eos_token_id,
-        pad_token_id=btok.pad_token_id,
-        decoder_start_token_id=btok.eos_token_id,
-    )
-    florence = build_florence2(fcfg, len(btok), btok.image_token_id, 32, special)
-    florence.save_pretrained(tmp_path / "florence")
-    florence2_processor(btok, 32, florence2_image_tokens(fcfg["vision"], 32)).save_pretrained(tmp_path / "florence")
-
+    florence, sd, side = build_stage1_stack(tmp_path, "tiny")
+    assert side == 32
     pool, subset = _data(micro_config, tmp_path)
     params = _micro_stage1(
         micro_config, steps=1, cache_latents=False, gradient_checkpointing=True, trainable=PAPER_TRAINABLE
     )
-    assert (
-        distill_stage1.main(
-            _stage1_args(params, pool, subset, tmp_path / "florence", tmp_path / "sd", tmp_path / "enc", tmp_path / "w")
-        )
-        == 0
-    )
+    assert distill_stage1.main(_stage1_args(params, pool, subset, florence, sd, tmp_path / "enc", tmp_path / "w")) == 0
     enc = VLVEncoder.from_pretrained(tmp_path / "enc")
     assert enc.config["clip_dim"] == 32 and enc.config["num_queries"] == 8
+
+
+def test_paper_sized_configs_have_the_published_parameter_counts():
+    """Built on the meta device (no memory): the SD-2.1 UNet and VAE to the parameter."""
+    from accelerate import init_empty_weights
+
+    from vlv.models.paper_sized import build_text_encoder, build_unet, build_vae
+
+    with init_empty_weights():
+        unet, vae = build_unet("paper", 1024), build_vae("paper")
+        te = build_text_encoder("paper", 49408, 49406, 49407, 0)
+    assert sum(p.numel() for p in unet.parameters()) == 865_910_724
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+    assert unet.config.sample_size == 48  # 384 px
+    assert (te.config.hidden_size, te.config.num_hidden_layers) == (1024, 23)
+
+
+def test_stage1_benchmark_runs_on_paper_classes_at_tiny_size(micro_config, tmp_path, capsys):
+    from vlv import benchmark_stage1
+
+    params = json.dumps({**micro_config["stage1"], "num_queries": 8})
+    out = tmp_path / "speed.json"
+    args = ["--params", params, "--paper-sized", "tiny", "--n-images", "8", "--batch-size", "4", "--steps", "2"]
+    assert benchmark_stage1.main([*args, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["settings"]) == {"a_official_style", "b_ours"} and report["gflops_per_image"] > 0
+    assert all(r["images_per_second"] > 0 and r["peak_memory_gib"] is None for r in report["settings"].values())
+    assert "ratio b/a" in capsys.readouterr().out
 
 
 def test_hub_ids_fail_at_once_offline_saying_what_to_download():

@@ -189,6 +189,9 @@ def main(argv=None) -> int:
                 train_seconds_this_run=round(seconds, 1),
                 images_per_second=round(n_img / max(seconds, 1e-9), 2),
                 resumed_from_step=start,
+                peak_memory_gib=(
+                    round(torch.cuda.max_memory_allocated() / 2**30, 2) if acc.device.type == "cuda" else None
+                ),
                 vision=args.vision,
                 decoder=args.decoder,
             ),

@@ -279,14 +279,14 @@ def build_florence2(cfg: dict, vocab_size: int, image_token_id: int, image_size:
     t = cfg["text"]
     n_stages = len(v["embed_dim"])
     vision = dict(
-        depths=[v["depth"]] * n_stages,
+        depths=v.get("depths", [v["depth"]] * n_stages),
         patch_size=v["patch_size"],
         patch_stride=v["patch_stride"],
         patch_padding=v["patch_padding"],
         patch_prenorm=[False] + [True] * (n_stages - 1),
         embed_dim=v["embed_dim"],
         num_heads=v["heads"],
-        num_groups=v["heads"],
+        num_groups=v.get("groups", v["heads"]),
         window_size=v["window_size"],
         projection_dim=t["d_model"],
         max_position_embeddings=64,
@@ -301,8 +301,8 @@ def build_florence2(cfg: dict, vocab_size: int, image_token_id: int, image_size:
         decoder_layers=t["layers"],
         encoder_attention_heads=t["heads"],
         decoder_attention_heads=t["heads"],
-        encoder_ffn_dim=2 * t["d_model"],
-        decoder_ffn_dim=2 * t["d_model"],
+        encoder_ffn_dim=t.get("ffn_dim", 2 * t["d_model"]),
+        decoder_ffn_dim=t.get("ffn_dim", 2 * t["d_model"]),
         max_position_embeddings=t["max_length"],
         dropout=0.0,
         attention_dropout=0.0,

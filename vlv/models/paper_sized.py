@@ -1,0 +1,177 @@
+"""Random-weight model folders of the paper profile's classes, at paper size or tiny.
+
+``build_stage1_stack(out, preset)`` writes ``out/florence`` (``Florence2ForConditionalGeneration``
++ processor) and ``out/sd`` (a ``StableDiffusionPipeline`` folder: CLIP text encoder, SD-2-style
+UNet with linear projections and four blocks, KL VAE, DDIM scheduler) and returns their paths and
+the training image side. ``paper``: the published configurations of Florence-2-large (DaViT
+256-512-1024-2048, BART-large 12+12 layers, d_model 1024), the OpenCLIP-H text tower of SD 2.x
+(1024 wide, 23 layers) and the SD-2.1 UNet (320-640-1280-1280, head dims 5/10/20/20, cross-attention
+1024) and VAE, at 384 px: what the stage-1 speed benchmark needs on a GPU when no weights can be
+downloaded (speed does not depend on the weights). ``tiny``: the same classes at a few thousand
+parameters, for tests on the CPU. Tokenizers are the toy ones trained on Shapes text (the
+vocabulary is smaller than the real ones; it changes only the embedding tables).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+PRESETS = {
+    "tiny": {
+        "image_size": 32,
+        "florence_image_size": 32,
+        "florence": {
+            "vision": {
+                "embed_dim": [8, 16],
+                "heads": [1, 2],
+                "depth": 1,
+                "patch_size": [7, 3],
+                "patch_stride": [4, 2],
+                "patch_padding": [3, 1],
+                "window_size": 4,
+            },
+            "text": {"d_model": 16, "layers": 1, "heads": 2, "max_length": 256},
+        },
+        "text_encoder": {"hidden_size": 32, "intermediate_size": 37, "layers": 2, "heads": 4},
+        "unet": {"block_out_channels": (8, 16, 16, 16), "head_dims": (2, 2, 2, 2), "layers": 1, "groups": 4},
+        "vae": {"block_out_channels": (8, 16), "layers": 1, "groups": 4},
+    },
+    "paper": {
+        "image_size": 384,
+        # the Florence-2 processor resizes to 768 px (its pretrained resolution)
+        "florence_image_size": 768,
+        "florence": {
+            "vision": {
+                "embed_dim": [256, 512, 1024, 2048],
+                "heads": [8, 16, 32, 64],
+                "depths": [1, 1, 9, 1],
+                "patch_size": [7, 3, 3, 3],
+                "patch_stride": [4, 2, 2, 2],
+                "patch_padding": [3, 1, 1, 1],
+                "window_size": 12,
+            },
+            "text": {"d_model": 1024, "layers": 12, "heads": 16, "ffn_dim": 4096, "max_length": 1024},
+        },
+        "text_encoder": {"hidden_size": 1024, "intermediate_size": 4096, "layers": 23, "heads": 16},
+        "unet": {"block_out_channels": (320, 640, 1280, 1280), "head_dims": (5, 10, 20, 20), "layers": 2, "groups": 32},
+        "vae": {"block_out_channels": (128, 256, 512, 512), "layers": 2, "groups": 32},
+    },
+}
+
+
+def build_unet(preset: str, cross_attention_dim: int):
+    """The SD-2-style UNet: four blocks (three with cross-attention), linear projections."""
+    from diffusers import UNet2DConditionModel
+
+    p = PRESETS[preset]
+    u = p["unet"]
+    latent = p["image_size"] // 2 ** (len(p["vae"]["block_out_channels"]) - 1)
+    return UNet2DConditionModel(
+        sample_size=latent,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=u["block_out_channels"],
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=u["layers"],
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=u["head_dims"],
+        use_linear_projection=True,
+        norm_num_groups=u["groups"],
+    )
+
+
+def build_vae(preset: str):
+    from diffusers import AutoencoderKL
+
+    p = PRESETS[preset]
+    v = p["vae"]
+    n = len(v["block_out_channels"])
+    return AutoencoderKL(
+        block_out_channels=v["block_out_channels"],
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        layers_per_block=v["layers"],
+        latent_channels=4,
+        norm_num_groups=v["groups"],
+        sample_size=p["image_size"],
+        scaling_factor=0.18215,
+    )
+
+
+def build_text_encoder(preset: str, vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    t = PRESETS[preset]["text_encoder"]
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=t["hidden_size"],
+            intermediate_size=t["intermediate_size"],
+            num_hidden_layers=t["layers"],
+            num_attention_heads=t["heads"],
+            hidden_act="gelu",
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+        )
+    )
+
+
+def build_stage1_stack(out: str | Path, preset: str = "tiny", seed: int = 0) -> tuple[Path, Path, int]:
+    """(Florence-2 folder, SD pipeline folder, training image side) of random weights."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from ..shapes.world import WorldSpec
+    from .toy import (
+        build_florence2,
+        florence2_image_tokens,
+        florence2_processor,
+        shapes_corpus,
+        train_bart_tokenizer,
+        train_clip_tokenizer,
+    )
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    out = Path(out)
+    torch.manual_seed(seed)
+    corpus = shapes_corpus(WorldSpec(), n_scenes=50)
+    tok = train_clip_tokenizer(corpus, 600)
+    te = build_text_encoder(preset, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+    sd = out / "sd"
+    StableDiffusionPipeline(
+        vae=build_vae(preset),
+        text_encoder=te,
+        tokenizer=tok,
+        unet=build_unet(preset, te.config.hidden_size),
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(sd)
+    btok = train_bart_tokenizer(corpus, 600)
+    special = dict(
+        bos_token_id=btok.bos_token_id,
+        eos_token_id=btok.eos_token_id,
+        pad_token_id=btok.pad_token_id,
+        decoder_start_token_id=btok.eos_token_id,
+    )
+    side = p["florence_image_size"]
+    fcfg = p["florence"]
+    florence = build_florence2(fcfg, len(btok), btok.image_token_id, side, special)
+    fl = out / "florence"
+    florence.save_pretrained(fl)
+    florence2_processor(btok, side, florence2_image_tokens(fcfg["vision"], side)).save_pretrained(fl)
+    return fl, sd, p["image_size"]
