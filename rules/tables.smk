@@ -10,6 +10,7 @@ rule table_coco:
         ),
     output:
         table=report("<results>/tables/coco.csv", category="Tables"),
+        metrics="<results>/tables/coco.json",
         figure=report("<results>/tables/coco_distance_vs_guidance.png", category="Tables"),
     log:
         "<logs>/tables/coco.log",
@@ -34,7 +35,8 @@ rule table_spatial:
         code=code("tables"),
         reconstruct="<results>/reconstruct/metrics.json",
     output:
-        report("<results>/tables/spatial.csv", category="Tables"),
+        table=report("<results>/tables/spatial.csv", category="Tables"),
+        metrics="<results>/tables/spatial.json",
     log:
         "<logs>/tables/spatial.log",
     benchmark:
@@ -50,7 +52,7 @@ rule table_spatial:
         dataset=evaluation_dataset(),
     shell:
         "python -m vlv.tables spatial --profile {params.profile} --dataset {params.dataset:q} "
-        "--reconstruct {input.reconstruct} --out {output} > {log} 2>&1"
+        "--reconstruct {input.reconstruct} --out {output.table} > {log} 2>&1"
 
 
 rule table_arena:
@@ -58,7 +60,8 @@ rule table_arena:
         code=code("tables"),
         arena=expand("<results>/evaluate/arena/{captioner}.json", captioner=captioners()),
     output:
-        report("<results>/tables/arena.csv", category="Tables"),
+        table=report("<results>/tables/arena.csv", category="Tables"),
+        metrics="<results>/tables/arena.json",
     log:
         "<logs>/tables/arena.log",
     benchmark:
@@ -74,4 +77,4 @@ rule table_arena:
         dataset=evaluation_dataset(),
     shell:
         "python -m vlv.tables arena --profile {params.profile} --dataset {params.dataset:q} "
-        "--arena {input.arena} --out {output} > {log} 2>&1"
+        "--arena {input.arena} --out {output.table} > {log} 2>&1"

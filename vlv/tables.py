@@ -7,7 +7,8 @@ reference-based caption metrics; every row names the data set, profile and metri
 ``spatial.csv`` (Table 6): position and scale errors of the objects in stage-1 reconstructions (toy:
 the Shapes detector against the scene graph), per guidance scale, beside the decoder's bound (true
 caption) and floor (empty caption).
-A ``.manifest.json`` beside each table lists the files it was made from.
+A ``.manifest.json`` beside each table lists the files it was made from; a ``.json`` beside it holds
+its numbers as hierarchical JSON (``dvc metrics show`` reads it).
 
 Example:
     python -m vlv.tables coco --profile toy --dataset "Shapes eval split (200 images)" \
@@ -121,6 +122,13 @@ def write_table(rows: list[dict], out: str | Path, sources: list[str]) -> None:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
+    # the numbers as hierarchical JSON (DVC metrics): first column -> {numeric column: value}
+    key_col = columns[0]
+    metrics: dict = {}
+    for r in rows:
+        key = " ".join(str(r[c]) for c in (key_col, "guidance") if c in r)
+        metrics[key] = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out.with_suffix(".json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     manifests = [str(Path(s).with_suffix(".manifest.json")) for s in sources]
     write_manifest(
         out.with_suffix(".manifest.json"),

@@ -1,0 +1,72 @@
+"""The DVC layer and the Snakefile agree: every table has a stage, every stage target is a Snakemake output."""
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, run_snakemake, workflow_dir
+
+TABLES = ("coco", "arena", "spatial")
+
+
+@pytest.fixture(scope="module")
+def stages():
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _targets(stage: dict) -> list[str]:
+    cmd = shlex.split(stage["cmd"])
+    assert cmd[:3] == ["snakemake", "--cores", "2"], stage["cmd"]
+    return cmd[3:]
+
+
+def _declared(stage: dict) -> list[str]:
+    out = []
+    for kind in ("outs", "metrics"):
+        for item in stage.get(kind, []):
+            out.append(next(iter(item)) if isinstance(item, dict) else item)
+    return out
+
+
+def test_every_table_of_all_has_a_stage_with_metrics(stages):
+    for table in TABLES:
+        owners = [name for name, s in stages.items() if f"results/tables/{table}.csv" in _targets(s)]
+        assert owners == [f"table_{table}"], table
+        s = stages[f"table_{table}"]
+        assert f"results/tables/{table}.csv" in _declared(s)
+        assert {f"results/tables/{table}.json": {"cache": False}} in s["metrics"]
+
+
+def test_stage_targets_are_declared_outputs_and_code_is_a_dependency(stages):
+    for name, s in stages.items():
+        declared = _declared(s)
+        for target in _targets(s):
+            assert any(target == d or target.startswith(d.rstrip("/") + "/") for d in declared), (name, target)
+        assert {"Snakefile", "rules", "vlv", "models/toy"} <= set(s["deps"]), name
+
+
+def test_stage_params_name_existing_config_keys(stages, toy_config):
+    for name, s in stages.items():
+        for entry in s.get("params", []):
+            for path in entry["config.yaml"]:
+                node = toy_config
+                for part in path.split("."):
+                    assert part in node, (name, path)
+                    node = node[part]
+
+
+def test_stage_targets_are_snakemake_targets(stages, tmp_path):
+    targets = [t for s in stages.values() for t in _targets(s)]
+    res = run_snakemake(workflow_dir(tmp_path), "-n", "--cores", "1", *targets, configfiles=(ROOT / "config.yaml",))
+    assert "table_coco" in res.stdout + res.stderr
+
+
+def test_dvc_reads_the_pipeline():
+    dvc = Path(sys.executable).parent / "dvc"
+    res = subprocess.run([str(dvc), "stage", "list"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    listed = [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
+    assert listed == ["data", "stage1", "stage2", "table_coco", "table_arena", "table_spatial"]
