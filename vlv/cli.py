@@ -5,6 +5,7 @@
     vlv detect IMAGE...                         list the flat-coloured objects in images
     vlv reconstruct IMAGE... --encoder DIR      image -> caption embeddings -> image, with a trained encoder
     vlv caption IMAGE|FOLDER... --captioner DIR  captions from a trained VLV captioner (JSONL)
+    vlv pull [DVC PULL ARGS]                    dvc pull, then file times Snakemake reads as up to date
     vlv <stage> --params JSON ...               run one pipeline stage (what the Snakemake rules call)
 
 Stages: generate-shapes, pretrain-toy-t2i, pretrain-toy-clip, pretrain-toy-lm,
@@ -191,6 +192,10 @@ def main(argv=None) -> int:
         return _reconstruct(rest)
     if cmd == "caption":
         return _caption(rest)
+    if cmd == "pull":
+        from .dvc_pull import main as pull_main
+
+        return pull_main(rest)
     if cmd in STAGES:
         return importlib.import_module(STAGES[cmd]).main(rest)
     print(f"vlv: unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
