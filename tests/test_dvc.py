@@ -70,3 +70,21 @@ def test_dvc_reads_the_pipeline():
     assert res.returncode == 0, res.stderr
     listed = [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
     assert listed == ["data", "stage1", "stage2", "table_coco", "table_arena", "table_spatial"]
+
+
+def test_pull_dates_outputs_in_pipeline_order(stages, tmp_path):
+    from vlv.dvc_pull import set_times_in_order, tracked_outputs
+
+    order = tracked_outputs(ROOT / "dvc.yaml")
+    index = {p: i for i, p in enumerate(order)}
+    for name, s in stages.items():  # what a stage reads was dated before what it writes
+        mine = [index[p] for p in _declared(s)]
+        for dep in s["deps"]:
+            if dep in index and dep not in _declared(s):
+                assert index[dep] < min(mine), (name, dep)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.txt").write_text("x")
+    (tmp_path / "b.json").write_text("{}")
+    assert set_times_in_order(tmp_path, ["a", "missing", "b.json"], start=1_000_000.0) == 3
+    t = {p: (tmp_path / p).stat().st_mtime for p in ("a", "a/x.txt", "b.json")}
+    assert t["a"] == t["a/x.txt"] == 1_000_000.0 and t["b.json"] == 1_000_002.0

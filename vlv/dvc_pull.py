@@ -34,7 +34,7 @@ def tracked_outputs(dvc_yaml: Path) -> list[str]:
 
 def set_times_in_order(root: Path, paths: list[str], start: float | None = None) -> int:
     """Give each path (every file under a folder, and the folder) a later time than the one before."""
-    t = time.time() - 10 * len(paths) if start is None else start
+    t = time.time() - 2.0 * len(paths) if start is None else start
     n = 0
     for rel in paths:
         p = root / rel
@@ -67,7 +67,12 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 1
-    n = set_times_in_order(root, tracked_outputs(root / "dvc.yaml"))
+    paths = tracked_outputs(root / "dvc.yaml")
+    # later than every source file (a fresh clone dates them all "now"), spaced 2 s apart
+    sources = [f for d in ("vlv", "rules", "schemas", "models", "config") for f in (root / d).rglob("*") if f.is_file()]
+    sources += [root / "Snakefile", root / "config.yaml"]
+    newest = max(f.stat().st_mtime for f in sources if f.exists())
+    n = set_times_in_order(root, paths, start=max(newest + 2.0, time.time() - 2.0 * len(paths)))
     print(
         f"vlv pull: {n} pulled files and folders dated in pipeline order; `snakemake -n all` should find nothing to do"
     )
