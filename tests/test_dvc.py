@@ -1,6 +1,8 @@
 """The DVC layer and the Snakefile agree: every table has a stage, every stage target is a Snakemake output."""
 
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +90,40 @@ def test_pull_dates_outputs_in_pipeline_order(stages, tmp_path):
     assert set_times_in_order(tmp_path, ["a", "missing", "b.json"], start=1_000_000.0) == 3
     t = {p: (tmp_path / p).stat().st_mtime for p in ("a", "a/x.txt", "b.json")}
     assert t["a"] == t["a/x.txt"] == 1_000_000.0 and t["b.json"] == 1_000_002.0
+
+
+@pytest.mark.slow
+def test_dvc_repro_on_the_micro_config_then_nothing_then_only_evaluation(tmp_path, micro_config):
+    """`dvc repro` builds every table; a second run does nothing; an evaluation-only change reruns
+    only the table stage that reads it, and inside it Snakemake reruns only the evaluation jobs."""
+    wd = tmp_path / "repo"
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if f.startswith(("results/figures/", "tests/")):
+            continue
+        (wd / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, wd / f)
+    (wd / "config.yaml").write_text(yaml.safe_dump(micro_config, sort_keys=False))  # the micro run as params
+    (wd / "dvc.lock").unlink()
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    dvc = str(Path(sys.executable).parent / "dvc")
+
+    def repro(*args):
+        res = subprocess.run([dvc, "repro", *args], cwd=wd, capture_output=True, text=True, env=env, timeout=900)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return res.stdout + res.stderr
+
+    subprocess.run(["git", "init", "-q"], cwd=wd, check=True)
+    first = repro()
+    assert all(f"Running stage '{s}'" in first for s in ("data", "stage1", "stage2", "table_coco"))
+    assert (wd / "results/tables/coco.json").exists()
+    second = repro()
+    assert "Running stage" not in second and "up to date" in second
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    cfg["evaluation"]["renderer_steps"] = 3
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    third = repro()
+    ran = {line.split("'")[1] for line in third.splitlines() if line.startswith("Running stage")}
+    assert ran == {"table_coco"}, third[-2000:]
+    assert "localrule render_captions" in third and "localrule distill_stage1" not in third
+    assert "localrule finetune_stage2" not in third
