@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,23 @@ def run_snakemake(workdir: Path, *args: str, configfiles=(ROOT / "config.yaml", 
     if check and res.returncode != 0:
         raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res
+
+
+@contextmanager
+def killed_at_step(monkeypatch, step: int):
+    """The training run inside is killed (KeyboardInterrupt) when it logs ``step``; the test fails if it is not."""
+    from vlv.training import LossLog
+
+    real = LossLog.append
+
+    def dies(self, s, *args):
+        if s == step:
+            raise KeyboardInterrupt("simulated kill")
+        return real(self, s, *args)
+
+    monkeypatch.setattr(LossLog, "append", dies)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(LossLog, "append", real)

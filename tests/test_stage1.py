@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import killed_at_step
 from safetensors.torch import load_file
 
 from vlv import distill_stage1, generate_shapes
 from vlv.models.frozen_decoder import FrozenT2IDecoder, clip_text_from_embeddings
 from vlv.models.hub import MissingModelError
 from vlv.models.vlv_encoder import PARTS, VLVEncoder
-from vlv.training import LossLog
 
 PAPER_TRAINABLE = ["language_encoder", "language_decoder", "queries", "projection"]
 
@@ -141,17 +141,8 @@ def test_killed_and_resumed_stage1_ends_with_the_same_weights(micro_config, tmp_
     assert (
         distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "ref", tmp_path / "w_ref")) == 0
     )
-    real = LossLog.append
-
-    def dies_at_3(self, step, *a):
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return real(self, step, *a)
-
-    monkeypatch.setattr(LossLog, "append", dies_at_3)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_step(monkeypatch, 3):
         distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "run", tmp_path / "w_run"))
-    monkeypatch.setattr(LossLog, "append", real)
     assert (
         distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "run", tmp_path / "w_run")) == 0
     )

@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import numpy as np
 import pytest
 import torch
+from conftest import killed_at_step
 from safetensors.torch import load_file
 
 from vlv import caption, finetune_stage2, generate_shapes, synthesize_captions
@@ -14,7 +15,6 @@ from vlv.captioners import APICaptioner, APISettings, CaptionFailure
 from vlv.models.captioner import TRAINABLE, VLVCaptioner
 from vlv.shapes.judge import score_caption
 from vlv.shapes.world import Scene, ShapeObject
-from vlv.training import LossLog
 
 
 @pytest.fixture(scope="module")
@@ -120,17 +120,8 @@ def _captioner_weights(folder):
 def test_killed_and_resumed_stage2_ends_with_the_same_weights(micro_config, root, tmp_path, monkeypatch):
     pairs, caps = _pairs(micro_config, tmp_path)
     assert finetune_stage2.main(_stage2_args(micro_config, root, pairs, caps, tmp_path / "ref", tmp_path / "w0")) == 0
-    real = LossLog.append
-
-    def dies_at_3(self, step, *a):
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return real(self, step, *a)
-
-    monkeypatch.setattr(LossLog, "append", dies_at_3)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_step(monkeypatch, 3):
         finetune_stage2.main(_stage2_args(micro_config, root, pairs, caps, tmp_path / "run", tmp_path / "w1"))
-    monkeypatch.setattr(LossLog, "append", real)
     assert finetune_stage2.main(_stage2_args(micro_config, root, pairs, caps, tmp_path / "run", tmp_path / "w1")) == 0
     ref, run = _captioner_weights(tmp_path / "ref"), _captioner_weights(tmp_path / "run")
     assert ref.keys() == run.keys() and all(torch.equal(ref[k], run[k]) for k in ref)

@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from .captioners import PAPER_PROMPT, LocalVLM, ShapesOracle, VLVCaptionerBackend, make_teacher
+from .captioners import PAPER_PROMPT, LocalVLM, References, VLVCaptionerBackend, make_teacher
 from .cli_common import load_params, setup_logging, stage_parser
 from .data.shards import load_images
 from .manifest import build_manifest, write_manifest
@@ -32,7 +32,7 @@ def make_captioner(kind: str, cfg: dict, teacher_cfg: dict, model: str | None, s
     if kind in ("vlv", "vlm") and not model:
         raise SystemExit(f"--captioner {kind} needs --model")
     if kind == "reference":
-        return ShapesOracle(shapes, "reference") if shapes else _References()
+        return References()
     if kind == "teacher":
         return make_teacher({**teacher_cfg, "batch_size": cfg["caption_batch_size"]}, shapes, device)
     if kind == "vlv":
@@ -44,15 +44,6 @@ def make_captioner(kind: str, cfg: dict, teacher_cfg: dict, model: str | None, s
         device,
         batch_size=cfg["caption_batch_size"],
     )
-
-
-class _References:
-    """The first reference caption stored with each image (any data set with ``captions`` metadata)."""
-
-    name = "reference"
-
-    def caption(self, images, metas):
-        return [m["captions"][0] for m in metas]
 
 
 def main(argv=None) -> int:

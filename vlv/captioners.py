@@ -1,7 +1,7 @@
 """Every captioner behind one interface: ``captioner.caption(images, metas) -> list[str]``.
 
-- ``ShapesOracle``: the Shapes world's exhaustive caption from the scene graph (the toy teacher),
-  or the first reference caption (``kind="reference"``).
+- ``ShapesOracle``: the Shapes world's exhaustive caption from the scene graph (the toy teacher);
+  ``References``: the first reference caption of each image.
 - ``VLVCaptionerBackend``: a trained VLV captioner folder (``finetune_stage2``), batched beam search.
 - ``LocalVLM``: an open VLM through transformers, batched on the GPU: Florence-2 (native class, task
   prompt such as ``<MORE_DETAILED_CAPTION>``) or a chat VLM (``AutoModelForImageTextToText``:
@@ -46,30 +46,31 @@ class CaptionFailure(RuntimeError):
 
 
 class ShapesOracle:
-    """Captions from the Shapes scene graph stored with each image (toy profile only)."""
+    """The Shapes world's exhaustive teacher caption from the scene graph stored with each image (toy)."""
 
-    def __init__(self, shapes_cfg: dict, kind: str = "teacher"):
+    name = "shapes_oracle"
+
+    def __init__(self, shapes_cfg: dict):
         from .shapes.world import WorldSpec
 
-        if kind not in ("teacher", "reference"):
-            raise ValueError(f"kind must be teacher or reference, got {kind!r}")
         self.spec = WorldSpec.from_config(shapes_cfg)
-        self.kind = kind
-        self.name = "shapes_oracle" if kind == "teacher" else "reference"
 
     def caption(self, images: np.ndarray, metas: list[dict]) -> list[str]:
         from .shapes.captions import teacher_caption
         from .shapes.world import Scene
 
-        out = []
-        for m in metas:
-            if "scene" not in m:
-                raise ValueError("the Shapes oracle needs scene graphs beside the images (Shapes shards)")
-            if self.kind == "teacher":
-                out.append(teacher_caption(Scene.from_json(m["scene"]), self.spec))
-            else:
-                out.append(m["captions"][0])
-        return out
+        if any("scene" not in m for m in metas):
+            raise ValueError("the Shapes oracle needs scene graphs beside the images (Shapes shards)")
+        return [teacher_caption(Scene.from_json(m["scene"]), self.spec) for m in metas]
+
+
+class References:
+    """The first reference caption stored with each image (any data set with ``captions`` metadata)."""
+
+    name = "reference"
+
+    def caption(self, images: np.ndarray, metas: list[dict]) -> list[str]:
+        return [m["captions"][0] for m in metas]
 
 
 class VLVCaptionerBackend:
@@ -239,7 +240,7 @@ def make_teacher(teacher_cfg: dict, shapes_cfg: dict | None, device):
     if backend == "shapes_oracle":
         if shapes_cfg is None:
             raise SystemExit("teacher.backend shapes_oracle needs the Shapes world (toy profile)")
-        return ShapesOracle(shapes_cfg, "teacher")
+        return ShapesOracle(shapes_cfg)
     if backend == "local":
         return LocalVLM(
             teacher_cfg["model"],

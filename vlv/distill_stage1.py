@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -41,9 +40,9 @@ from .training import (
     Checkpointer,
     LossLog,
     fingerprint,
+    finish_step,
     plot_loss,
     resume_trainable,
-    save_trainable,
     seed_everything,
     warmup_cosine,
 )
@@ -154,20 +153,10 @@ def main(argv=None) -> int:
             gen = torch.Generator().manual_seed(noise_seed)
             full_noise = torch.randn((cfg["batch_size"], *latents.shape[1:]), generator=gen)
             loss = dec.diffusion_loss(latents, cond, full_noise[mine], timesteps[mine])
-        acc.backward(loss)
-        acc.clip_grad_norm_(trainable, cfg["grad_clip"])
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        lv = acc.reduce(loss.detach(), reduction="mean").item()
-        if not math.isfinite(lv):
-            raise RuntimeError(f"distill_stage1: loss is {lv} at step {step}; lower stage1.lr")
-        if acc.is_main_process and ((step + 1) % cfg["log_every"] == 0 or step + 1 == steps):
-            loss_log.append(step + 1, lv, sched.get_last_lr()[0], time.time() - t0)
-            bar.set_postfix(loss=f"{lv:.4f}")
-        if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < steps and acc.is_main_process:
-            save_trainable(ckpt, step + 1, acc.unwrap_model(enc_ddp), opt, sched)
-        acc.wait_for_everyone()
+        finish_step(
+            acc, loss, enc_ddp, trainable, opt, sched,
+            step=step, steps=steps, cfg=cfg, ckpt=ckpt, loss_log=loss_log, bar=bar, t0=t0, stage="distill_stage1",
+        )  # fmt: skip
     seconds = time.time() - t0
 
     acc.wait_for_everyone()

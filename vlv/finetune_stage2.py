@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -39,10 +38,10 @@ from .training import (
     Checkpointer,
     LossLog,
     fingerprint,
+    finish_step,
     lr_multiplier,
     plot_loss,
     resume_trainable,
-    save_trainable,
     seed_everything,
 )
 
@@ -128,7 +127,6 @@ def main(argv=None) -> int:
     start = resume_trainable(ckpt, acc.unwrap_model(model), opt, sched, args.work)
     out = Path(args.out)
     loss_log = LossLog(out / "loss.csv", resume_step=start) if acc.is_main_process else None
-    pad = cap.tokenizer.pad_token_id
     t0 = time.time()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="finetune_stage2", mininterval=5,
                disable=not acc.is_main_process)  # fmt: skip
@@ -138,33 +136,18 @@ def main(argv=None) -> int:
     for step in bar:
         idx = np.random.default_rng([seed, step]).integers(len(keys), size=cfg["batch_size"])
         sel = idx[rank * per_proc : (rank + 1) * per_proc]
-        seqs = [tokens[i] for i in sel]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)], mask[i, : len(s)] = s, 1
-        inputs = {"input_ids": ids.to(acc.device), "attention_mask": mask.to(acc.device)}
+        batch = cap.pad([tokens[i] for i in sel])
+        inputs = {k: v.to(acc.device) for k, v in batch.items()}
         if cached is not None:
             inputs["caption_input"] = cached[torch.from_numpy(sel)].to(acc.device)
         else:
             inputs["pixel_values"] = pixel_values[torch.from_numpy(sel)].to(acc.device)
         with acc.autocast():
             loss = model(**inputs)
-        acc.backward(loss)
-        acc.clip_grad_norm_(trainable, cfg["grad_clip"])
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        lv = acc.reduce(loss.detach(), reduction="mean").item()
-        if not math.isfinite(lv):
-            raise RuntimeError(f"finetune_stage2: loss is {lv} at step {step}; lower stage2.lr")
-        if acc.is_main_process and ((step + 1) % cfg["log_every"] == 0 or step + 1 == steps):
-            loss_log.append(step + 1, lv, sched.get_last_lr()[0], time.time() - t0)
-            bar.set_postfix(loss=f"{lv:.4f}")
-        if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < steps and acc.is_main_process:
-            save_trainable(ckpt, step + 1, acc.unwrap_model(model), opt, sched)
-        acc.wait_for_everyone()
+        finish_step(
+            acc, loss, model, trainable, opt, sched,
+            step=step, steps=steps, cfg=cfg, ckpt=ckpt, loss_log=loss_log, bar=bar, t0=t0, stage="finetune_stage2",
+        )  # fmt: skip
     seconds = time.time() - t0
 
     acc.wait_for_everyone()

@@ -9,6 +9,7 @@ import math
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,26 @@ def resume_trainable(ckpt: Checkpointer, model: torch.nn.Module, optimizer, sche
     scheduler.load_state_dict(state["scheduler"])
     logging.getLogger("vlv").info("resumed from %s at step %d", ckpt.latest(), int(state["step"]))
     return int(state["step"])
+
+
+def finish_step(acc, loss, model, trainable, opt, sched, *, step, steps, cfg, ckpt, loss_log, bar, t0, stage) -> float:
+    """Backward, clip, optimizer and schedule step; then the finite-loss check, the loss log and the
+    periodic checkpoint (main process). Both training stages end each step with this."""
+    acc.backward(loss)
+    acc.clip_grad_norm_(trainable, cfg["grad_clip"])
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    lv = acc.reduce(loss.detach(), reduction="mean").item()
+    if not math.isfinite(lv):
+        raise RuntimeError(f"{stage}: loss is {lv} at step {step}; lower the learning rate")
+    if acc.is_main_process and ((step + 1) % cfg["log_every"] == 0 or step + 1 == steps):
+        loss_log.append(step + 1, lv, sched.get_last_lr()[0], time.time() - t0)
+        bar.set_postfix(loss=f"{lv:.4f}")
+    if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < steps and acc.is_main_process:
+        save_trainable(ckpt, step + 1, acc.unwrap_model(model), opt, sched)
+    acc.wait_for_everyone()
+    return lv
 
 
 def fingerprint(params: dict) -> str:

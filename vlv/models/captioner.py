@@ -76,10 +76,9 @@ class VLVCaptioner(torch.nn.Module):
         else:
             if num_queries is None:
                 raise ValueError("a Florence-2 starting point needs num_queries")
-            clip_dim = text_encoder.config.hidden_size if text_encoder is not None else None
-            if clip_dim is None:
+            if text_encoder is None:
                 raise ValueError("the direct route without stage 1 has no CLIP width to project to")
-            enc = VLVEncoder.from_florence(encoder, num_queries, clip_dim)
+            enc = VLVEncoder.from_florence(encoder, num_queries, text_encoder.config.hidden_size)
         llm_local = require_local(llm, "caption LM")
         return cls(
             enc,
@@ -126,11 +125,15 @@ class VLVCaptioner(torch.nn.Module):
         """Right-padded caption ids with EOS appended (the EOS counts within ``max_tokens``)."""
         eos = self.tokenizer.eos_token_id
         seqs = [self.tokenizer(c, add_special_tokens=False).input_ids[: max_tokens - 1] + [eos] for c in captions]
+        return self.pad(seqs)
+
+    def pad(self, seqs) -> dict[str, torch.Tensor]:
+        """Right-pad token sequences into input_ids and attention_mask."""
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
+            ids[i, : len(s)] = torch.as_tensor(s)
             mask[i, : len(s)] = 1
         return {"input_ids": ids, "attention_mask": mask}
 

@@ -102,21 +102,11 @@ def build_vae(preset: str):
 
 
 def build_text_encoder(preset: str, vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """The CLIP text tower (OpenCLIP-H's uses GELU), through the toy builder."""
+    from .toy import build_text_encoder as build
 
-    t = PRESETS[preset]["text_encoder"]
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=t["hidden_size"],
-            intermediate_size=t["intermediate_size"],
-            num_hidden_layers=t["layers"],
-            num_attention_heads=t["heads"],
-            hidden_act="gelu",
-            bos_token_id=bos_id,
-            eos_token_id=eos_id,
-            pad_token_id=pad_id,
-        )
+    return build(
+        {**PRESETS[preset]["text_encoder"], "max_length": 77, "hidden_act": "gelu"}, vocab_size, bos_id, eos_id, pad_id
     )
 
 

@@ -161,6 +161,7 @@ def build_text_encoder(cfg: dict, vocab_size: int, bos_id: int, eos_id: int, pad
             num_hidden_layers=cfg["layers"],
             num_attention_heads=cfg["heads"],
             max_position_embeddings=cfg["max_length"],
+            hidden_act=cfg.get("hidden_act", "quick_gelu"),
             bos_token_id=bos_id,
             eos_token_id=eos_id,
             pad_token_id=pad_id,

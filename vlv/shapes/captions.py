@@ -63,8 +63,8 @@ def short_caption(scene: Scene, rng: np.random.Generator, phrasing: int | None =
     raise ValueError(f"phrasing must be in 0..{N_PHRASINGS - 1}, got {phrasing}")
 
 
-def relation_words(a: ShapeObject, b: ShapeObject) -> str | None:
-    """How ``a`` lies relative to ``b`` ("above and to the left of"), or None in the same cell."""
+def relation_parts(a: ShapeObject, b: ShapeObject) -> list[str]:
+    """How ``a`` lies relative to ``b``: a subset of "above"/"below", "to the left of"/"to the right of"."""
     parts = []
     if a.row < b.row:
         parts.append("above")
@@ -74,11 +74,13 @@ def relation_words(a: ShapeObject, b: ShapeObject) -> str | None:
         parts.append("to the left of")
     elif a.col > b.col:
         parts.append("to the right of")
-    if not parts:
-        return None
-    if parts[0] in ("above", "below") and len(parts) == 1:
-        return parts[0]
-    return " and ".join(parts)
+    return parts
+
+
+def relation_words(a: ShapeObject, b: ShapeObject) -> str | None:
+    """The relation as words ("above and to the left of"), or None in the same cell."""
+    parts = relation_parts(a, b)
+    return " and ".join(parts) if parts else None
 
 
 def teacher_caption(scene: Scene, spec: WorldSpec) -> str:

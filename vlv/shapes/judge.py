@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .captions import relation_parts
 from .parse import ParsedObject, parse_caption
 from .world import Scene, ShapeObject
 
@@ -42,17 +43,9 @@ class CaptionScore:
 
 
 def relation_facts(a: ShapeObject, b: ShapeObject) -> set[str]:
-    """The relation words true of ``a`` relative to ``b``: a subset of above, below, left of, right of."""
-    facts = set()
-    if a.row < b.row:
-        facts.add("above")
-    elif a.row > b.row:
-        facts.add("below")
-    if a.col < b.col:
-        facts.add("left of")
-    elif a.col > b.col:
-        facts.add("right of")
-    return facts
+    """The relation words true of ``a`` relative to ``b``, as the parser reads them (above, below,
+    left of, right of)."""
+    return {p.removeprefix("to the ") for p in relation_parts(a, b)}
 
 
 def _match(scene: Scene, parsed: list[ParsedObject]) -> tuple[dict[int, ParsedObject], int]:
