@@ -1,6 +1,6 @@
 # Evaluation, one rule per metric family, each writing one JSON per captioner:
 # caption -> image distance (render, then Fréchet distance), reference-based caption metrics, and the
-# exact Shapes judge (toy profile).
+# exact Shapes judge (toy profile), the arena rating and questions answered from captions.
 
 
 rule render_captions:
@@ -135,3 +135,49 @@ rule evaluate_arena:
     shell:
         "python -m vlv.evaluate_arena --images {input.images} --captions {input.captions} "
         "--out {output} > {log} 2>&1"
+
+
+rule make_questions:
+    input:
+        code=code("make_questions", "shapes/questions"),
+        images="<results>/generate_shapes/eval",
+    output:
+        "<results>/evaluate/vqa/questions.jsonl",
+    log:
+        "<logs>/evaluate/vqa/questions.log",
+    benchmark:
+        "<benchmarks>/evaluate/vqa/questions.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "python -m vlv.make_questions --images {input.images} --out {output} > {log} 2>&1"
+
+
+rule evaluate_vqa:
+    input:
+        code=code("evaluate_vqa", "vqa", "shapes/questions", "shapes/parse"),
+        questions=vqa_questions(),
+        captions="<results>/caption/{captioner}.jsonl",
+        references="<results>/caption/reference.jsonl",
+        reader=vqa_reader_input(),
+    output:
+        "<results>/evaluate/vqa/{captioner}.json",
+    log:
+        "<logs>/evaluate/vqa/{captioner}.log",
+    benchmark:
+        "<benchmarks>/evaluate/vqa/{captioner}.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        cfg=cfg_json("vqa"),
+    shell:
+        "python -m vlv.evaluate_vqa --params {params.cfg:q} --questions {input.questions} "
+        "--captions {input.captions} --references {input.references} --out {output} > {log} 2>&1"

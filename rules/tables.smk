@@ -12,6 +12,7 @@ rule table_coco:
         table=report("<results>/tables/coco.csv", category="Tables"),
         metrics="<results>/tables/coco.json",
         figure=report("<results>/tables/coco_distance_vs_guidance.png", category="Tables"),
+        figure_data="<results>/tables/coco_distance_vs_guidance.csv",
     log:
         "<logs>/tables/coco.log",
     benchmark:
@@ -78,3 +79,28 @@ rule table_arena:
     shell:
         "python -m vlv.tables arena --profile {params.profile} --dataset {params.dataset:q} "
         "--arena {input.arena} --out {output.table} > {log} 2>&1"
+
+
+rule table_vqa:
+    input:
+        code=code("tables"),
+        vqa=expand("<results>/evaluate/vqa/{captioner}.json", captioner=captioners()),
+    output:
+        table=report("<results>/tables/vqa.csv", category="Tables"),
+        metrics="<results>/tables/vqa.json",
+    log:
+        "<logs>/tables/vqa.log",
+    benchmark:
+        "<benchmarks>/tables/vqa.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        profile=config["profile"],
+        dataset=evaluation_dataset(),
+    shell:
+        "python -m vlv.tables vqa --profile {params.profile} --dataset {params.dataset:q} "
+        "--vqa {input.vqa} --out {output.table} > {log} 2>&1"

@@ -62,6 +62,17 @@ def run_snakemake(workdir: Path, *args: str, configfiles=(ROOT / "config.yaml", 
     return res
 
 
+@pytest.fixture(scope="session")
+def micro_all(tmp_path_factory) -> Path:
+    """A scratch directory in which `snakemake --cores 2 all` has run on the micro config (once per session)."""
+    wd = workflow_dir(tmp_path_factory.mktemp("micro_all"))
+    run_snakemake(wd, "--cores", "2", "all")
+    return wd
+
+
+TABLE_FILES = [f"results/tables/{t}.{ext}" for t in ("coco", "arena", "vqa", "spatial") for ext in ("csv", "json")]
+
+
 @contextmanager
 def killed_at_step(monkeypatch, step: int):
     """The training run inside is killed (KeyboardInterrupt) when it logs ``step``; the test fails if it is not."""

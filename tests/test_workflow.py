@@ -58,9 +58,8 @@ def test_bad_config_stops_before_any_job_naming_the_key(tmp_path):
     assert "unknown config key 'subset.top_m'" in res.stdout + res.stderr
 
 
-def test_micro_all_end_to_end_then_nothing_to_do(tmp_path):
-    wd = workflow_dir(tmp_path)
-    run_snakemake(wd, "--cores", "2", "all")
+def test_micro_all_end_to_end_then_nothing_to_do(micro_all):
+    wd = micro_all
     res = json.loads((wd / "results/subset/subset.json").read_text())
     assert res["counts"]["kept"] == 48
     metrics = json.loads((wd / "results/reconstruct/metrics.json").read_text())
@@ -78,6 +77,10 @@ def test_micro_all_end_to_end_then_nothing_to_do(tmp_path):
         r["captioner"]: float(r["mean rating (0-6)"]) for r in csv.DictReader((wd / "results/tables/arena.csv").open())
     }
     assert arena["teacher"] == 6.0 and arena["reference"] < 6.0  # the oracle is exact; short references omit relations
+    vqa = {r["captioner"]: r for r in csv.DictReader((wd / "results/tables/vqa.csv").open())}
+    assert set(vqa) == set(arena) and {r["shots"] for r in vqa.values()} == {"0"}
+    assert float(vqa["teacher"]["accuracy"]) == 1.0  # every question's answer is in the oracle's caption
+    assert float(vqa["no_stage1_pairs100"]["accuracy"]) < 1.0
     spatial = list(csv.DictReader((wd / "results/tables/spatial.csv").open()))
     assert {r["source"] for r in spatial} >= {"VLV reconstruction", "decoder from empty caption (floor)"}
     for split in ("pool", "pairs", "eval"):
@@ -87,7 +90,7 @@ def test_micro_all_end_to_end_then_nothing_to_do(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
     run_snakemake(wd, "--report", str(wd / "report.html"))  # tables, figures and training curves in one page
     html = (wd / "report.html").read_text(errors="replace")
-    assert "coco.csv" in html and "arena.csv" in html and "loss.png" in html
+    assert all(f"{t}.csv" in html for t in ("coco", "arena", "vqa", "spatial")) and "loss.png" in html
     # the data-efficiency target reuses the whole-pair-set captioners and adds the quarter-set ones
     whole = wd / "results/finetune_stage2/vlv_pairs100/manifest.json"
     before = whole.stat().st_mtime_ns

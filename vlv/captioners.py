@@ -157,25 +157,26 @@ class APISettings:
     max_tokens: int
 
 
-class APICaptioner:
-    """OpenAI-compatible ``/chat/completions`` with an image; one request per image.
+class ChatAPI:
+    """An OpenAI-compatible ``/chat/completions`` endpoint: ``complete(content) -> str``.
 
     Requests are spaced to ``requests_per_minute``; a 429, 5xx or network error is retried with
-    exponential backoff up to ``max_retries`` times; then the image raises ``CaptionFailure``, which
+    exponential backoff up to ``max_retries`` times; then the request raises ``CaptionFailure``, which
     the caller records. The key is read from the environment variable the config names, never from
     the config itself.
     """
 
-    def __init__(self, settings: APISettings, prompt: str):
+    def __init__(
+        self, settings: APISettings, purpose: str = "the API teacher", alternative: str = "teacher.backend: local"
+    ):
         key = os.environ.get(settings.key_env)
         if not key:
             raise SystemExit(
-                f"the API teacher needs a key: set the environment variable {settings.key_env} "
-                "(the config never holds keys), or choose teacher.backend: local"
+                f"{purpose} needs a key: set the environment variable {settings.key_env} "
+                f"(the config never holds keys), or choose {alternative}"
             )
-        self.s, self.key, self.prompt = settings, key, prompt
+        self.s, self.key = settings, key
         self._last = 0.0
-        self.name = f"api:{settings.model}"
 
     def _wait_turn(self) -> None:
         gap = 60.0 / self.s.requests_per_minute
@@ -184,26 +185,12 @@ class APICaptioner:
             time.sleep(gap - (now - self._last))
         self._last = time.monotonic()
 
-    def caption_one(self, image: np.ndarray) -> str:
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(np.asarray(image)).save(buf, format="PNG")
+    def complete(self, content: str | list[dict]) -> str:
+        """The reply to one user message (text, or OpenAI content parts), stripped."""
         body = {
             "model": self.s.model,
             "max_tokens": self.s.max_tokens,
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": self.prompt},
-                        {
-                            "type": "image_url",
-                            "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()},
-                        },
-                    ],
-                }
-            ],
+            "messages": [{"role": "user", "content": content}],
         }
         url = self.s.base_url.rstrip("/") + "/chat/completions"
         last_error = ""
@@ -219,8 +206,8 @@ class APICaptioner:
                     reply = json.loads(r.read())
                 text = reply["choices"][0]["message"]["content"]
                 if not isinstance(text, str) or not text.strip():
-                    raise CaptionFailure("empty caption in the reply")
-                return " ".join(text.split())
+                    raise CaptionFailure("empty reply")
+                return text.strip()
             except urllib.error.HTTPError as e:
                 last_error = f"HTTP {e.code}"
                 if e.code not in (408, 409, 429) and e.code < 500:
@@ -231,8 +218,41 @@ class APICaptioner:
                 time.sleep(min(30.0, 0.5 * 2**attempt))
         raise CaptionFailure(f"{last_error} after {attempt + 1} attempt(s)")
 
+
+class APICaptioner:
+    """A captioner behind an OpenAI-compatible endpoint (``ChatAPI``): one request per image, the
+    image sent as a PNG data URL beside the prompt."""
+
+    def __init__(self, settings: APISettings, prompt: str):
+        self.api, self.prompt = ChatAPI(settings), prompt
+        self.name = f"api:{settings.model}"
+
+    def caption_one(self, image: np.ndarray) -> str:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(image)).save(buf, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        reply = self.api.complete(
+            [{"type": "text", "text": self.prompt}, {"type": "image_url", "image_url": {"url": url}}]
+        )
+        return " ".join(reply.split())
+
     def caption(self, images: np.ndarray, metas: list[dict] | None = None) -> list[str]:
         return [self.caption_one(im) for im in images]
+
+
+def api_settings(api_cfg: dict, model: str, max_tokens: int) -> APISettings:
+    """``APISettings`` from a config ``api`` block (teacher.api, vqa.api) and the model to call."""
+    return APISettings(
+        base_url=api_cfg["base_url"],
+        model=model,
+        key_env=api_cfg["key_env"],
+        requests_per_minute=api_cfg["requests_per_minute"],
+        max_retries=api_cfg["max_retries"],
+        timeout_s=api_cfg["timeout_s"],
+        max_tokens=max_tokens,
+    )
 
 
 def make_teacher(teacher_cfg: dict, shapes_cfg: dict | None, device):
@@ -250,17 +270,6 @@ def make_teacher(teacher_cfg: dict, shapes_cfg: dict | None, device):
             batch_size=teacher_cfg["batch_size"],
         )
     if backend == "api":
-        a = teacher_cfg["api"]
-        return APICaptioner(
-            APISettings(
-                base_url=a["base_url"],
-                model=teacher_cfg["model"],
-                key_env=a["key_env"],
-                requests_per_minute=a["requests_per_minute"],
-                max_retries=a["max_retries"],
-                timeout_s=a["timeout_s"],
-                max_tokens=teacher_cfg["max_new_tokens"],
-            ),
-            teacher_cfg["prompt"] or PAPER_PROMPT,
-        )
+        settings = api_settings(teacher_cfg["api"], teacher_cfg["model"], teacher_cfg["max_new_tokens"])
+        return APICaptioner(settings, teacher_cfg["prompt"] or PAPER_PROMPT)
     raise SystemExit(f"unknown teacher.backend {backend!r} (shapes_oracle, local or api)")

@@ -4,6 +4,9 @@
 (FD-toyCLIP in the toy profile, FID in the paper profile, named in the ``metric`` column) and the
 reference-based caption metrics; every row names the data set, profile and metric implementations.
 ``arena.csv`` (Table 2): each captioner's mean 0-6 rubric rating and the share at each level.
+``vqa.csv`` (Table 3): questions answered from each captioner's captions alone, per number of
+in-context examples: accuracy overall and per question kind, the share answered "unknown", the reader
+and the metric.
 ``spatial.csv`` (Table 6): position and scale errors of the objects in stage-1 reconstructions (toy:
 the Shapes detector against the scene graph), per guidance scale, beside the decoder's bound (true
 caption) and floor (empty caption).
@@ -90,20 +93,49 @@ def arena_rows(files: list[str], profile: str, dataset: str) -> list[dict]:
     return rows
 
 
-def plot_distance_vs_guidance(fid_files: list[str], png: str | Path) -> None:
-    """One line per captioner: caption -> image distance against guidance (the paper's U shape)."""
+def vqa_rows(files: list[str], profile: str, dataset: str) -> list[dict]:
+    rows = []
+    for f in files:
+        v = json.loads(Path(f).read_text())
+        for shots, r in v["shots"].items():
+            row = {"captioner": _name(f), "dataset": dataset, "profile": profile, "questions": v["questions"]}
+            row["shots"] = int(shots)
+            row["accuracy"] = round(r["accuracy"], 4)
+            row.update({f"accuracy ({kind})": round(a, 4) for kind, a in r["by_kind"].items()})
+            row["answered unknown"] = round(r["unknown_share"], 4)
+            row["reader"], row["metric"] = v["reader"], v["metric"]
+            rows.append(row)
+    return rows
+
+
+def distance_vs_guidance(fid_files: list[str]) -> tuple[str, dict[str, dict[float, float]]]:
+    """The metric's name and, per captioner, guidance -> caption -> image distance."""
+    metric, curves = "distance", {}
+    for f in fid_files:
+        fid = json.loads(Path(f).read_text())
+        metric = fid["metric"]
+        curves[_name(f)] = {float(g): v for g, v in fid["guidance"].items()}
+    return metric, curves
+
+
+def write_distance_vs_guidance(fid_files: list[str], png: str | Path) -> None:
+    """The figure (one line per captioner: the paper's U shape) and its data as a CSV beside it
+    (``guidance`` then one column per captioner; ``dvc plots`` reads it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metric, curves = distance_vs_guidance(fid_files)
+    guidance = sorted({g for c in curves.values() for g in c})
+    with Path(png).with_suffix(".csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["guidance", *curves])
+        w.writerows([[g, *(round(c[g], 4) if g in c else "" for c in curves.values())] for g in guidance])
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-    metric = "distance"
-    for f in fid_files:
-        fid = json.loads(Path(f).read_text())
-        metric = fid["metric"]
-        gs = sorted(fid["guidance"], key=float)
-        ax.plot([float(g) for g in gs], [fid["guidance"][g] for g in gs], marker="o", label=_name(f))
+    for name, c in curves.items():
+        gs = sorted(c)
+        ax.plot(gs, [c[g] for g in gs], marker="o", label=name)
     ax.set_xlabel("guidance scale of the renderer")
     ax.set_ylabel(f"{metric} (lower is better)")
     ax.set_yscale("log")
@@ -127,6 +159,8 @@ def write_table(rows: list[dict], out: str | Path, sources: list[str]) -> None:
     metrics: dict = {}
     for r in rows:
         key = " ".join(str(r[c]) for c in (key_col, "guidance") if c in r)
+        if "shots" in r:
+            key += f" {r['shots']}-shot"
         metrics[key] = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     out.with_suffix(".json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     manifests = [str(Path(s).with_suffix(".manifest.json")) for s in sources]
@@ -138,15 +172,18 @@ def write_table(rows: list[dict], out: str | Path, sources: list[str]) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("table", choices=["coco", "spatial", "arena"])
+    p.add_argument("table", choices=["coco", "spatial", "arena", "vqa"])
     p.add_argument("--arena", nargs="+", default=[], help="arena: evaluate_arena JSON per captioner")
+    p.add_argument("--vqa", nargs="+", default=[], help="vqa: evaluate_vqa JSON per captioner")
     p.add_argument("--profile", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--fid", nargs="+", default=[], help="coco: evaluate_fid JSON per captioner")
     p.add_argument("--caption-metrics", nargs="+", default=[], help="coco: evaluate_caption_metrics JSON")
     p.add_argument("--reconstruct", default=None, help="spatial: reconstruct metrics.json")
     p.add_argument("--out", required=True)
-    p.add_argument("--figure", default=None, help="coco: PNG of the distance against guidance")
+    p.add_argument(
+        "--figure", default=None, help="coco: PNG of the distance against guidance (its data: the same name, .csv)"
+    )
     args = p.parse_args(argv)
     if args.table == "coco":
         rows, sources = (
@@ -154,7 +191,9 @@ def main(argv=None) -> int:
             args.fid + args.caption_metrics,
         )
         if args.figure:
-            plot_distance_vs_guidance(args.fid, args.figure)
+            write_distance_vs_guidance(args.fid, args.figure)
+    elif args.table == "vqa":
+        rows, sources = vqa_rows(args.vqa, args.profile, args.dataset), args.vqa
     elif args.table == "arena":
         rows, sources = arena_rows(args.arena, args.profile, args.dataset), args.arena
     else:
