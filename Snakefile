@@ -3,6 +3,7 @@
 #   snakemake --cores 2 all            toy profile (config.yaml), offline, CPU
 #   snakemake --cores 2 pretrain_toy   retrain the toy stand-in models (outside `all`)
 #   snakemake --cores 2 data_efficiency   VLV against the direct captioner on fewer pairs
+#   snakemake --cores 2 ablations      Tables 4 and 5 and the composition demo (outside `all`)
 #   snakemake --configfile config/paper.yaml --cores N all    paper profile
 #
 # This file only loads the config, validates it and includes one rule file per stage.
@@ -20,12 +21,17 @@ envvars:
     "PATH",
 
 
+include: "rules/common.smk"
+
+
 wildcard_constraints:
     split="pool|pairs|eval",
     t2i_name="t2i|renderer",
+    lm_name="lm|lm_small|lm_large",
+    s1=STAGE1_PATTERN,
+    name=CAPTIONER_PATTERN,
 
 
-include: "rules/common.smk"
 include: "rules/generate_shapes.smk"
 include: "rules/pretrain_toy.smk"
 include: "rules/subset.smk"
@@ -35,6 +41,7 @@ include: "rules/finetune_stage2.smk"
 include: "rules/caption.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"
+include: "rules/ablations.smk"
 
 
 rule all:
@@ -48,3 +55,10 @@ rule all:
 rule data_efficiency:
     input:
         "<results>/evaluate/captions_shapes_data_efficiency.json",
+
+
+# The paper's Tables 4 and 5 and the composition demo (outside `all`: four more stage-1 encoders and
+# four more captioners; times in README).
+rule ablations:
+    input:
+        ablation_outputs(),

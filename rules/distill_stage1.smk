@@ -1,6 +1,7 @@
 # Stage 1: the VLV encoder distilled through the frozen T2I decoder, then reconstructions.
-# Checkpoints go to work/<profile>/distill_stage1 (not a declared output: a failed job keeps them
-# and the rerun resumes from the newest).
+# {s1} is the encoder: "encoder" (the config as it is) or an ablation variant (nq<N>, data<P>; see
+# vlv/variants.py). Checkpoints go to work/<profile>/distill_stage1/{s1} (not a declared output: a
+# failed job keeps them and the rerun resumes from the newest).
 
 
 rule distill_stage1:
@@ -12,14 +13,14 @@ rule distill_stage1:
         t2i=model_input("t2i"),
     output:
         report(
-            directory("<results>/distill_stage1/encoder"),
+            directory("<results>/distill_stage1/{s1}"),
             patterns=["{curve}.png"],
             category="Training curves",
         ),
     log:
-        "<logs>/distill_stage1/encoder.log",
+        "<logs>/distill_stage1/{s1}.log",
     benchmark:
-        "<benchmarks>/distill_stage1/encoder.tsv"
+        "<benchmarks>/distill_stage1/{s1}.tsv"
     conda:
         "../environment.yml"
     threads: 2
@@ -28,10 +29,10 @@ rule distill_stage1:
         runtime=60,
         gpu=0,
     params:
-        cfg=cfg_json("stage1"),
+        cfg=stage1_json,
         vision_encoder=model_arg("vision_encoder"),
         t2i=model_arg("t2i"),
-        work=work_dir("distill_stage1"),
+        work=lambda wildcards: work_dir(f"distill_stage1/{wildcards.s1}"),
     shell:
         "python -m vlv.distill_stage1 --params {params.cfg:q} --images {input.images} "
         "--subset {input.subset} --vision {params.vision_encoder} --decoder {params.t2i} "
@@ -41,17 +42,17 @@ rule distill_stage1:
 rule reconstruct:
     input:
         code=code("reconstruct", "models/vlv_encoder", "models/frozen_decoder", "shapes/detect"),
-        encoder="<results>/distill_stage1/encoder",
+        encoder="<results>/distill_stage1/{s1}",
         images="<results>/generate_shapes/eval",
         t2i=model_input("t2i"),
     output:
-        metrics="<results>/reconstruct/metrics.json",
-        grid=report("<results>/reconstruct/grid.png", category="Stage 1"),
-        images="<results>/reconstruct/reconstructions.tar",
+        metrics="<results>/reconstruct/{s1}/metrics.json",
+        grid=report("<results>/reconstruct/{s1}/grid.png", category="Stage 1"),
+        images="<results>/reconstruct/{s1}/reconstructions.tar",
     log:
-        "<logs>/reconstruct/reconstruct.log",
+        "<logs>/reconstruct/{s1}.log",
     benchmark:
-        "<benchmarks>/reconstruct/reconstruct.tsv"
+        "<benchmarks>/reconstruct/{s1}.tsv"
     conda:
         "../environment.yml"
     threads: 2
@@ -59,7 +60,7 @@ rule reconstruct:
         mem_mb=4000,
         runtime=30,
     params:
-        cfg=cfg_json("stage1"),
+        cfg=stage1_json,
         shapes=cfg_json("shapes"),
         t2i=model_arg("t2i"),
         out=subpath(output.metrics, parent=True),

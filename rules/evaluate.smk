@@ -99,7 +99,7 @@ rule evaluate_captions_shapes:
     benchmark:
         "<benchmarks>/evaluate/captions_shapes_{group}.tsv"
     wildcard_constraints:
-        group="main|data_efficiency",
+        group="main|data_efficiency|ablations",
     conda:
         "../environment.yml"
     threads: 1

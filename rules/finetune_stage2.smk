@@ -1,6 +1,7 @@
 # Stage 2: the caption decoder, from the stage-1 encoder (init "vlv") or from the encoder before
 # distillation (init "no_stage1": the paper's Table 7 and the direct captioner of the
-# data-efficiency comparison), on a share of the pair set (percent).
+# data-efficiency comparison), on a share of the pair set (percent). {name} is
+# <init>_pairs<percent>[-<trainable>][-llm_<key>] (vlv/variants.py): the suffixes are ablations.
 
 
 rule finetune_stage2:
@@ -10,20 +11,17 @@ rule finetune_stage2:
         captions="<results>/synthesize_captions/captions.jsonl",
         encoder=stage2_encoder,
         t2i=model_input("t2i"),
-        llm=model_input("llm"),
+        llm=stage2_llm_input,
     output:
         report(
-            directory("<results>/finetune_stage2/{init}_pairs{percent}"),
+            directory("<results>/finetune_stage2/{name}"),
             patterns=["{curve}.png"],
             category="Training curves",
         ),
     log:
-        "<logs>/finetune_stage2/{init}_pairs{percent}.log",
+        "<logs>/finetune_stage2/{name}.log",
     benchmark:
-        "<benchmarks>/finetune_stage2/{init}_pairs{percent}.tsv"
-    wildcard_constraints:
-        init="vlv|no_stage1",
-        percent="[0-9]+",
+        "<benchmarks>/finetune_stage2/{name}.tsv"
     conda:
         "../environment.yml"
     threads: 2
@@ -32,16 +30,15 @@ rule finetune_stage2:
         runtime=60,
         gpu=0,
     params:
-        cfg=stage2_json(),
+        cfg=stage2_json,
+        init=lambda wildcards: parse_captioner(wildcards.name)["init"],
         encoder=stage2_encoder_arg,
         t2i=model_arg("t2i"),
-        llm=model_arg("llm"),
-        fraction=lambda wildcards: int(wildcards.percent) / 100,
-        work=lambda wildcards: work_dir(
-            f"finetune_stage2/{wildcards.init}_pairs{wildcards.percent}"
-        ),
+        llm=stage2_llm_arg,
+        fraction=lambda wildcards: parse_captioner(wildcards.name)["percent"] / 100,
+        work=lambda wildcards: work_dir(f"finetune_stage2/{wildcards.name}"),
     shell:
-        "python -m vlv.finetune_stage2 --params {params.cfg:q} --init {wildcards.init} "
+        "python -m vlv.finetune_stage2 --params {params.cfg:q} --init {params.init} "
         "--encoder {params.encoder} --t2i {params.t2i} --llm {params.llm} --images {input.images} "
         "--captions {input.captions} --pairs-fraction {params.fraction} --out {output} "
         "--work {params.work} > {log} 2>&1"

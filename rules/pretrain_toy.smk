@@ -10,6 +10,8 @@ rule pretrain_toy:
         "<results>/pretrain_toy/renderer",
         "<results>/pretrain_toy/clip",
         "<results>/pretrain_toy/lm",
+        "<results>/pretrain_toy/lm_small",
+        "<results>/pretrain_toy/lm_large",
         "<results>/pretrain_toy/vision",
         "<results>/pretrain_toy/benchmark.json",
 
@@ -62,11 +64,11 @@ rule pretrain_toy_lm:
     input:
         code=code("pretrain_toy_lm", "standin_training", "models/toy"),
     output:
-        directory("<results>/pretrain_toy/lm"),
+        directory("<results>/pretrain_toy/{lm_name}"),
     log:
-        "<logs>/pretrain_toy/lm.log",
+        "<logs>/pretrain_toy/{lm_name}.log",
     benchmark:
-        "<benchmarks>/pretrain_toy/lm.tsv"
+        "<benchmarks>/pretrain_toy/{lm_name}.tsv"
     conda:
         "../environment.yml"
     threads: 2
@@ -74,8 +76,8 @@ rule pretrain_toy_lm:
         mem_mb=3000,
         runtime=30,
     params:
-        cfg=cfg_json("pretrain_toy.lm", with_shapes=True),
-        work=work_dir("pretrain_toy/lm"),
+        cfg=lambda wildcards: cfg_json(f"pretrain_toy.{wildcards.lm_name}", with_shapes=True),
+        work=lambda wildcards: work_dir(f"pretrain_toy/{wildcards.lm_name}"),
     shell:
         "python -m vlv.pretrain_toy_lm --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 

@@ -34,7 +34,7 @@ rule table_coco:
 rule table_spatial:
     input:
         code=code("tables"),
-        reconstruct="<results>/reconstruct/metrics.json",
+        reconstruct="<results>/reconstruct/encoder/metrics.json",
     output:
         table=report("<results>/tables/spatial.csv", category="Tables"),
         metrics="<results>/tables/spatial.json",
@@ -104,3 +104,37 @@ rule table_vqa:
     shell:
         "python -m vlv.tables vqa --profile {params.profile} --dataset {params.dataset:q} "
         "--vqa {input.vqa} --out {output.table} > {log} 2>&1"
+
+
+rule table_no_stage1:
+    input:
+        code=code("tables"),
+        fid=expand(
+            "<results>/evaluate/fid/{captioner}.json",
+            captioner=["vlv_pairs100", "no_stage1_pairs100"],
+        ),
+        finetune=expand(
+            "<results>/finetune_stage2/{captioner}",
+            captioner=["vlv_pairs100", "no_stage1_pairs100"],
+        ),
+        judge=judge_input("main"),
+    output:
+        table=report("<results>/tables/no_stage1.csv", category="Tables"),
+        metrics="<results>/tables/no_stage1.json",
+    log:
+        "<logs>/tables/no_stage1.log",
+    benchmark:
+        "<benchmarks>/tables/no_stage1.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        profile=config["profile"],
+        dataset=evaluation_dataset(),
+        judge=judge_arg,
+    shell:
+        "python -m vlv.tables no_stage1 --profile {params.profile} --dataset {params.dataset:q} "
+        "--fid {input.fid} --finetune {input.finetune} {params.judge} --out {output.table} > {log} 2>&1"

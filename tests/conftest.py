@@ -70,7 +70,9 @@ def micro_all(tmp_path_factory) -> Path:
     return wd
 
 
-TABLE_FILES = [f"results/tables/{t}.{ext}" for t in ("coco", "arena", "vqa", "spatial") for ext in ("csv", "json")]
+TABLE_FILES = [
+    f"results/tables/{t}.{ext}" for t in ("coco", "arena", "vqa", "no_stage1", "spatial") for ext in ("csv", "json")
+]
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT, TABLE_FILES, run_snakemake, workflow_dir
 
-TABLES = ("coco", "arena", "vqa", "spatial")
+TABLES = ("coco", "arena", "vqa", "no_stage1", "spatial")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,16 @@ def test_dvc_reads_the_pipeline():
     res = subprocess.run([str(dvc), "stage", "list"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     listed = [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
-    assert listed == ["data", "stage1", "stage2", "table_coco", "table_arena", "table_vqa", "table_spatial"]
+    assert listed == [
+        "data",
+        "stage1",
+        "stage2",
+        "table_coco",
+        "table_arena",
+        "table_vqa",
+        "table_no_stage1",
+        "table_spatial",
+    ]
 
 
 def test_pull_dates_outputs_in_pipeline_order(stages, tmp_path):

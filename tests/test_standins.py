@@ -8,7 +8,7 @@ import torch
 
 from vlv.models.hub import MissingModelError, require_local
 
-NAMES = ("t2i", "renderer", "clip", "lm", "vision")
+NAMES = ("t2i", "renderer", "clip", "lm", "lm_small", "lm_large", "vision")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -62,7 +62,7 @@ def test_micro_all_end_to_end_then_nothing_to_do(micro_all):
     wd = micro_all
     res = json.loads((wd / "results/subset/subset.json").read_text())
     assert res["counts"]["kept"] == 48
-    metrics = json.loads((wd / "results/reconstruct/metrics.json").read_text())
+    metrics = json.loads((wd / "results/reconstruct/encoder/metrics.json").read_text())
     assert metrics["images"] == 8 and set(metrics["detector"]) == {"recon cfg2", "caption cfg2", "empty caption"}
     assert (wd / "results/distill_stage1/encoder/vlv_encoder.json").exists()
     scores = json.loads((wd / "results/evaluate/captions_shapes_main.json").read_text())

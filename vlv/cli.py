@@ -4,13 +4,14 @@
     vlv parse-caption TEXT                      read a Shapes caption into objects and relations
     vlv detect IMAGE...                         list the flat-coloured objects in images
     vlv reconstruct IMAGE... --encoder DIR      image -> caption embeddings -> image, with a trained encoder
+    vlv compose A B --encoder DIR [--tokens-from-a K...]  A's first K caption tokens + B's, rendered
     vlv caption IMAGE|FOLDER... --captioner DIR  captions from a trained VLV captioner (JSONL)
     vlv pull [DVC PULL ARGS]                    dvc pull, then file times Snakemake reads as up to date
     vlv <stage> --params JSON ...               run one pipeline stage (what the Snakemake rules call)
 
 Stages: generate-shapes, pretrain-toy-t2i, pretrain-toy-clip, pretrain-toy-lm,
 pretrain-toy-vision, evaluate-standins, subset, distill-stage1, reconstruct-eval,
-synthesize-captions, finetune-stage2, caption-eval.
+synthesize-captions, finetune-stage2, caption-eval, compose-eval.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ STAGES = {
     "synthesize-captions": "vlv.synthesize_captions",
     "finetune-stage2": "vlv.finetune_stage2",
     "caption-eval": "vlv.caption",
+    "compose-eval": "vlv.compose",
 }
 
 
@@ -136,6 +138,58 @@ def _reconstruct(argv) -> int:
     return status
 
 
+def _compose(argv) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from .config import ROOT, load_config
+
+    cfg = load_config(ROOT / "config.yaml")
+    p = argparse.ArgumentParser(
+        prog="vlv compose",
+        description="Render the first K caption-embedding tokens of image A followed by the first N_q - K of "
+        "image B through the frozen decoder (paper section 4.4.2).",
+    )
+    p.add_argument("a", help="image A")
+    p.add_argument("b", help="image B")
+    p.add_argument("--encoder", required=True, help="a distill_stage1 output folder")
+    p.add_argument(
+        "--decoder", default=cfg["models"]["t2i"], help="the T2I pipeline folder or hub id it was trained with"
+    )
+    p.add_argument("--route", default=cfg["stage1"]["route"], choices=["text_encoder", "direct"])
+    p.add_argument("--tokens-from-a", type=int, nargs="+", default=None, help="K values (default: N_q/4, /2, 3/4)")
+    p.add_argument("--guidance", type=float, default=cfg["ablations"]["compose"]["guidance"])
+    p.add_argument("--steps", type=int, default=cfg["stage1"]["reconstruct_steps"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="compositions", help="output folder (one PNG per K)")
+    args = p.parse_args(argv)
+
+    from .compose import compose_images, token_counts
+    from .models.frozen_decoder import FrozenT2IDecoder
+    from .models.vlv_encoder import VLVEncoder
+
+    pair = [img for _, img in read_images([args.a, args.b])]
+    if len(pair) != 2 or any(img is None for img in pair):
+        print("vlv compose takes two image files", file=sys.stderr)
+        return 1
+    encoder = VLVEncoder.from_pretrained(args.encoder)
+    dec = FrozenT2IDecoder(args.decoder, route=args.route)
+    side = dec.unet.config.sample_size * dec.pipe.vae_scale_factor
+    a, b = (np.asarray(img.convert("RGB").resize((side, side), Image.Resampling.BICUBIC))[None] for img in pair)
+    n_q = encoder.config["num_queries"]
+    ks = token_counts(args.tokens_from_a or [n_q // 4, n_q // 2, 3 * n_q // 4], n_q)
+    renders = compose_images(encoder, dec, a, b, ks, args.guidance, args.steps, args.seed, "cpu")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for k in ks:
+        target = out / f"{Path(args.a).stem}+{Path(args.b).stem}_k{k}_of{n_q}.png"
+        Image.fromarray(renders[k][0]).save(target)
+        print(target)
+    return 0
+
+
 def _caption(argv) -> int:
     import numpy as np
 
@@ -192,6 +246,8 @@ def main(argv=None) -> int:
         return _reconstruct(rest)
     if cmd == "caption":
         return _caption(rest)
+    if cmd == "compose":
+        return _compose(rest)
     if cmd == "pull":
         from .dvc_pull import main as pull_main
 

@@ -48,8 +48,14 @@ from .training import (
 )
 
 
-def training_keys(subset_json: str) -> list[str]:
-    return [r["key"] for r in json.loads(Path(subset_json).read_text())["kept"]]
+def training_keys(subset_json: str, data_percent: float = 100, seed: int = 0) -> list[str]:
+    """The subset's kept keys; below 100 %, a seeded sample of that share, in the subset's order."""
+    keys = [r["key"] for r in json.loads(Path(subset_json).read_text())["kept"]]
+    if data_percent >= 100:
+        return keys
+    n = max(1, round(len(keys) * data_percent / 100))
+    chosen = np.random.default_rng(seed).choice(len(keys), size=n, replace=False)
+    return [keys[i] for i in sorted(chosen)]
 
 
 def build(params: dict, vision: str, decoder: str, device) -> tuple[VLVEncoder, FrozenT2IDecoder]:
@@ -89,7 +95,7 @@ def main(argv=None) -> int:
     seed_everything(seed)  # the same initial queries and phi on every process
 
     enc, dec = build(cfg, args.vision, args.decoder, acc.device)
-    keys = training_keys(args.subset)
+    keys = training_keys(args.subset, cfg["data_percent"], seed)
     _, images, _ = load_images(args.images, keys)
     if len(images) == 0:
         raise SystemExit(f"no training images: {args.subset} keeps none of the images in {args.images}")

@@ -172,6 +172,7 @@ def main(argv=None) -> int:
                 pairs=len(keys),
                 pairs_fraction=args.pairs_fraction,
                 trainable_parameters=sum(p.numel() for p in trainable),
+                llm_parameters=sum(p.numel() for p in cap.llm.parameters()),
                 train_seconds_this_run=round(seconds, 1),
                 captions_per_second=round(n / max(seconds, 1e-9), 2),
                 resumed_from_step=start,

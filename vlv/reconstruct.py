@@ -13,7 +13,7 @@ Outputs (``--out DIR``): ``metrics.json``, ``grid.png`` (originals beside recons
 
 Example:
     python -m vlv.reconstruct --params "$(python -m vlv.config stage1)" --encoder results/distill_stage1/encoder \
-        --decoder models/toy/t2i --images results/generate_shapes/eval --out results/reconstruct
+        --decoder models/toy/t2i --images results/generate_shapes/eval --out results/reconstruct/encoder
 """
 
 from __future__ import annotations

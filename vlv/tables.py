@@ -10,6 +10,11 @@ and the metric.
 ``spatial.csv`` (Table 6): position and scale errors of the objects in stage-1 reconstructions (toy:
 the Shapes detector against the scene graph), per guidance scale, beside the decoder's bound (true
 caption) and floor (empty caption).
+``ablations.csv`` (Table 4): the number of learnable queries by reconstruction distance, the stage-2
+trainable set by caption -> image distance; ``scaling.csv`` (Table 5): the stage-1 data share by
+reconstruction distance, the LM decoder by caption -> image distance; ``no_stage1.csv`` (Table 7):
+VLV against the captioner trained without stage 1. Toy rows add the Shapes detector's share of
+objects found in reconstructions, or the Shapes judge's coverage and hallucinations of the captions.
 A ``.manifest.json`` beside each table lists the files it was made from; a ``.json`` beside it holds
 its numbers as hierarchical JSON (``dvc metrics show`` reads it).
 
@@ -108,6 +113,109 @@ def vqa_rows(files: list[str], profile: str, dataset: str) -> list[dict]:
     return rows
 
 
+def _manifest_of(path: str) -> dict:
+    """The manifest beside an artefact file (``x.json`` -> ``x.manifest.json``, or ``manifest.json`` in its folder)."""
+    f = Path(path)
+    for m in (f.with_suffix(".manifest.json"), f.parent / "manifest.json"):
+        if m.exists():
+            return json.loads(m.read_text())
+    return {}
+
+
+def _distances(fid_file: str, prefix: str) -> tuple[str, dict]:
+    fid = json.loads(Path(fid_file).read_text())
+    return fid["metric"], {f"{prefix}{fid['metric']} cfg{g}": round(v, 4) for g, v in fid["guidance"].items()}
+
+
+def reconstruction_rows(
+    ablation: str, key: str, fid_files: list[str], metric_files: list[str], profile: str, dataset: str
+) -> list[dict]:
+    """One row per stage-1 variant: the setting ``key`` of its stage-1 config (num_queries,
+    data_percent), the Fréchet distance of its reconstructions at each guidance and, on the toy
+    profile, the share of objects the detector finds in them."""
+    rows = []
+    for fid_file, metrics_file in zip(fid_files, metric_files):
+        cfg = _manifest_of(metrics_file).get("config", {})
+        metric, dist = _distances(fid_file, "reconstruction ")
+        row = {
+            "ablation": ablation,
+            "setting": f"{key}={cfg.get(key)}",
+            "artefact": f"distill_stage1/{Path(metrics_file).parent.name}",
+        }
+        row.update({"dataset": dataset, "profile": profile, **dist})
+        detector = json.loads(Path(metrics_file).read_text()).get("detector", {})
+        for name, scores in detector.items():
+            if name.startswith("recon cfg"):
+                row[f"objects found {name.removeprefix('recon ')}"] = round(scores["colour_shape_recall"], 4)
+        rows.append(row)
+    return rows
+
+
+def captioner_rows(
+    ablation: str, fid_files: list[str], finetune_dirs: list[str], judge_file: str | None, profile: str,
+    dataset: str, label,
+) -> list[dict]:  # fmt: skip
+    """One row per trained captioner (its evaluate_fid JSON and finetune_stage2 folder):
+    ``label(finetune manifest)`` as the setting, the caption -> image distance at each guidance and,
+    with the Shapes judge, coverage and hallucinations."""
+    if len(fid_files) != len(finetune_dirs):
+        raise SystemExit("--fid and --finetune must list the same captioners")
+    judge = json.loads(Path(judge_file).read_text()) if judge_file else {}
+    rows = []
+    for f, folder in zip(fid_files, finetune_dirs):
+        name = _name(f)
+        if Path(folder).name != name:
+            raise SystemExit(f"--fid {f} and --finetune {folder} are different captioners")
+        man = json.loads((Path(folder) / "manifest.json").read_text())
+        metric, dist = _distances(f, "caption -> image ")
+        row = {"ablation": ablation, "setting": label(man), "artefact": name}
+        row.update({"dataset": dataset, "profile": profile, **dist})
+        if name in judge:
+            row["object coverage"] = round(judge[name]["coverage"], 4)
+            row["hallucinated per caption"] = round(judge[name]["hallucinated_per_caption"], 4)
+        rows.append(row)
+    return rows
+
+
+def _trainable_label(man: dict) -> str:
+    return f"{man['config']['trainable']} ({man['trainable_parameters']:,} trainable parameters)"
+
+
+def _llm_label(man: dict) -> str:
+    size = man.get("llm_parameters")
+    return f"{man['llm']}" + (f" ({size:,} parameters)" if size else "")
+
+
+def _init_label(man: dict) -> str:
+    return "with stage 1 (VLV)" if man["init"] == "vlv" else "without stage 1 (encoder before distillation)"
+
+
+def plot_ablation_rows(rows: list[dict], png: str | Path, title: str) -> None:
+    """One panel per ablation: each variant's distance against guidance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(r["ablation"] for r in rows))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.4), dpi=120, squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        ylabel = "distance"
+        for r in (r for r in rows if r["ablation"] == group):
+            cols = [c for c in r if " cfg" in c and not c.startswith("objects")]
+            gs = [float(c.rsplit("cfg", 1)[1]) for c in cols]
+            ax.plot(gs, [r[c] for c in cols], marker="o", label=r["setting"][:48])
+            ylabel = cols[0].rsplit(" cfg", 1)[0] if cols else ylabel
+        ax.set_title(group, fontsize=9)
+        ax.set_xlabel("guidance scale")
+        ax.set_ylabel(f"{ylabel} (lower is better)", fontsize=8)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
 def distance_vs_guidance(fid_files: list[str]) -> tuple[str, dict[str, dict[float, float]]]:
     """The metric's name and, per captioner, guidance -> caption -> image distance."""
     metric, curves = "distance", {}
@@ -172,14 +280,17 @@ def write_table(rows: list[dict], out: str | Path, sources: list[str]) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("table", choices=["coco", "spatial", "arena", "vqa"])
+    p.add_argument("table", choices=["coco", "spatial", "arena", "vqa", "ablations", "scaling", "no_stage1"])
+    p.add_argument("--reconstruction-fid", nargs="+", default=[], help="ablations/scaling: per stage-1 variant")
+    p.add_argument("--finetune", nargs="+", default=[], help="ablations/scaling/no_stage1: captioner folders")
+    p.add_argument("--judge", default=None, help="ablations/scaling/no_stage1: evaluate_captions_shapes JSON")
     p.add_argument("--arena", nargs="+", default=[], help="arena: evaluate_arena JSON per captioner")
     p.add_argument("--vqa", nargs="+", default=[], help="vqa: evaluate_vqa JSON per captioner")
     p.add_argument("--profile", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--fid", nargs="+", default=[], help="coco: evaluate_fid JSON per captioner")
     p.add_argument("--caption-metrics", nargs="+", default=[], help="coco: evaluate_caption_metrics JSON")
-    p.add_argument("--reconstruct", default=None, help="spatial: reconstruct metrics.json")
+    p.add_argument("--reconstruct", nargs="+", default=[], help="spatial (one) or ablations/scaling: metrics.json")
     p.add_argument("--out", required=True)
     p.add_argument(
         "--figure", default=None, help="coco: PNG of the distance against guidance (its data: the same name, .csv)"
@@ -196,10 +307,33 @@ def main(argv=None) -> int:
         rows, sources = vqa_rows(args.vqa, args.profile, args.dataset), args.vqa
     elif args.table == "arena":
         rows, sources = arena_rows(args.arena, args.profile, args.dataset), args.arena
+    elif args.table in ("ablations", "scaling"):
+        stage1, stage2 = {
+            "ablations": (
+                ("learnable queries (Table 4 left)", "num_queries"),
+                ("stage-2 trainable set (Table 4 right)", _trainable_label),
+            ),
+            "scaling": (
+                ("stage-1 data (Table 5 left)", "data_percent"),
+                ("LM decoder size (Table 5 right)", _llm_label),
+            ),
+        }[args.table]
+        if len(args.reconstruction_fid) != len(args.reconstruct):
+            raise SystemExit("--reconstruction-fid and --reconstruct must list the same stage-1 variants")
+        rows = reconstruction_rows(*stage1, args.reconstruction_fid, args.reconstruct, args.profile, args.dataset)
+        rows += captioner_rows(stage2[0], args.fid, args.finetune, args.judge, args.profile, args.dataset, stage2[1])
+        sources = args.reconstruction_fid + args.reconstruct + args.fid + ([args.judge] if args.judge else [])
+        if args.figure:
+            plot_ablation_rows(rows, args.figure, f"{args.table}: lower is better")
+    elif args.table == "no_stage1":
+        rows = captioner_rows(
+            "skip stage 1 (Table 7)", args.fid, args.finetune, args.judge, args.profile, args.dataset, _init_label
+        )
+        sources = args.fid + ([args.judge] if args.judge else [])
     else:
-        if not args.reconstruct:
-            raise SystemExit("the spatial table needs --reconstruct")
-        rows, sources = spatial_rows(args.reconstruct, args.profile, args.dataset), [args.reconstruct]
+        if len(args.reconstruct) != 1:
+            raise SystemExit("the spatial table needs one --reconstruct")
+        rows, sources = spatial_rows(args.reconstruct[0], args.profile, args.dataset), args.reconstruct
     write_table(rows, args.out, sources)
     print(f"{args.out}: {len(rows)} rows")
     return 0
