@@ -130,7 +130,8 @@ def captioners(group="main"):
         percents = [100, *config["stage2"]["pair_percents"]]
         return [f"{init}_pairs{pct}" for pct in percents for init in ("vlv", "no_stage1")]
     if group == "ablations":
-        return ablation_captioners()["trainable"] + ablation_captioners()["llm"]
+        groups = ablation_captioners()
+        return list(dict.fromkeys(groups["trainable"] + groups["llm"]))
     names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100"]
     return names + list(config["stage2"]["open_captioners"])
 
