@@ -1,8 +1,11 @@
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,34 @@ def killed_at_step(monkeypatch, step: int):
             yield
     finally:
         monkeypatch.setattr(LossLog, "append", real)
+
+
+@contextmanager
+def chat_server(reply):
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 for API tests. ``reply(authorization, body)``
+    returns an HTTP status, or the reply text (sent with 200). Yields the base URL (``.../v1``)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server naming)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            answer = reply(self.headers["Authorization"], body)
+            if isinstance(answer, int):
+                self.send_response(answer)
+                self.end_headers()
+                return
+            data = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()

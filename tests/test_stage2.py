@@ -1,13 +1,11 @@
 """Stage 2: teacher captions, the caption decoder, captioning, and the Shapes caption judge."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pytest
 import torch
-from conftest import killed_at_step
+from conftest import chat_server, killed_at_step
 from safetensors.torch import load_file
 
 from vlv import caption, finetune_stage2, generate_shapes, synthesize_captions
@@ -249,58 +247,38 @@ def test_local_chat_vlm_captions_with_the_prompt_and_returns_only_new_text(root,
     assert all(len(vlm.processor.tokenizer(c).input_ids) <= 10 for c in caps)
 
 
-class _FlakyAPI(BaseHTTPRequestHandler):
-    calls: list = []
-
-    def do_POST(self):  # noqa: N802 (http.server naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _FlakyAPI.calls.append((self.headers["Authorization"], body))
-        n = len(_FlakyAPI.calls)
-        if n in (1, 2):  # rate limited twice, then fine
-            self.send_response(429)
-            self.end_headers()
-            return
-        if n >= 4:  # then the server breaks for good
-            self.send_response(500)
-            self.end_headers()
-            return
-        reply = {"choices": [{"message": {"content": "A red  circle\non gray."}}]}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_api_teacher_retries_rate_limits_and_reports_failures(monkeypatch):
-    server = HTTPServer(("127.0.0.1", 0), _FlakyAPI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _FlakyAPI.calls = []
-    settings = APISettings(
-        base_url=f"http://127.0.0.1:{server.server_port}/v1",
-        model="test-vlm",
-        key_env="VLV_TEST_KEY",
-        requests_per_minute=6000,
-        max_retries=2,
-        timeout_s=5,
-        max_tokens=50,
-    )
-    with pytest.raises(SystemExit, match="VLV_TEST_KEY"):  # no key, no calls
-        APICaptioner(settings, "describe")
-    monkeypatch.setenv("VLV_TEST_KEY", "sk-test")
-    api = APICaptioner(settings, "describe")
-    img = np.zeros((8, 8, 3), np.uint8)
-    assert api.caption_one(img) == "A red circle on gray."  # after two 429s
-    auth, body = _FlakyAPI.calls[-1]
-    assert auth == "Bearer sk-test" and body["model"] == "test-vlm"
-    assert body["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
-    with pytest.raises(CaptionFailure, match="HTTP 500 after 3 attempt"):
-        api.caption_one(img)
-    server.shutdown()
+    calls = []
+
+    def flaky(auth, body):
+        calls.append((auth, body))
+        if len(calls) in (1, 2):  # rate limited twice, then fine
+            return 429
+        if len(calls) >= 4:  # then the server breaks for good
+            return 500
+        return "A red  circle\non gray."
+
+    with chat_server(flaky) as url:
+        settings = APISettings(
+            base_url=url,
+            model="test-vlm",
+            key_env="VLV_TEST_KEY",
+            requests_per_minute=6000,
+            max_retries=2,
+            timeout_s=5,
+            max_tokens=50,
+        )
+        with pytest.raises(SystemExit, match="VLV_TEST_KEY"):  # no key, no calls
+            APICaptioner(settings, "describe")
+        monkeypatch.setenv("VLV_TEST_KEY", "sk-test")
+        api = APICaptioner(settings, "describe")
+        img = np.zeros((8, 8, 3), np.uint8)
+        assert api.caption_one(img) == "A red circle on gray."  # after two 429s
+        auth, body = calls[-1]
+        assert auth == "Bearer sk-test" and body["model"] == "test-vlm"
+        assert body["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+        with pytest.raises(CaptionFailure, match="HTTP 500 after 3 attempt"):
+            api.caption_one(img)
 
 
 def test_vlv_caption_command_on_a_folder_with_a_corrupt_file(root, tmp_path, capsys):

@@ -1,10 +1,9 @@
 """Table 3: questions from scene graphs, answers read from captions, scoring, prompts and readers."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from conftest import chat_server
 
 from vlv.evaluate_vqa import evaluate
 from vlv.shapes.captions import teacher_caption
@@ -105,37 +104,24 @@ def test_local_llm_reader_answers_with_examples_and_keeps_the_question_when_trun
     assert reader.truncated == 6 and len(res["shots"]["4"]["answers"]) == 6
 
 
-class _Reader(BaseHTTPRequestHandler):
-    prompts: list = []
-
-    def do_POST(self):  # noqa: N802 (http.server naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Reader.prompts.append(body["messages"][0]["content"])
-        data = json.dumps({"choices": [{"message": {"content": "Top left.\nBecause..."}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_api_reader_sends_the_prompt_and_reads_the_first_line(monkeypatch):
-    server = HTTPServer(("127.0.0.1", 0), _Reader)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    api = {"base_url": f"http://127.0.0.1:{server.server_port}/v1", "key_env": "VLV_TEST_VQA_KEY",
-           "requests_per_minute": 6000, "max_retries": 0, "timeout_s": 5}  # fmt: skip
-    cfg = {"reader": "api", "model": "reader-llm", "max_new_tokens": 5, "api": api}
-    with pytest.raises(SystemExit, match="VLV_TEST_VQA_KEY"):
-        make_reader(cfg)
-    monkeypatch.setenv("VLV_TEST_VQA_KEY", "sk-test")
+    prompts = []
+
+    def reader(auth, body):
+        prompts.append(body["messages"][0]["content"])
+        return "Top left.\nBecause..."
+
     ex = [{"context": "a blue square at the top left", "question": "Where is the blue square?", "answer": "top left"}]
-    answers = make_reader(cfg).answer(["a red circle at the top left"], ["Where is the red circle?"], [ex])
-    server.shutdown()
+    with chat_server(reader) as url:
+        api = {"base_url": url, "key_env": "VLV_TEST_VQA_KEY", "requests_per_minute": 6000, "max_retries": 0,
+               "timeout_s": 5}  # fmt: skip
+        cfg = {"reader": "api", "model": "reader-llm", "max_new_tokens": 5, "api": api}
+        with pytest.raises(SystemExit, match="VLV_TEST_VQA_KEY"):
+            make_reader(cfg)
+        monkeypatch.setenv("VLV_TEST_VQA_KEY", "sk-test")
+        answers = make_reader(cfg).answer(["a red circle at the top left"], ["Where is the red circle?"], [ex])
     assert answers == ["Top left."] and score(answers[0], ["top left"], "exact_match") == 1.0
-    assert _Reader.prompts[-1] == build_prompt("a red circle at the top left", "Where is the red circle?", ex)
+    assert prompts[-1] == build_prompt("a red circle at the top left", "Where is the red circle?", ex)
 
 
 def test_vqa_table_has_a_row_per_captioner_and_shots(tmp_path):
