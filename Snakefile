@@ -33,6 +33,13 @@ wildcard_constraints:
 
 
 include: "rules/generate_shapes.smk"
+
+
+if config["data"]["source"] == "download":
+
+    include: "rules/download.smk"
+
+
 include: "rules/pretrain_toy.smk"
 include: "rules/subset.smk"
 include: "rules/distill_stage1.smk"
@@ -42,6 +49,15 @@ include: "rules/caption.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"
 include: "rules/ablations.smk"
+
+
+# Preflight (not in a dry run): a non-toy profile stops here, with `vlv doctor`'s report, when a
+# model, data set or tool it needs is missing and no rule can make it (VLV_SKIP_PREFLIGHT=1 skips).
+onstart:
+    if config["profile"] != "toy":
+        report = preflight(config, use_conda=uses_conda())
+        if report:
+            raise WorkflowError(f"preflight failed; nothing was run.\n{report}")
 
 
 rule all:

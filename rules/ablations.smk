@@ -8,7 +8,7 @@ rule evaluate_reconstruction_fid:
     input:
         code=code("evaluate_fid", "models/clip_features"),
         renders="<results>/reconstruct/{s1}/reconstructions.tar",
-        images="<results>/generate_shapes/eval",
+        images=split_dir("eval"),
         clip=model_input("clip"),
     output:
         "<results>/evaluate/reconstruction_fid/{s1}.json",
@@ -35,7 +35,7 @@ rule compose:
     input:
         code=code("compose", "models/vlv_encoder", "models/frozen_decoder", "shapes/detect"),
         encoder="<results>/distill_stage1/encoder",
-        images="<results>/generate_shapes/eval",
+        images=split_dir("eval"),
         t2i=model_input("t2i"),
     output:
         json="<results>/compose/compose.json",

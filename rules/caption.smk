@@ -5,7 +5,7 @@
 rule caption:
     input:
         code=code("caption", "captioners", "models/captioner"),
-        images="<results>/generate_shapes/eval",
+        images=split_dir("eval"),
         model=captioner_inputs,
     output:
         "<results>/caption/{captioner}.jsonl",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -10,7 +11,10 @@ sys.path.insert(0, workflow.basedir)
 # whether or not the venv is activated.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
+from snakemake.settings.types import DeploymentMethod
+
 from vlv.config import ConfigError, section, validate_config
+from vlv.doctor import preflight
 from vlv.models.hub import is_local_model
 from vlv.variants import (
     CAPTIONER_PATTERN,
@@ -223,9 +227,10 @@ def final_outputs():
     out = [
         "<results>/reconstruct/encoder/metrics.json",
         "<results>/subset/subset.json",
-        "<results>/generate_shapes/pairs",
-        "<results>/generate_shapes/eval",
+        split_dir("pairs"),
+        split_dir("eval"),
         "<results>/tables/coco.csv",
+        "<results>/tables/vqa.csv",
         "<results>/tables/no_stage1.csv",
     ]
     out += [f"<results>/caption/{name}.jsonl" for name in captioners()]
@@ -233,9 +238,6 @@ def final_outputs():
         out.append("<results>/evaluate/captions_shapes_main.json")
         out.append("<results>/tables/spatial.csv")
         out.append("<results>/tables/arena.csv")
-        # Paper profile: Table 3 reads VQAv2 questions (vqa.questions), which no rule fetches yet
-        # (the download rules of the paper-scale issue); build it with its target once the file is there.
-        out.append("<results>/tables/vqa.csv")
     return out
 
 
@@ -282,3 +284,72 @@ def judge_input(group):
 
 def judge_arg(wildcards, input):
     return f"--judge {input.judge}" if input.judge else ""
+
+
+def split_dir(split):
+    """The shard folder of a split: the generated Shapes split (data.source shapes), or in the paper
+    profile COCO 2014 val (eval), the LAION pool (pool) and stage 2's sample of it (pairs)."""
+    if config["data"]["source"] == "shapes":
+        return f"<results>/generate_shapes/{split}"
+    return {
+        "eval": "<results>/prepare_coco/eval",
+        "pool": "<results>/download_laion/pool",
+        "pairs": "<results>/download_laion/pairs",
+    }[split]
+
+
+def download_json(wildcards):
+    """One data.files entry (url, sha256) as the download job's params."""
+    return json.dumps(config["data"]["files"][wildcards.file], sort_keys=True)
+
+
+def laion_json():
+    """img2dataset's settings plus the paper's size and aspect filters (the subset section)."""
+    s = config["subset"]
+    return json.dumps(
+        {
+            **config["data"]["laion"],
+            "min_side": s["min_side"],
+            "min_aspect": s["min_aspect"],
+            "max_aspect": s["max_aspect"],
+        },
+        sort_keys=True,
+    )
+
+
+def coco_json():
+    e = config["evaluation"]
+    return json.dumps(
+        {
+            "n_images": e["n_images"],
+            "seed": e["seed"],
+            "shard_size": config["data"]["coco_shard_size"],
+        },
+        sort_keys=True,
+    )
+
+
+def launcher(stage):
+    """The start of a training job's command: ``python -m`` (launch.<stage> null) or
+    ``accelerate launch`` with the committed accelerate config and its number of processes."""
+    spec = config["launch"][stage]
+    if spec is None:
+        return "python -m"
+    return (
+        f"accelerate launch --config_file {spec['config']} --num_processes {spec['processes']} -m"
+    )
+
+
+def launch_input(stage):
+    spec = config["launch"][stage]
+    return [spec["config"]] if spec else []
+
+
+def launch_gpus(stage):
+    spec = config["launch"][stage]
+    return spec["processes"] if spec else 0
+
+
+def uses_conda():
+    """True when Snakemake runs with --use-conda (img2dataset then comes from envs/img2dataset.yml)."""
+    return DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method

@@ -6,8 +6,9 @@
 
 rule distill_stage1:
     input:
+        accelerate=launch_input("stage1"),
         code=code("distill_stage1", "models/vlv_encoder", "models/frozen_decoder"),
-        images="<results>/generate_shapes/pool",
+        images=split_dir("pool"),
         subset="<results>/subset/subset.json",
         vision_encoder=model_input("vision_encoder"),
         t2i=model_input("t2i"),
@@ -27,14 +28,15 @@ rule distill_stage1:
     resources:
         mem_mb=6000,
         runtime=60,
-        gpu=0,
+        gpu=launch_gpus("stage1"),
     params:
+        launch=launcher("stage1"),
         cfg=stage1_json,
         vision_encoder=model_arg("vision_encoder"),
         t2i=model_arg("t2i"),
         work=lambda wildcards: work_dir(f"distill_stage1/{wildcards.s1}"),
     shell:
-        "python -m vlv.distill_stage1 --params {params.cfg:q} --images {input.images} "
+        "{params.launch} vlv.distill_stage1 --params {params.cfg:q} --images {input.images} "
         "--subset {input.subset} --vision {params.vision_encoder} --decoder {params.t2i} "
         "--out {output} --work {params.work} > {log} 2>&1"
 
@@ -43,7 +45,7 @@ rule reconstruct:
     input:
         code=code("reconstruct", "models/vlv_encoder", "models/frozen_decoder", "shapes/detect"),
         encoder="<results>/distill_stage1/{s1}",
-        images="<results>/generate_shapes/eval",
+        images=split_dir("eval"),
         t2i=model_input("t2i"),
     output:
         metrics="<results>/reconstruct/{s1}/metrics.json",

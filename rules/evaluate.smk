@@ -32,7 +32,7 @@ rule evaluate_fid:
     input:
         code=code("evaluate_fid", "models/clip_features"),
         renders="<results>/render_captions/{captioner}.tar",
-        images="<results>/generate_shapes/eval",
+        images=split_dir("eval"),
         clip=model_input("clip"),
     output:
         "<results>/evaluate/fid/{captioner}.json",
@@ -59,7 +59,7 @@ rule evaluate_caption_metrics:
     input:
         code=code("evaluate_caption_metrics", "models/clip_features"),
         captions="<results>/caption/{captioner}.jsonl",
-        images="<results>/generate_shapes/eval",
+        images=split_dir("eval"),
         clip=model_input("clip"),
     output:
         "<results>/evaluate/caption_metrics/{captioner}.json",
@@ -86,7 +86,7 @@ rule evaluate_caption_metrics:
 rule evaluate_captions_shapes:
     input:
         code=code("evaluate_captions_shapes", "shapes/judge", "shapes/parse", "figures"),
-        images="<results>/generate_shapes/eval",
+        images=split_dir("eval"),
         captions=lambda wildcards: [
             results_path("caption", f"{name}.jsonl") for name in captioners(wildcards.group)
         ],
@@ -119,7 +119,7 @@ rule evaluate_arena:
     input:
         code=code("evaluate_arena", "shapes/judge", "shapes/parse"),
         captions="<results>/caption/{captioner}.jsonl",
-        images="<results>/generate_shapes/eval",
+        images=split_dir("eval"),
     output:
         "<results>/evaluate/arena/{captioner}.json",
     log:
@@ -140,7 +140,7 @@ rule evaluate_arena:
 rule make_questions:
     input:
         code=code("make_questions", "shapes/questions"),
-        images="<results>/generate_shapes/eval",
+        images=split_dir("eval"),
     output:
         "<results>/evaluate/vqa/questions.jsonl",
     log:

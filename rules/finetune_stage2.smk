@@ -6,8 +6,9 @@
 
 rule finetune_stage2:
     input:
+        accelerate=launch_input("stage2"),
         code=code("finetune_stage2", "models/captioner", "models/vlv_encoder"),
-        images="<results>/generate_shapes/pairs",
+        images=split_dir("pairs"),
         captions="<results>/synthesize_captions/captions.jsonl",
         encoder=stage2_encoder,
         t2i=model_input("t2i"),
@@ -28,8 +29,9 @@ rule finetune_stage2:
     resources:
         mem_mb=6000,
         runtime=60,
-        gpu=0,
+        gpu=launch_gpus("stage2"),
     params:
+        launch=launcher("stage2"),
         cfg=stage2_json,
         init=lambda wildcards: parse_captioner(wildcards.name)["init"],
         encoder=stage2_encoder_arg,
@@ -38,7 +40,7 @@ rule finetune_stage2:
         fraction=lambda wildcards: parse_captioner(wildcards.name)["percent"] / 100,
         work=lambda wildcards: work_dir(f"finetune_stage2/{wildcards.name}"),
     shell:
-        "python -m vlv.finetune_stage2 --params {params.cfg:q} --init {params.init} "
+        "{params.launch} vlv.finetune_stage2 --params {params.cfg:q} --init {params.init} "
         "--encoder {params.encoder} --t2i {params.t2i} --llm {params.llm} --images {input.images} "
         "--captions {input.captions} --pairs-fraction {params.fraction} --out {output} "
         "--work {params.work} > {log} 2>&1"

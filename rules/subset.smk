@@ -4,7 +4,7 @@
 rule subset:
     input:
         code=code("subset", "data/shards"),
-        images="<results>/generate_shapes/pool",
+        images=split_dir("pool"),
         clip=model_input("clip"),
     output:
         subset="<results>/subset/subset.json",

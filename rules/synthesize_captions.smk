@@ -5,7 +5,7 @@
 rule synthesize_captions:
     input:
         code=code("synthesize_captions", "captioners"),
-        images="<results>/generate_shapes/pairs",
+        images=split_dir("pairs"),
         teacher=teacher_model_input(),
     output:
         captions="<results>/synthesize_captions/captions.jsonl",

@@ -40,13 +40,13 @@ def micro_config() -> dict:
 
 def workflow_dir(tmp: Path) -> Path:
     """A scratch working directory that sees the package and the committed stand-ins."""
-    for name in ("vlv", "models"):
+    for name in ("vlv", "models", "config"):
         (tmp / name).symlink_to(ROOT / name)
     return tmp
 
 
-def run_snakemake(workdir: Path, *args: str, configfiles=(ROOT / "config.yaml", MICRO), check=True):
-    env = dict(os.environ)
+def run_snakemake(workdir: Path, *args: str, configfiles=(ROOT / "config.yaml", MICRO), check=True, env=None):
+    env = {**os.environ, **(env or {})}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     exe = shutil.which("snakemake", path=env["PATH"])
     cmd = [
@@ -71,6 +71,21 @@ def micro_all(tmp_path_factory) -> Path:
     wd = workflow_dir(tmp_path_factory.mktemp("micro_all"))
     run_snakemake(wd, "--cores", "2", "all")
     return wd
+
+
+def accelerate_launch(module: str, args: list[str], processes: int = 2, port: int = 29517, **kw):
+    """``accelerate launch`` of a stage through the committed config (config/accelerate/ddp.yaml), as
+    the training rules do, with ``processes`` CPU processes over gloo (one thread each)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "config/accelerate/ddp.yaml"),
+    ]
+    cmd += ["--num_processes", str(processes), "--main_process_port", str(port), "-m", module, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT, **kw)
 
 
 TABLE_FILES = [
@@ -125,5 +140,53 @@ def chat_server(reply):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()
+
+
+@contextmanager
+def file_server(files: dict[str, bytes], cut_first: set[str] = frozenset()):
+    """A static HTTP server on 127.0.0.1 for download tests: ``files`` maps URL paths to bytes;
+    ``Range: bytes=N-`` is honoured (206); the first GET of a path in ``cut_first`` announces the
+    whole length, sends half and drops the connection. Unknown paths are 404. Yields (base URL, the
+    list of (path, Range header) requests seen)."""
+    seen: list[tuple[str, str | None]] = []
+    cut_done: set[str] = set()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server naming)
+            rng = self.headers.get("Range")
+            seen.append((self.path, rng))
+            data = files.get(self.path)
+            if data is None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            start = int(rng.removeprefix("bytes=").rstrip("-")) if rng else 0
+            if start >= len(data) and start:
+                self.send_response(416)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = data[start:]
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.path in cut_first and self.path not in cut_done:
+                cut_done.add(self.path)
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", seen
     finally:
         server.shutdown()

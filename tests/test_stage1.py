@@ -1,14 +1,11 @@
 """Stage 1: the VLV encoder, the frozen decoder and the distill_stage1 trainer."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import killed_at_step
+from conftest import accelerate_launch, killed_at_step
 from safetensors.torch import load_file
 
 from vlv import distill_stage1, generate_shapes
@@ -164,27 +161,7 @@ def test_two_processes_match_one_process(micro_config, tmp_path, root):
     two = _stage1_args(
         params, pool, subset, root / "models/toy/vision", root / "models/toy/t2i", tmp_path / "two", tmp_path / "w2"
     )
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29517",
-        "-m",
-        "vlv.distill_stage1",
-        *two,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(launch, capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    res = accelerate_launch("vlv.distill_stage1", two)  # through the committed config, as the rule does
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
     one, two_w = _weights(tmp_path / "one"), _weights(tmp_path / "two")

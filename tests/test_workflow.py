@@ -33,6 +33,7 @@ def test_dry_run_of_the_paper_profile_writes_under_its_own_root(tmp_path):
     res = run_snakemake(
         workflow_dir(tmp_path),
         "-n",
+        "-p",
         "--cores",
         "1",
         "all",
@@ -41,6 +42,15 @@ def test_dry_run_of_the_paper_profile_writes_under_its_own_root(tmp_path):
     out = res.stdout + res.stderr
     assert "results/paper/subset/subset.json" in out
     assert "results/subset/subset.json" not in out
+    # real data in: COCO 2014 val and VQAv2 fetched and made into shards, LAION through img2dataset,
+    # stage 2's pairs drawn from the subset; no Shapes split
+    for rule in ("download", "prepare_coco", "prepare_vqa", "laion_metadata", "download_laion", "laion_pairs"):
+        assert f"rule {rule}:" in out
+    assert "data/download/val2014.zip" in out and "rule generate_shapes:" not in out
+    assert "--images results/paper/prepare_coco/eval" in out and "results/paper/tables/vqa.csv" in out
+    # training through accelerate with the committed config
+    launch = "accelerate launch --config_file config/accelerate/ddp.yaml --num_processes 8 -m vlv."
+    assert launch + "distill_stage1" in out and launch + "finetune_stage2" in out
     # the paper profile captions with the open VLMs of Table 1 and has no Shapes judge
     for name in ("florence2_large", "qwen25vl_7b", "llava15_7b", "vlv_pairs100", "no_stage1_pairs100"):
         assert f"results/paper/caption/{name}.jsonl" in out

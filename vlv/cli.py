@@ -7,6 +7,7 @@
     vlv compose A B --encoder DIR [--tokens-from-a K...]  A's first K caption tokens + B's, rendered
     vlv caption IMAGE|FOLDER... --captioner DIR  captions from a trained VLV captioner (JSONL)
     vlv pull [DVC PULL ARGS]                    dvc pull, then file times Snakemake reads as up to date
+    vlv doctor [--profile toy|paper]            what a profile needs: present, missing, how to fetch it
     vlv <stage> --params JSON ...               run one pipeline stage (what the Snakemake rules call)
 
 Stages: generate-shapes, pretrain-toy-t2i, pretrain-toy-clip, pretrain-toy-lm,
@@ -248,6 +249,10 @@ def main(argv=None) -> int:
         return _caption(rest)
     if cmd == "compose":
         return _compose(rest)
+    if cmd == "doctor":
+        from .doctor import main as doctor_main
+
+        return doctor_main(rest)
     if cmd == "pull":
         from .dvc_pull import main as pull_main
 

@@ -142,6 +142,8 @@ def main(argv=None) -> int:
             inputs["caption_input"] = cached[torch.from_numpy(sel)].to(acc.device)
         else:
             inputs["pixel_values"] = pixel_values[torch.from_numpy(sel)].to(acc.device)
+        if world > 1:  # the global batch's token mean, whatever the split over processes
+            inputs["num_items_in_batch"] = torch.tensor(sum(len(tokens[i]) for i in idx) / world, device=acc.device)
         with acc.autocast():
             loss = model(**inputs)
         finish_step(

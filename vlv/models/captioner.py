@@ -160,11 +160,16 @@ class VLVCaptioner(torch.nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         caption_input: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The caption loss from images (or from cached T(z) when the encoder is frozen)."""
+        """The caption loss from images (or from cached T(z) when the encoder is frozen): the mean over
+        this batch's caption tokens, or their sum over ``num_items_in_batch`` when given (several
+        processes: each divides by its share of the global batch's tokens, so that DDP's average of
+        the processes is the global batch's token mean)."""
         prefix = self.prefix(pixel_values, caption_input)
         embeds, mask, labels = self.inputs_and_labels(prefix, input_ids, attention_mask)
-        return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+        return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels, **extra).loss
 
     @torch.no_grad()
     def generate(self, pixel_values: torch.Tensor, num_beams: int = 4, max_new_tokens: int = 128) -> list[str]:

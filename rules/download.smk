@@ -1,0 +1,140 @@
+# The paper profile's data (data.source: download; not included in the toy profile). Files are
+# fetched once into data/download/ (resumable; a failed job keeps its .part file), then made into the
+# shard folders the stages read: COCO 2014 val (eval), VQAv2 questions on it (Table 3), the LAION
+# pool through img2dataset (stage 1) and stage 2's sample of the subset (pairs).
+
+
+wildcard_constraints:
+    file="|".join(re.escape(f) for f in config["data"]["files"]) or "^$",
+
+
+rule download:
+    output:
+        file="data/download/{file}",
+        record="data/download/{file}.json",
+    log:
+        "<logs>/download/{file}.log",
+    benchmark:
+        "<benchmarks>/download/{file}.tsv"
+    localrule: True
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=600,
+    params:
+        cfg=download_json,
+    shell:
+        "python -m vlv.download --params {params.cfg:q} --out {output.file} > {log} 2>&1"
+
+
+rule prepare_coco:
+    input:
+        code=code("prepare_coco", "download", "data/shards"),
+        images="data/download/val2014.zip",
+        annotations="data/download/annotations_trainval2014.zip",
+    output:
+        directory("<results>/prepare_coco/eval"),
+    log:
+        "<logs>/prepare_coco/eval.log",
+    benchmark:
+        "<benchmarks>/prepare_coco/eval.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        cfg=coco_json(),
+    shell:
+        "python -m vlv.prepare_coco eval --params {params.cfg:q} --images {input.images} "
+        "--annotations {input.annotations} --out {output} > {log} 2>&1"
+
+
+rule prepare_vqa:
+    input:
+        code=code("prepare_coco", "download"),
+        split="<results>/prepare_coco/eval",
+        questions="data/download/v2_Questions_Val_mscoco.zip",
+        annotations="data/download/v2_Annotations_Val_mscoco.zip",
+    output:
+        "<results>/prepare_coco/vqav2.jsonl",
+    log:
+        "<logs>/prepare_coco/vqav2.log",
+    benchmark:
+        "<benchmarks>/prepare_coco/vqav2.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m vlv.prepare_coco vqa --split {input.split} --questions {input.questions} "
+        "--annotations {input.annotations} --out {output} > {log} 2>&1"
+
+
+rule laion_metadata:
+    output:
+        directory(config["data"]["laion"]["metadata"]),
+    log:
+        "<logs>/download/laion_metadata.log",
+    localrule: True
+    conda:
+        "../environment.yml"
+    params:
+        urls=" ".join(shlex.quote(u) for u in config["data"]["laion"]["metadata_urls"]),
+    shell:
+        "python -m vlv.prepare_laion metadata --urls {params.urls} --out {output} > {log} 2>&1"
+
+
+rule download_laion:
+    input:
+        code=code("prepare_laion", "download"),
+        metadata=config["data"]["laion"]["metadata"],
+    output:
+        directory("<results>/download_laion/pool"),
+    log:
+        "<logs>/download_laion/pool.log",
+    benchmark:
+        "<benchmarks>/download_laion/pool.tsv"
+    conda:
+        "../envs/img2dataset.yml"
+    threads: config["data"]["laion"]["processes"]
+    resources:
+        mem_mb=32000,
+        runtime=7 * 24 * 60,
+    params:
+        cfg=laion_json(),
+        work=work_dir("download_laion"),
+    shell:
+        "python -m vlv.prepare_laion run --params {params.cfg:q} --metadata {input.metadata} "
+        "--work {params.work} --out {output} > {log} 2>&1"
+
+
+rule laion_pairs:
+    input:
+        code=code("prepare_laion", "data/shards"),
+        images="<results>/download_laion/pool",
+        subset="<results>/subset/subset.json",
+    output:
+        directory("<results>/download_laion/pairs"),
+    log:
+        "<logs>/download_laion/pairs.log",
+    benchmark:
+        "<benchmarks>/download_laion/pairs.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=24 * 60,
+    params:
+        n=config["data"]["pairs"],
+        seed=config["evaluation"]["seed"],
+        shard_size=config["data"]["laion"]["shard_size"],
+    shell:
+        "python -m vlv.prepare_laion pairs --images {input.images} --subset {input.subset} --n {params.n} "
+        "--seed {params.seed} --shard-size {params.shard_size} --out {output} > {log} 2>&1"
