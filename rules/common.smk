@@ -353,3 +353,41 @@ def launch_gpus(stage):
 def uses_conda():
     """True when Snakemake runs with --use-conda (img2dataset then comes from envs/img2dataset.yml)."""
     return DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+
+
+# The paper's stated compute budget (section 4: under 1,000 GPU-hours in all).
+PAPER_BUDGET_GPU_HOURS = 1000
+
+
+def cost_json():
+    """What each costed stage processes at the configured scale, and on how many GPUs (cost_report)."""
+    s1, s2, e = config["stage1"], config["stage2"], config["evaluation"]
+    gpus = {k: (v["processes"] if v else 1) for k, v in config["launch"].items()}
+    pairs = config["data"]["pairs"] or config["shapes"]["splits"]["pairs"]["n"]
+    n_caps = len(captioners())
+    scale = {
+        "subset": {"items": None, "gpus": 1},
+        "synthesize_captions": {"items": pairs, "gpus": 1},
+        "distill_stage1": {"items": s1["steps"] * s1["batch_size"], "gpus": gpus["stage1"]},
+        "finetune_stage2": {"items": s2["steps"] * s2["batch_size"], "gpus": gpus["stage2"]},
+        "caption": {"items": e["n_images"] * n_caps, "gpus": 1},
+        "render_captions": {
+            "items": e["n_images"] * len(e["renderer_guidance"]) * n_caps,
+            "gpus": 1,
+        },
+    }
+    return json.dumps({"budget_gpu_hours": PAPER_BUDGET_GPU_HOURS, "scale": scale}, sort_keys=True)
+
+
+def cost_manifests(wildcards, input):
+    """STAGE=manifest arguments of cost_report, from its inputs."""
+    d = os.path.dirname
+    paths = {
+        "subset": os.path.join(d(input.subset), "manifest.json"),
+        "synthesize_captions": input.teacher,
+        "distill_stage1": os.path.join(input.stage1, "manifest.json"),
+        "finetune_stage2": os.path.join(input.stage2, "manifest.json"),
+        "caption": input.caption.removesuffix(".jsonl") + ".manifest.json",
+        "render_captions": input.render.removesuffix(".tar") + ".manifest.json",
+    }
+    return " ".join(f"{k}={v}" for k, v in paths.items())

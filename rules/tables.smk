@@ -138,3 +138,35 @@ rule table_no_stage1:
     shell:
         "python -m vlv.tables no_stage1 --profile {params.profile} --dataset {params.dataset:q} "
         "--fid {input.fid} --finetune {input.finetune} {params.judge} --out {output.table} > {log} 2>&1"
+
+
+# Cost: each stage's measured throughput and the GPU-hours it projects at the configured scale,
+# against the paper's budget (outside `all`: it reads timings, which differ from run to run).
+rule cost_report:
+    input:
+        code=code("cost_report"),
+        subset="<results>/subset/subset.json",
+        teacher="<results>/synthesize_captions/manifest.json",
+        stage1="<results>/distill_stage1/encoder",
+        stage2="<results>/finetune_stage2/vlv_pairs100",
+        caption="<results>/caption/vlv_pairs100.jsonl",
+        render="<results>/render_captions/vlv_pairs100.tar",
+    output:
+        table=report("<results>/tables/cost.csv", category="Tables"),
+        summary="<results>/tables/cost.json",
+    log:
+        "<logs>/tables/cost.log",
+    benchmark:
+        "<benchmarks>/tables/cost.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        cfg=cost_json(),
+        manifests=cost_manifests,
+    shell:
+        "python -m vlv.cost_report --params {params.cfg:q} --manifest {params.manifests} "
+        "--out {output.table} > {log} 2>&1"

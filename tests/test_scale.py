@@ -2,6 +2,7 @@
 config, the preflight (`vlv doctor`) and the workflow stopping on it, img2dataset's pool with its
 dead URLs recorded, and stage 2's pairs drawn from the subset."""
 
+import csv
 import io
 import json
 import shutil
@@ -197,3 +198,108 @@ def test_stage2_pairs_are_a_seeded_sample_of_the_subset(micro_config, tmp_path):
     k, images, _ = load_images(tmp_path / "a")
     _, originals, _ = load_images(pool, k)
     assert np.array_equal(images, originals)  # bytes unchanged
+
+
+def _relative_update_difference(a: dict, b: dict, init: dict) -> tuple[float, float]:
+    """||(a - init) - (b - init)|| / ||a - init|| over the tensors ``init`` names, and ||a - init||."""
+    d1 = torch.cat([(a[k] - v).flatten() for k, v in init.items()])
+    d2 = torch.cat([(b[k] - v).flatten() for k, v in init.items()])
+    return ((d1 - d2).norm() / d1.norm()).item(), d1.norm().item()
+
+
+def _losses(folder: Path) -> list[float]:
+    return [float(r["loss"]) for r in csv.DictReader((folder / "loss.csv").open())]
+
+
+def test_gradient_accumulation_gives_the_one_pass_update_in_both_stages(micro_config, root, tmp_path):
+    from test_stage1 import _data, _micro_stage1, _stage1_args, _weights, _weights_init
+
+    from vlv import distill_stage1
+
+    pool, subset = _data(micro_config, tmp_path)
+    vision, t2i = root / "models/toy/vision", root / "models/toy/t2i"
+    for name, micro in (("one", None), ("acc", 1)):  # 4 images per step: one pass, or four of one image
+        params = _micro_stage1(micro_config, steps=2, checkpoint_every=100, micro_batch_size=micro)
+        assert (
+            distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / name, tmp_path / f"w{name}"))
+            == 0
+        )
+    one, acc = _weights(tmp_path / "one"), _weights(tmp_path / "acc")
+    init = {k: v for k, v in _weights_init(root).items() if k in one and not torch.equal(one[k], v)}
+    rel, size = _relative_update_difference(one, acc, init)
+    assert size > 1e-3 and rel < 1e-4, rel
+    assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "acc"), rel=1e-5)  # scaled, not summed
+
+    pairs, caps = _pairs(micro_config, tmp_path)
+    for name, micro in (("one2", None), ("acc2", 3)):  # 8 captions per step: one pass, or passes of 3, 3, 2
+        over = {"steps": 2, "batch_size": 8, "checkpoint_every": 100, "micro_batch_size": micro}
+        args = _stage2_args(micro_config, root, pairs, caps, tmp_path / name, tmp_path / f"w{name}", **over)
+        assert finetune_stage2.main(args) == 0
+    one, acc = _captioner_weights(tmp_path / "one2"), _captioner_weights(tmp_path / "acc2")
+    init = {f"llm.{k}": v for k, v in load_file(str(root / "models/toy/lm/model.safetensors")).items()}
+    rel, size = _relative_update_difference(one, acc, init)
+    assert size > 1e-3 and rel < 1e-4, rel
+    assert _losses(tmp_path / "one2") == pytest.approx(_losses(tmp_path / "acc2"), rel=1e-5)
+
+
+def test_cost_report_projects_device_hours_from_measured_rates(tmp_path):
+    from vlv import cost_report
+
+    def man(name, **fields):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"device": "cuda:0", "processes": 1, **fields}))
+        return f"{name}={path}"
+
+    manifests = [
+        man("distill_stage1", images_per_second=1000.0, train_seconds_this_run=60.0, processes=8),
+        man("finetune_stage2", captions_per_second=50.0, train_seconds_this_run=10.0),
+        man("synthesize_captions", captioned_this_run=0, seconds_this_run=0.0),  # all resumed: no rate
+        man("subset", counts={"seen": 3600}, seconds=36.0),
+    ]
+    scale = {
+        "distill_stage1": {"items": 512 * 200_000, "gpus": 8},
+        "finetune_stage2": {"items": 64 * 100_000, "gpus": 8},
+        "synthesize_captions": {"items": 6_000_000, "gpus": 1},
+        "subset": {"items": None, "gpus": 1},
+    }
+    params = json.dumps({"budget_gpu_hours": 1000, "scale": scale})
+    out = tmp_path / "cost.csv"
+    assert cost_report.main(["--params", params, "--manifest", *manifests, "--out", str(out)]) == 0
+    rows = {r["stage"]: r for r in csv.DictReader(out.open())}
+    # stage 1: 1000 images/s on 8 processes = 125 per GPU; 102.4M images -> 819,200 s = 227.56 GPU-hours
+    assert float(rows["distill_stage1"]["items_per_second_per_process"]) == 125.0
+    assert float(rows["distill_stage1"]["projected_device_hours"]) == pytest.approx(
+        512 * 200_000 / 125 / 3600, abs=1e-3
+    )
+    assert float(rows["distill_stage1"]["projected_wall_hours"]) == pytest.approx(
+        512 * 200_000 / 125 / 3600 / 8, abs=1e-3
+    )
+    assert float(rows["finetune_stage2"]["projected_device_hours"]) == pytest.approx(6_400_000 / 50 / 3600, abs=1e-3)
+    assert float(rows["subset"]["projected_device_hours"]) == pytest.approx(0.01)  # as scored: 3600 at 100/s
+    assert rows["synthesize_captions"]["projected_device_hours"] == ""
+    summary = json.loads(out.with_suffix(".json").read_text())
+    total = 512 * 200_000 / 125 / 3600 + 6_400_000 / 50 / 3600 + 0.01
+    assert summary["projected_device_hours"] == pytest.approx(total, abs=1e-3) and summary["within_budget"] is True
+    assert summary["stages_not_measured"] == ["synthesize_captions"]
+    # a CPU-measured rate projects CPU hours: not compared with the GPU budget
+    (tmp_path / "subset.json").write_text(
+        json.dumps({"device": "cpu", "processes": 1, "counts": {"seen": 10}, "seconds": 1.0})
+    )
+    assert cost_report.main(["--params", params, "--manifest", *manifests, "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["within_budget"] is None
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("profile", ["workstation", "slurm"])
+def test_the_committed_snakemake_profiles_plan_the_paper_dag(tmp_path, profile):
+    res = run_snakemake(
+        workflow_dir(tmp_path), "-n", "--profile", str(ROOT / "profiles" / profile), "all",
+        configfiles=(ROOT / "config.yaml", ROOT / "config" / "paper.yaml"),
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert f"Using profile {ROOT / 'profiles' / profile}" in out
+    distill = out[out.index("rule distill_stage1:") :]
+    resources = distill[distill.index("resources:") : distill.index("\n", distill.index("resources:"))]
+    assert "gpu=8" in resources  # launch.stage1.processes GPUs for the accelerate job
+    if profile == "slurm":  # the SLURM executor's per-rule resources reach the job
+        assert "slurm_partition=gpu" in resources and "runtime=10080" in resources

@@ -39,8 +39,10 @@ from .models.vlv_encoder import VLVEncoder
 from .training import (
     Checkpointer,
     LossLog,
+    accumulate,
     fingerprint,
     finish_step,
+    micro_batches,
     plot_loss,
     resume_trainable,
     seed_everything,
@@ -91,6 +93,7 @@ def main(argv=None) -> int:
     if cfg["batch_size"] % world:
         raise SystemExit(f"stage1.batch_size={cfg['batch_size']} is not divisible by {world} processes")
     per_proc = cfg["batch_size"] // world
+    chunks = micro_batches(per_proc, cfg["micro_batch_size"])
     seed = int(cfg["seed"])
     seed_everything(seed)  # the same initial queries and phi on every process
 
@@ -152,13 +155,18 @@ def main(argv=None) -> int:
             else:
                 dist = dec.latent_dist(x[sel].to(acc.device))
             latents = dist.sample(generator=torch.Generator(device=acc.device).manual_seed(noise_seed + rank)) * scaling
-        with acc.autocast():
-            z = enc_ddp(pixel_values[sel].to(acc.device))
-            cond = dec.condition(z)
-            # noise for the whole global batch, then this process's slice: same draws for any world size
-            gen = torch.Generator().manual_seed(noise_seed)
-            full_noise = torch.randn((cfg["batch_size"], *latents.shape[1:]), generator=gen)
-            loss = dec.diffusion_loss(latents, cond, full_noise[mine], timesteps[mine])
+        # noise for the whole global batch, then this process's slice: same draws for any world size
+        gen = torch.Generator().manual_seed(noise_seed)
+        noise = torch.randn((cfg["batch_size"], *latents.shape[1:]), generator=gen)[mine]
+        t_mine = timesteps[mine]
+
+        def loss_fn(c, sel=sel, latents=latents, noise=noise, t_mine=t_mine):  # bound now: used in this step only
+            with acc.autocast():
+                cond = dec.condition(enc_ddp(pixel_values[sel[c]].to(acc.device)))
+                loss = dec.diffusion_loss(latents[c], cond, noise[c], t_mine[c])
+            return loss if len(chunks) == 1 else loss * ((c.stop - c.start) / per_proc)
+
+        loss = accumulate(acc, enc_ddp, chunks, loss_fn)
         finish_step(
             acc, loss, enc_ddp, trainable, opt, sched,
             step=step, steps=steps, cfg=cfg, ckpt=ckpt, loss_log=loss_log, bar=bar, t0=t0, stage="distill_stage1",

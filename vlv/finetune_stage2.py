@@ -37,9 +37,11 @@ from .models.captioner import TRAINABLE, VLVCaptioner
 from .training import (
     Checkpointer,
     LossLog,
+    accumulate,
     fingerprint,
     finish_step,
     lr_multiplier,
+    micro_batches,
     plot_loss,
     resume_trainable,
     seed_everything,
@@ -94,6 +96,7 @@ def main(argv=None) -> int:
     if cfg["batch_size"] % world:
         raise SystemExit(f"stage2.batch_size={cfg['batch_size']} is not divisible by {world} processes")
     per_proc = cfg["batch_size"] // world
+    chunks = micro_batches(per_proc, cfg["micro_batch_size"])
     seed = int(cfg["seed"])
     seed_everything(seed)  # the same psi (and no-stage-1 queries) on every process
 
@@ -136,16 +139,25 @@ def main(argv=None) -> int:
     for step in bar:
         idx = np.random.default_rng([seed, step]).integers(len(keys), size=cfg["batch_size"])
         sel = idx[rank * per_proc : (rank + 1) * per_proc]
-        batch = cap.pad([tokens[i] for i in sel])
-        inputs = {k: v.to(acc.device) for k, v in batch.items()}
-        if cached is not None:
-            inputs["caption_input"] = cached[torch.from_numpy(sel)].to(acc.device)
-        else:
-            inputs["pixel_values"] = pixel_values[torch.from_numpy(sel)].to(acc.device)
-        if world > 1:  # the global batch's token mean, whatever the split over processes
-            inputs["num_items_in_batch"] = torch.tensor(sum(len(tokens[i]) for i in idx) / world, device=acc.device)
-        with acc.autocast():
-            loss = model(**inputs)
+        # several processes or passes: each pass divides its token-loss sum by this process's share
+        # of the global batch's tokens, so that the passes and DDP's average give the global token mean
+        n_items = None
+        if world > 1 or len(chunks) > 1:
+            n_items = torch.tensor(sum(len(tokens[i]) for i in idx) / world, device=acc.device)
+
+        def loss_fn(c, sel=sel, n_items=n_items):  # bound now: used in this step only
+            part = sel[c]
+            inputs = {k: v.to(acc.device) for k, v in cap.pad([tokens[i] for i in part]).items()}
+            if cached is not None:
+                inputs["caption_input"] = cached[torch.from_numpy(part)].to(acc.device)
+            else:
+                inputs["pixel_values"] = pixel_values[torch.from_numpy(part)].to(acc.device)
+            if n_items is not None:
+                inputs["num_items_in_batch"] = n_items
+            with acc.autocast():
+                return model(**inputs)
+
+        loss = accumulate(acc, model, chunks, loss_fn)
         finish_step(
             acc, loss, model, trainable, opt, sched,
             step=step, steps=steps, cfg=cfg, ckpt=ckpt, loss_log=loss_log, bar=bar, t0=t0, stage="finetune_stage2",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -141,13 +142,17 @@ def main(argv=None) -> int:
     log = setup_logging()
     cfg = load_params(args.params)
     scorer = ClipScorer(args.clip, cfg["clip_prompt"], pick_device(args.device))
+    t0 = time.time()
     result = select(args.images, cfg, scorer)
+    seconds = round(time.time() - t0, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "subset.json").write_text(json.dumps(result, indent=1) + "\n")
     write_manifest(
         out / "manifest.json",
-        build_manifest("subset", cfg, None, device=str(scorer.device), counts=result["counts"], clip=args.clip),
+        build_manifest(
+            "subset", cfg, None, device=str(scorer.device), counts=result["counts"], clip=args.clip, seconds=seconds
+        ),
     )
     c = result["counts"]
     log.info("kept %d of %d images; rejected %s", c["kept"], c["seen"], c["by_reason"] or "none")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
@@ -79,10 +80,30 @@ def resume_trainable(ckpt: Checkpointer, model: torch.nn.Module, optimizer, sche
     return int(state["step"])
 
 
+def micro_batches(n: int, micro: int | None) -> list[slice]:
+    """A process's share of the batch (``n`` items) in passes of at most ``micro`` (gradient accumulation)."""
+    if not micro or micro >= n:
+        return [slice(0, n)]
+    return [slice(i, min(i + micro, n)) for i in range(0, n, micro)]
+
+
+def accumulate(acc, model, chunks: list[slice], loss_fn) -> torch.Tensor:
+    """Backward of ``loss_fn(chunk)`` for each pass, the gradients synchronised across processes on
+    the last pass only; returns the summed loss (detached). ``loss_fn`` scales each pass's loss so
+    that the sum is the loss of the whole share."""
+    total = None
+    for j, chunk in enumerate(chunks):
+        with acc.no_sync(model) if j < len(chunks) - 1 else contextlib.nullcontext():
+            loss = loss_fn(chunk)
+            acc.backward(loss)
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
 def finish_step(acc, loss, model, trainable, opt, sched, *, step, steps, cfg, ckpt, loss_log, bar, t0, stage) -> float:
-    """Backward, clip, optimizer and schedule step; then the finite-loss check, the loss log and the
-    periodic checkpoint (main process). Both training stages end each step with this."""
-    acc.backward(loss)
+    """Clip, optimizer and schedule step (after ``accumulate`` ran the backward passes); then the
+    finite-loss check, the loss log and the periodic checkpoint (main process). Both training
+    stages end each step with this."""
     acc.clip_grad_norm_(trainable, cfg["grad_clip"])
     opt.step()
     sched.step()
