@@ -309,6 +309,7 @@ def laion_json():
     return json.dumps(
         {
             **config["data"]["laion"],
+            "image_size": config["data"]["image_size"],
             "min_side": s["min_side"],
             "min_aspect": s["min_aspect"],
             "max_aspect": s["max_aspect"],
@@ -324,6 +325,7 @@ def coco_json():
             "n_images": e["n_images"],
             "seed": e["seed"],
             "shard_size": config["data"]["coco_shard_size"],
+            "image_size": config["data"]["image_size"],
         },
         sort_keys=True,
     )

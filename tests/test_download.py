@@ -14,7 +14,7 @@ from conftest import file_server
 from PIL import Image
 
 from vlv import download, prepare_coco
-from vlv.data.shards import decode_image, iter_dir
+from vlv.data.shards import BadImage, decode_image, iter_dir, load_images, square_crop
 
 
 def _bytes(n, seed=0):
@@ -199,3 +199,24 @@ def test_coco_val_and_vqav2_become_the_evaluation_split_and_its_questions(tmp_pa
     i = next(i for i in kept if i != 7)
     r = next(r for r in rows if r["qid"] == str(100 * i + 1))
     assert r["answers"] == [str(i + 1)] * 10 and r["kind"] == "number"
+
+    # the paper profile's one size: the centred square, resized, stored as PNG; the stages load it
+    with pytest.raises(BadImage, match="different sizes"):
+        load_images(out)  # the originals differ in size
+    sized = tmp_path / "sized"
+    params = json.dumps({"n_images": 5, "seed": 3, "shard_size": 2, "image_size": 24})
+    args = ["eval", "--params", params, "--images", str(dl / "val2014.zip")]
+    assert (
+        prepare_coco.main([*args, "--annotations", str(dl / "annotations_trainval2014.zip"), "--out", str(sized)]) == 0
+    )
+    keys, images, metas = load_images(sized)
+    assert keys == [f"{i:012d}" for i in kept] and images.shape == (len(kept), 24, 24, 3)
+    assert all(m["image_size"] == 24 and (m["width"], m["height"]) == sizes[int(k)] for k, m in zip(keys, metas))
+    assert np.abs(images[0].astype(int) - [kept[0] % 255, 10, 20]).max() <= 3  # the image's own colour
+
+
+def test_square_crop_keeps_the_centre():
+    img = Image.new("RGB", (30, 10), (0, 0, 0))
+    img.paste((255, 0, 0), (10, 0, 20, 10))  # the centre 10x10 is red
+    out = np.asarray(square_crop(img, 5))
+    assert out.shape == (5, 5, 3) and (out[..., 0] > 240).all() and (out[..., 1] < 15).all()

@@ -150,7 +150,7 @@ def test_laion_pool_through_img2dataset_filters_records_dead_urls_and_reads_as_s
     ]
     cfg = json.loads(json.dumps(_paper_config(tmp_path)["data"]["laion"]))
     cfg.update(img2dataset=img2dataset_exe, processes=1, threads=4, shard_size=3, retries=0, timeout=5)
-    cfg.update(min_side=512, min_aspect=0.5, max_aspect=2.0)
+    cfg.update(min_side=512, min_aspect=0.5, max_aspect=2.0, image_size=64)
     meta = tmp_path / "metadata"
     meta.mkdir()
     with file_server(files) as (url, seen):
@@ -178,6 +178,8 @@ def test_laion_pool_through_img2dataset_filters_records_dead_urls_and_reads_as_s
         f"{i}.jpg" for i in range(4)
     ]
     assert not (tmp_path / "work").exists()  # a finished run leaves no resumable state behind
+    _, images, _ = load_images(pool)  # one size (the centred square at image_size): the stages can read it
+    assert images.shape == (4, 64, 64, 3) and abs(int(images[0, 32, 32, 0]) - 200) < 8
 
 
 def test_stage2_pairs_are_a_seeded_sample_of_the_subset(micro_config, tmp_path):

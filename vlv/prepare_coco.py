@@ -3,7 +3,9 @@
 ``eval`` (default): a seeded sample of ``n_images`` image ids from the caption annotations
 (``annotations/captions_val2014.json`` inside ``annotations_trainval2014.zip``) is recorded in
 ``images.json`` and the images are streamed from ``val2014.zip`` straight into tar shards (the JPEG
-bytes unchanged; no loose files are extracted). Each sample is ``<key>.jpg`` plus ``<key>.json``
+bytes unchanged; no loose files are extracted), or, with ``image_size`` (the paper profile: the
+stages take one size), the centred square crop resized to it, as PNG (no second JPEG loss). Each
+sample is ``<key>.jpg`` (or ``.png``) plus ``<key>.json``
 with ``captions`` (the five human captions), ``coco_id``, ``file_name``, ``width`` and ``height``;
 ``captions_coco.json`` holds the sample's annotations in the COCO format, as the toy split does. An
 image the annotations name but the archive lacks, or whose bytes fail the zip CRC, is skipped and
@@ -35,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .cli_common import load_params, setup_logging
-from .data.shards import write_shard
+from .data.shards import BadImage, decode_image, encode_png, square_crop, write_shard
 from .download import read_zip_json, safe_zip_members
 from .manifest import build_manifest, write_manifest
 
@@ -64,6 +66,7 @@ def make_eval(images_zip: str, annotations_zip: str, out: Path, cfg: dict) -> di
     ids = sample_ids([i for i in images if captions.get(i)], int(cfg["n_images"]), int(cfg["seed"]))
     skipped: dict[str, str] = {}
     kept: list[int] = []
+    side = cfg.get("image_size")
     with zipfile.ZipFile(images_zip) as zf:
         by_base = {PurePosixPath(m.filename).name: m for m in safe_zip_members(zf) if not m.is_dir()}
 
@@ -87,8 +90,18 @@ def make_eval(images_zip: str, annotations_zip: str, out: Path, cfg: dict) -> di
                     "width": im["width"],
                     "height": im["height"],
                 }
+                if side:  # the stages take one size: the centred square, resized, stored losslessly
+                    try:
+                        img = square_crop(decode_image(data), side)
+                    except BadImage as e:
+                        skipped[key] = f"undecodable image ({e})"
+                        continue
+                    meta["image_size"] = side
+                    parts = {"png": encode_png(img)}
+                else:
+                    parts = {"jpg": data}
                 kept.append(image_id)
-                yield key, {"jpg": data, "json": json.dumps(meta, sort_keys=True).encode()}
+                yield key, {**parts, "json": json.dumps(meta, sort_keys=True).encode()}
 
         size = int(cfg["shard_size"])
         for s, start in enumerate(tqdm(range(0, len(ids), size), desc="COCO shards", unit="shard")):

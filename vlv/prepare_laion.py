@@ -100,8 +100,9 @@ def collect(work: Path, out: Path) -> dict:
 
 
 def img2dataset_argv(cfg: dict, urls: Path, work: Path) -> list[str]:
-    """img2dataset's command line: original bytes (no resize), the paper's size and aspect limits
-    on the downloaded image, incremental (a rerun continues an interrupted download)."""
+    """img2dataset's command line: the centred square at ``image_size`` (or the original bytes when
+    it is null), the paper's size and aspect limits on the downloaded original, incremental (a rerun
+    continues an interrupted download)."""
     return [
         cfg["img2dataset"],
         "--url_list", str(urls), "--input_format", "parquet",
@@ -109,7 +110,9 @@ def img2dataset_argv(cfg: dict, urls: Path, work: Path) -> list[str]:
         "--output_format", "webdataset", "--output_folder", str(work),
         "--processes_count", str(cfg["processes"]), "--thread_count", str(cfg["threads"]),
         "--number_sample_per_shard", str(cfg["shard_size"]),
-        "--resize_mode", "no", "--min_image_size", str(cfg["min_side"]),
+        *(["--resize_mode", "center_crop", "--image_size", str(cfg["image_size"]), "--resize_only_if_bigger", "False"]
+          if cfg.get("image_size") else ["--resize_mode", "no"]),
+        "--min_image_size", str(cfg["min_side"]),
         "--max_aspect_ratio", str(max(cfg["max_aspect"], 1 / cfg["min_aspect"])),
         "--retries", str(cfg["retries"]), "--timeout", str(cfg["timeout"]),
         "--incremental_mode", "incremental", "--enable_wandb", "False",

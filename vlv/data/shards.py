@@ -31,6 +31,14 @@ def encode_png(image: np.ndarray | Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def square_crop(img: Image.Image, size: int) -> Image.Image:
+    """The centred square crop of an image, resized to ``size`` x ``size`` (bicubic)."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+
+
 def decode_image(data: bytes) -> Image.Image:
     """Decode fully (not just the header) so that a truncated file is caught here."""
     try:
@@ -111,4 +119,10 @@ def load_images(
         images.append(np.asarray(decode_image(data)))
         metas.append(json.loads(parts["json"]) if "json" in parts else {})
         out_keys.append(key)
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise BadImage(
+            f"{directory}: images of {len(shapes)} different sizes (e.g. {sorted(shapes)[:2]}); the stages take one "
+            "size: make the split at one size (data.image_size in the paper profile)"
+        )
     return out_keys, (np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)), metas
