@@ -137,7 +137,12 @@ def captioners(group="main"):
         groups = ablation_captioners()
         return list(dict.fromkeys(groups["trainable"] + groups["llm"]))
     names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100"]
-    return names + list(config["stage2"]["open_captioners"])
+    return names + open_captioners()
+
+
+def open_captioners():
+    """Names of the open captioners compared (a null entry is left out)."""
+    return [n for n, m in config["stage2"]["open_captioners"].items() if m is not None]
 
 
 def ablation_captioners():

@@ -63,10 +63,10 @@ rule reconstruct:
         runtime=30,
     params:
         cfg=stage1_json,
-        shapes=cfg_json("shapes"),
+        shapes=shapes_arg(),
         t2i=model_arg("t2i"),
         out=subpath(output.metrics, parent=True),
     shell:
         "python -m vlv.reconstruct --params {params.cfg:q} --encoder {input.encoder} "
-        "--decoder {params.t2i} --images {input.images} --shapes {params.shapes:q} "
+        "--decoder {params.t2i} --images {input.images} {params.shapes} "
         "--out {params.out} > {log} 2>&1"

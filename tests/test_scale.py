@@ -305,3 +305,59 @@ def test_the_committed_snakemake_profiles_plan_the_paper_dag(tmp_path, profile):
     assert "gpu=8" in resources  # launch.stage1.processes GPUs for the accelerate job
     if profile == "slurm":  # the SLURM executor's per-rule resources reach the job
         assert "slurm_partition=gpu" in resources and "runtime=10080" in resources
+
+
+def test_subset_judges_a_resized_pool_image_by_its_original_size():
+    from vlv.data.shards import encode_png
+    from vlv.subset import check_image
+
+    cfg = {"min_side": 512, "min_aspect": 0.5, "max_aspect": 2.0}
+    png = encode_png(np.zeros((32, 32, 3), np.uint8))
+
+    def sample(**meta):
+        return {"png": png, "json": json.dumps(meta).encode()}
+
+    assert check_image(sample(original_width=600, original_height=560), cfg)[1] is None
+    assert "too small: 300x300" in check_image(sample(original_width=300, original_height=300), cfg)[1]
+    assert "aspect ratio 0.40" in check_image(sample(original_width=600, original_height=1500), cfg)[1]
+    assert "too small: 32x32" in check_image({"png": png}, cfg)[1]  # no record of an original: the image itself
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, img2dataset_exe):
+    """The paper profile (config/paper.yaml) with tiny random-weight models of its classes and tiny
+    local data: downloads (file:// URLs, pinned SHA-256), COCO and VQAv2 into shards, LAION through
+    img2dataset, the subset, stage 2's pairs, stage 1 and both stage-2 captioners through the
+    committed accelerate config with 2 processes, the local VLM teacher, every captioner, Table 3 and
+    the cost report."""
+    from vlv import paper_tiny
+
+    assert paper_tiny.main(["--out", str(tmp_path / "pt"), "--img2dataset", img2dataset_exe]) == 0
+    (tmp_path / "w").mkdir()
+    wd = workflow_dir(tmp_path / "w")
+    targets = ["results/paper/tables/vqa.csv", "results/paper/reconstruct/encoder/metrics.json"]
+    files = (ROOT / "config.yaml", ROOT / "config" / "paper.yaml", tmp_path / "pt" / "config.yaml")
+    run_snakemake(wd, "--cores", "2", *targets, "results/paper/tables/cost.csv", configfiles=files)
+    res = wd / "results" / "paper"
+    for name in ("distill_stage1/encoder", "finetune_stage2/vlv_pairs100", "finetune_stage2/no_stage1_pairs100"):
+        assert json.loads((res / name / "manifest.json").read_text())["processes"] == 2  # one DDP group of 2
+    assert all(json.loads(p.read_text())["sha256_pinned"] for p in (wd / "data" / "download").glob("*.json"))
+    pool = json.loads((res / "download_laion/pool/downloads.json").read_text())
+    assert (
+        pool["downloaded"] == 40
+        and pool["failed"] == 2
+        and pool["metadata"]["dropped"] == {"watermark probability >= 0.5": 1}
+    )
+    _, images, metas = load_images(res / "prepare_coco/eval")
+    assert images.shape[1:] == (32, 32, 3) and all(len(m["captions"]) == 5 for m in metas)
+    rows = list(csv.DictReader((res / "tables/vqa.csv").open()))
+    names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100", "florence2_large", "llava15_7b"]
+    assert [r["captioner"] for r in rows] == [n for n in names for _ in (0, 2)]  # qwen25vl_7b left out (null)
+    assert {r["metric"] for r in rows} == {"vqa_accuracy"} and {r["questions"] for r in rows} == {"16"}
+    assert len(list(iter_dir(res / "download_laion/pairs"))) == 24  # data.pairs of the subset's images
+    cost = {r["stage"]: r for r in csv.DictReader((res / "tables/cost.csv").open())}
+    assert (
+        cost["distill_stage1"]["measured_processes"] == "2"
+        and float(cost["distill_stage1"]["projected_device_hours"]) > 0
+    )

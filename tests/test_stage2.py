@@ -190,49 +190,9 @@ def test_local_vlm_teacher_runs_florence2_and_records_empty_captions(micro_confi
 
 def _tiny_llava(root, folder):
     """A random LlavaForConditionalGeneration with a chat template: the chat-VLM class path, tiny."""
-    from transformers import (
-        AutoTokenizer,
-        CLIPVisionConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        Qwen2Config,
-    )
+    from vlv.paper_tiny import build_tiny_llava
 
-    from vlv.models.toy import clip_image_processor
-
-    tok = AutoTokenizer.from_pretrained(root / "models/toy/lm")
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    template = (
-        "{% for m in messages %}<|{{ m['role'] }}|>{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
-        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    text = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    image_token = tok.convert_tokens_to_ids("<image>")
-    LlavaForConditionalGeneration(
-        LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token, vision_feature_layer=-1)
-    ).save_pretrained(folder)
-    LlavaProcessor(
-        image_processor=clip_image_processor(32),
-        tokenizer=tok,
-        patch_size=8,
-        num_additional_image_tokens=1,
-        vision_feature_select_strategy="default",
-        chat_template=template,
-    ).save_pretrained(folder)
+    build_tiny_llava(root / "models/toy/lm", folder)
 
 
 def test_local_chat_vlm_captions_with_the_prompt_and_returns_only_new_text(root, tmp_path):

@@ -42,6 +42,7 @@ from .training import (
     accumulate,
     fingerprint,
     finish_step,
+    make_accelerator,
     micro_batches,
     plot_loss,
     resume_trainable,
@@ -86,9 +87,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     log = setup_logging()
     cfg = load_params(args.params)
-    from accelerate import Accelerator
-
-    acc = Accelerator(cpu=args.cpu, mixed_precision="bf16" if cfg["precision"] == "bf16" else "no")
+    acc = make_accelerator(args.cpu, cfg["precision"])
     world, rank = acc.num_processes, acc.process_index
     if cfg["batch_size"] % world:
         raise SystemExit(f"stage1.batch_size={cfg['batch_size']} is not divisible by {world} processes")

@@ -82,7 +82,7 @@ def models_needed(cfg: dict) -> list[tuple[str, str]]:
     v = cfg["vqa"]
     if v["reader"] == "local":
         need.append((v["model"], "VQA reader LLM (Table 3)"))
-    need += [(model, f"open captioner {name} (Table 1)") for name, model in cfg["stage2"]["open_captioners"].items()]
+    need += [(m, f"open captioner {name} (Table 1)") for name, m in cfg["stage2"]["open_captioners"].items() if m]
     need += [(e["model"], f"ablation LLM {e['name']} (Table 5)") for e in cfg["ablations"]["llm"] if e["model"]]
     seen, out = set(), []
     for model, role in need:

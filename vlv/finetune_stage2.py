@@ -41,6 +41,7 @@ from .training import (
     fingerprint,
     finish_step,
     lr_multiplier,
+    make_accelerator,
     micro_batches,
     plot_loss,
     resume_trainable,
@@ -89,9 +90,7 @@ def main(argv=None) -> int:
     cfg = load_params(args.params)
     if not 0 < args.pairs_fraction <= 1:
         raise SystemExit(f"--pairs-fraction must be in (0, 1], got {args.pairs_fraction}")
-    from accelerate import Accelerator
-
-    acc = Accelerator(cpu=args.cpu, mixed_precision="bf16" if cfg["precision"] == "bf16" else "no")
+    acc = make_accelerator(args.cpu, cfg["precision"])
     world, rank = acc.num_processes, acc.process_index
     if cfg["batch_size"] % world:
         raise SystemExit(f"stage2.batch_size={cfg['batch_size']} is not divisible by {world} processes")

@@ -3,6 +3,8 @@
 Every sample of the input shards is either kept or rejected with a reason: no image member,
 undecodable (corrupt or truncated), too small, aspect ratio out of range, or below the top-N CLIP
 score. A shard that breaks off mid-file keeps the samples read before the break and records it.
+Size and aspect are the original image's when the sample's metadata records it
+(``original_width``/``original_height``: img2dataset stores the paper profile's pool resized).
 Nothing crashes on bad input. Scores are the cosine between the CLIP image embedding and the
 embedding of ``clip_prompt``.
 
@@ -32,6 +34,13 @@ from .manifest import build_manifest, write_manifest
 from .training import pick_device
 
 
+def _meta(parts: dict[str, bytes]) -> dict:
+    try:
+        return json.loads(parts["json"]) if "json" in parts else {}
+    except ValueError:
+        return {}
+
+
 def check_image(parts: dict[str, bytes], cfg: dict):
     """(image, None) for a usable image, (None, reason) otherwise."""
     data = image_bytes(parts)
@@ -42,6 +51,9 @@ def check_image(parts: dict[str, bytes], cfg: dict):
     except BadImage as e:
         return None, f"undecodable image ({e})"
     w, h = img.size
+    meta = _meta(parts)
+    if "original_width" in meta and "original_height" in meta:  # stored resized (img2dataset): judge the original
+        w, h = int(meta["original_width"]), int(meta["original_height"])
     if min(w, h) < cfg["min_side"]:
         return None, f"too small: {w}x{h}, shorter side below {cfg['min_side']}"
     aspect = w / h

@@ -80,6 +80,25 @@ def resume_trainable(ckpt: Checkpointer, model: torch.nn.Module, optimizer, sche
     return int(state["step"])
 
 
+def make_accelerator(cpu: bool, precision: str):
+    """The stage's Accelerator. Several launched processes on a machine without CUDA run over gloo on
+    the CPU (accelerate would otherwise run each as an independent single process); a launch whose
+    processes still do not form one group stops here instead of training N copies side by side."""
+    from accelerate import Accelerator
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    acc = Accelerator(
+        cpu=cpu or (launched > 1 and not torch.cuda.is_available()),
+        mixed_precision="bf16" if precision == "bf16" else "no",
+    )
+    if acc.num_processes != launched:
+        raise SystemExit(
+            f"launched {launched} processes but accelerate formed a group of {acc.num_processes}: check the "
+            "accelerate config (distributed_type) against this machine's devices"
+        )
+    return acc
+
+
 def micro_batches(n: int, micro: int | None) -> list[slice]:
     """A process's share of the batch (``n`` items) in passes of at most ``micro`` (gradient accumulation)."""
     if not micro or micro >= n:
