@@ -1,4 +1,5 @@
 # Stage-1 image subset: validity checks, CLIP-score ranking, top-N; every rejection has a reason.
+# Progress is saved per shard under work/<profile>/subset: a stopped job resumes where it stopped.
 
 
 rule subset:
@@ -23,6 +24,7 @@ rule subset:
         cfg=cfg_json("subset"),
         clip=model_arg("clip"),
         out=subpath(output.subset, parent=True),
+        work=work_dir("subset"),
     shell:
         "python -m vlv.subset --params {params.cfg:q} --images {input.images} --clip {params.clip} "
-        "--out {params.out} > {log} 2>&1"
+        "--out {params.out} --work {params.work} > {log} 2>&1"

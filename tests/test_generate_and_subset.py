@@ -110,3 +110,32 @@ def test_subset_survives_a_shard_that_breaks_off(micro_config, tmp_path, root):
     res = _run_subset({**micro_config["subset"], "top_n": None}, pool, tmp_path / "subset", root)
     assert [b["shard"] for b in res["broken_shards"]] == ["shard-00001.tar"]
     assert 32 < res["counts"]["kept"] < 64
+
+
+def test_a_stopped_subset_run_resumes_after_its_last_finished_shard(micro_config, tmp_path, root):
+    pool = _pool_with_bad_samples(micro_config, tmp_path)
+    assert len(list(pool.glob("shard-*.tar"))) >= 2
+    cfg = micro_config["subset"]
+    clip = subset.ClipScorer(str(root / "models/toy/clip"), cfg["clip_prompt"], "cpu")
+    ref = subset.select(str(pool), cfg, clip)
+    work = tmp_path / "work"
+    scored = []
+
+    class Scorer:  # the CLIP scorer, counting what it scores; stops once the first shard is saved
+        name, stop = clip.name, True
+
+        def __call__(self, images):
+            if self.stop and (work / "state.json").exists():
+                raise KeyboardInterrupt("simulated stop in the second shard")
+            scored.append(len(images))
+            return clip(images)
+
+    scorer = Scorer()
+    with pytest.raises(KeyboardInterrupt):
+        subset.select(str(pool), cfg, scorer, str(work))
+    assert json.loads((work / "state.json").read_text())["shards_done"] == 1
+    first, scored[:] = sum(scored), []
+    scorer.stop = False
+    assert subset.select(str(pool), cfg, scorer, str(work)) == ref  # as one uninterrupted run
+    valid = ref["counts"]["kept"] + sum(r["reason"].startswith("below the top") for r in ref["rejected"])
+    assert first > 0 and first + sum(scored) == valid  # every image scored once: the rerun skipped shard 1

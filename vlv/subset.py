@@ -5,7 +5,8 @@ undecodable (corrupt or truncated), too small, aspect ratio out of range, or bel
 score. A shard that breaks off mid-file keeps the samples read before the break and records it.
 Size and aspect are the original image's when the sample's metadata records it
 (``original_width``/``original_height``: img2dataset stores the paper profile's pool resized).
-Nothing crashes on bad input. Scores are the cosine between the CLIP image embedding and the
+Nothing crashes on bad input. With ``--work`` the results are saved after every shard and a stopped
+run goes on from the first shard not done. Scores are the cosine between the CLIP image embedding and the
 embedding of ``clip_prompt``.
 
 Inputs: ``--images DIR`` (tar shards), ``--clip DIR`` (a CLIPModel + processor folder).
@@ -20,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import tarfile
 import time
 from pathlib import Path
@@ -32,6 +34,8 @@ from .cli_common import load_params, setup_logging, stage_parser
 from .data.shards import BadImage, decode_image, image_bytes, iter_shard, shard_paths
 from .manifest import build_manifest, write_manifest
 from .training import pick_device
+
+log = logging.getLogger("vlv.subset")
 
 
 def _meta(parts: dict[str, bytes]) -> dict:
@@ -68,6 +72,7 @@ class ClipScorer:
 
         from .models.hub import require_local
 
+        self.name = str(path)
         path = require_local(path, "CLIP model")
         self.model = CLIPModel.from_pretrained(path).to(device).eval()
         self.proc = AutoProcessor.from_pretrained(path)
@@ -85,8 +90,18 @@ class ClipScorer:
         return (f @ self.text.T).squeeze(-1).float().cpu().numpy()
 
 
-def select(images_dir: str, cfg: dict, scorer) -> dict:
-    kept, rejected = [], []
+def _state_fingerprint(cfg: dict, scorer_id: str, shards: list[Path]) -> str:
+    import hashlib
+
+    spec = {"cfg": cfg, "scorer": scorer_id, "shards": [(p.name, p.stat().st_size) for p in shards]}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def select(images_dir: str, cfg: dict, scorer, work: str | None = None) -> dict:
+    """Keep or reject every sample. Images are scored in batches of ``batch_size`` that end with each
+    shard; with ``work``, the results so far are saved after every shard and a rerun (same settings,
+    same shards) goes on from the first shard not done."""
+    kept, rejected, broken_shards = [], [], []
     batch, batch_meta = [], []
 
     def flush():
@@ -99,9 +114,17 @@ def select(images_dir: str, cfg: dict, scorer) -> dict:
     shards = shard_paths(images_dir)
     if not shards:
         raise SystemExit(f"no shard-*.tar files in {images_dir}")
+    state_file = Path(work) / "state.json" if work else None
+    fp = _state_fingerprint(cfg, getattr(scorer, "name", type(scorer).__name__), shards)
+    done = 0
+    if state_file is not None and state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state["fingerprint"] == fp:
+            done = state["shards_done"]
+            kept, rejected, broken_shards = state["kept"], state["rejected"], state["broken_shards"]
+            log.info("resuming after %d of %d shards (%s)", done, len(shards), state_file)
     bar = tqdm(desc="subset", unit="img", mininterval=5)
-    broken_shards = []
-    for shard in shards:
+    for i, shard in enumerate(shards[done:], start=done):
         n_read = 0
         try:
             for key, parts in iter_shard(shard):
@@ -117,7 +140,13 @@ def select(images_dir: str, cfg: dict, scorer) -> dict:
                     flush()
         except (tarfile.TarError, OSError, EOFError) as e:
             broken_shards.append({"shard": shard.name, "samples_read": n_read, "error": f"{type(e).__name__}: {e}"})
-    flush()
+        flush()
+        if state_file is not None:
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"fingerprint": fp, "shards_done": i + 1, "kept": kept, "rejected": rejected,
+                                       "broken_shards": broken_shards}))  # fmt: skip
+            tmp.replace(state_file)
     bar.close()
     kept.sort(key=lambda r: (-r["clip_score"], r["key"]))
     top_n = cfg["top_n"]
@@ -150,12 +179,13 @@ def main(argv=None) -> int:
     p.add_argument("--clip", required=True, help="CLIP model folder (or hub id in the local cache)")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="auto")
+    p.add_argument("--work", default=None, help="where the per-shard progress is kept (a rerun resumes from it)")
     args = p.parse_args(argv)
-    log = setup_logging()
+    setup_logging()
     cfg = load_params(args.params)
     scorer = ClipScorer(args.clip, cfg["clip_prompt"], pick_device(args.device))
     t0 = time.time()
-    result = select(args.images, cfg, scorer)
+    result = select(args.images, cfg, scorer, args.work)
     seconds = round(time.time() - t0, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,6 +200,8 @@ def main(argv=None) -> int:
     log.info("kept %d of %d images; rejected %s", c["kept"], c["seen"], c["by_reason"] or "none")
     for b in result["broken_shards"]:
         log.warning("shard %s broke off after %d samples: %s", b["shard"], b["samples_read"], b["error"])
+    if args.work:
+        Path(args.work, "state.json").unlink(missing_ok=True)  # done: a later run starts afresh
     return 0
 
 
