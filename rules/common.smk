@@ -369,14 +369,19 @@ PAPER_BUDGET_GPU_HOURS = 1000
 def cost_json():
     """What each costed stage processes at the configured scale, and on how many GPUs (cost_report)."""
     s1, s2, e = config["stage1"], config["stage2"], config["evaluation"]
-    gpus = {k: (v["processes"] if v else 1) for k, v in config["launch"].items()}
     pairs = config["data"]["pairs"] or config["shapes"]["splits"]["pairs"]["n"]
     n_caps = len(captioners())
     scale = {
         "subset": {"items": None, "gpus": 1},
         "synthesize_captions": {"items": pairs, "gpus": 1},
-        "distill_stage1": {"items": s1["steps"] * s1["batch_size"], "gpus": gpus["stage1"]},
-        "finetune_stage2": {"items": s2["steps"] * s2["batch_size"], "gpus": gpus["stage2"]},
+        "distill_stage1": {
+            "items": s1["steps"] * s1["batch_size"],
+            "gpus": max(launch_gpus("stage1"), 1),
+        },
+        "finetune_stage2": {
+            "items": s2["steps"] * s2["batch_size"],
+            "gpus": max(launch_gpus("stage2"), 1),
+        },
         "caption": {"items": e["n_images"] * n_caps, "gpus": 1},
         "render_captions": {
             "items": e["n_images"] * len(e["renderer_guidance"]) * n_caps,

@@ -113,12 +113,28 @@ def killed_at_step(monkeypatch, step: int):
         monkeypatch.setattr(LossLog, "append", real)
 
 
+class _QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def _serve(handler):
+    """``handler`` served on 127.0.0.1 from a background thread; yields the base URL."""
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
 @contextmanager
 def chat_server(reply):
     """An OpenAI-compatible chat endpoint on 127.0.0.1 for API tests. ``reply(authorization, body)``
     returns an HTTP status, or the reply text (sent with 200). Yields the base URL (``.../v1``)."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(_QuietHandler):
         def do_POST(self):  # noqa: N802 (http.server naming)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             answer = reply(self.headers["Authorization"], body)
@@ -133,15 +149,8 @@ def chat_server(reply):
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1"
-    finally:
-        server.shutdown()
+    with _serve(Handler) as url:
+        yield f"{url}/v1"
 
 
 @contextmanager
@@ -153,7 +162,7 @@ def file_server(files: dict[str, bytes], cut_first: set[str] = frozenset()):
     seen: list[tuple[str, str | None]] = []
     cut_done: set[str] = set()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(_QuietHandler):
         def do_GET(self):  # noqa: N802 (http.server naming)
             rng = self.headers.get("Range")
             seen.append((self.path, rng))
@@ -181,12 +190,5 @@ def file_server(files: dict[str, bytes], cut_first: set[str] = frozenset()):
                 return
             self.wfile.write(body)
 
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", seen
-    finally:
-        server.shutdown()
+    with _serve(Handler) as url:
+        yield url, seen

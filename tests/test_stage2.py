@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from vlv import caption, finetune_stage2, generate_shapes, synthesize_captions
 from vlv.captioners import APICaptioner, APISettings, CaptionFailure
 from vlv.models.captioner import TRAINABLE, VLVCaptioner
+from vlv.models.paper_sized import build_tiny_llava
 from vlv.shapes.judge import score_caption
 from vlv.shapes.world import Scene, ShapeObject
 
@@ -188,17 +189,10 @@ def test_local_vlm_teacher_runs_florence2_and_records_empty_captions(micro_confi
     assert not work.exists() or work.read_text() == ""
 
 
-def _tiny_llava(root, folder):
-    """A random LlavaForConditionalGeneration with a chat template: the chat-VLM class path, tiny."""
-    from vlv.paper_tiny import build_tiny_llava
-
-    build_tiny_llava(root / "models/toy/lm", folder)
-
-
 def test_local_chat_vlm_captions_with_the_prompt_and_returns_only_new_text(root, tmp_path):
     from vlv.captioners import PAPER_PROMPT, LocalVLM
 
-    _tiny_llava(root, tmp_path / "llava")
+    build_tiny_llava(root / "models/toy/lm", tmp_path / "llava")
     vlm = LocalVLM(str(tmp_path / "llava"), PAPER_PROMPT, 5, torch.device("cpu"), batch_size=2)
     assert not vlm.florence and vlm._texts(1) == [f"<|user|><image>{PAPER_PROMPT}<|assistant|>"]
     caps = vlm.caption(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))

@@ -37,65 +37,10 @@ from PIL import Image, ImageDraw
 from .config import ROOT
 
 
-def build_tiny_llava(lm_folder: str | Path, out: str | Path, image_size: int = 32, seed: int = 0) -> Path:
-    """A random ``LlavaForConditionalGeneration`` with a chat template (the chat-VLM class path), tiny,
-    on the tokenizer of ``lm_folder`` (a Qwen2-style byte-level BPE)."""
-    from transformers import (
-        AutoTokenizer,
-        CLIPVisionConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        Qwen2Config,
-    )
-
-    from .models.toy import clip_image_processor
-
-    tok = AutoTokenizer.from_pretrained(lm_folder)
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    template = (
-        "{% for m in messages %}<|{{ m['role'] }}|>{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
-        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=8,
-    )
-    text = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    image_token = tok.convert_tokens_to_ids("<image>")
-    out = Path(out)
-    LlavaForConditionalGeneration(
-        LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token, vision_feature_layer=-1)
-    ).save_pretrained(out)
-    LlavaProcessor(
-        image_processor=clip_image_processor(image_size),
-        tokenizer=tok,
-        patch_size=8,
-        num_additional_image_tokens=1,
-        vision_feature_select_strategy="default",
-        chat_template=template,
-    ).save_pretrained(out)
-    return out
-
-
 def build_models(out: Path, seed: int = 0) -> dict[str, Path]:
     from transformers import AutoTokenizer, CLIPProcessor, CLIPTokenizer
 
-    from .models.paper_sized import build_stage1_stack
+    from .models.paper_sized import build_stage1_stack, build_tiny_llava
     from .models.toy import build_clip, build_qwen2, clip_image_processor
 
     florence, sd, side = build_stage1_stack(out, "tiny", seed)

@@ -1,25 +1,20 @@
 """The paper profile's stage-1 image pool: LAION metadata -> the paper's filters -> img2dataset -> shards.
 
-Three steps, run by the ``download_laion`` rule (img2dataset pins pandas<3, so it lives in its own
-environment, ``envs/img2dataset.yml``; this module needs only pandas and the standard library, so
-it runs in either):
+``run`` (rule ``download_laion``; img2dataset pins pandas<3, so it lives in its own environment,
+``envs/img2dataset.yml``; this module needs only pandas and the standard library, so it runs in
+either) does three steps:
 
-``filter``: read the metadata parquet file(s) (LAION-2B-en-aesthetic columns ``URL``, ``TEXT``,
-``WIDTH``, ``HEIGHT``, ``pwatermark``) and keep the rows that pass the paper's filters where the
-metadata has the column: shorter side at least ``min_side``, aspect ratio in
-[``min_aspect``, ``max_aspect``], watermark probability below ``max_watermark`` (a missing value is
-kept: the image is checked again after the download by ``subset``). Writes the URL list parquet and
-the count of rows dropped for each reason.
-
-img2dataset then downloads the list into WebDataset shards (``NNNNN.tar`` with ``<key>.jpg`` and
-``<key>.json``, and per shard a parquet file with every URL's status and error message).
-
-``run`` does ``filter``, img2dataset (the configured executable, resumable: its output stays in
-``--work`` until the run completes) and ``collect``.
-
-``collect``: move img2dataset's shards into the pool folder as ``shard-NNNNN.tar`` (the layout every
-stage reads), and record each URL that could not be fetched (dead link, timeout, refused image) in
-``failures.parquet`` with its error, with counts per status and error in ``downloads.json``.
+1. read the metadata parquet file(s) (LAION-2B-en-aesthetic columns ``URL``, ``TEXT``, ``WIDTH``,
+   ``HEIGHT``, ``pwatermark``) and keep the rows that pass the paper's filters where the metadata
+   has the column: shorter side at least ``min_side``, aspect ratio in [``min_aspect``,
+   ``max_aspect``], watermark probability below ``max_watermark`` (a missing value is kept: the
+   image is checked again after the download by ``subset``), counting the rows dropped per reason;
+2. img2dataset (the configured executable) downloads the list into WebDataset shards (``NNNNN.tar``
+   with ``<key>.jpg`` and ``<key>.json``, and per shard a parquet file with every URL's status and
+   error message); its output stays in ``--work`` until the run completes, so a rerun continues it;
+3. the shards move into the pool folder as ``shard-NNNNN.tar`` (the layout every stage reads), each
+   URL that could not be fetched (dead link, timeout, refused image) is recorded with its error in
+   ``failures.parquet``, and the counts go to ``downloads.json``.
 
 ``metadata`` fetches the metadata parquet files from ``metadata_urls`` (resumable, via
 ``vlv.download``) when they are not already in the metadata folder.
@@ -30,9 +25,6 @@ own shards (the paper captions 6M of its 40M images).
 Examples:
     python -m vlv.prepare_laion run --params "$(python -m vlv.config data.laion ...)" \
         --metadata data/laion/metadata --work work/paper/download_laion --out results/paper/download_laion/pool
-    python -m vlv.prepare_laion filter --params "$(python -m vlv.config laion ...)" \
-        --metadata data/laion/metadata --out work/paper/download_laion/urls.parquet
-    python -m vlv.prepare_laion collect --work work/paper/download_laion/shards --out results/paper/download_laion/pool
 """
 
 from __future__ import annotations
@@ -78,7 +70,7 @@ def filter_metadata(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, dict[str
 
 
 def collect(work: Path, out: Path) -> dict:
-    """img2dataset's output folder -> ``out/shard-NNNNN.tar`` plus the per-URL failure record."""
+    """img2dataset's output folder -> ``out/shard-NNNNN.tar`` plus the per-URL failure record; the counts."""
     out.mkdir(parents=True, exist_ok=True)
     tars = sorted(work.glob("[0-9]*.tar"))
     for tar in tars:
@@ -95,7 +87,6 @@ def collect(work: Path, out: Path) -> dict:
         "by_error": dict(errors.most_common(20)),
         "shards": len(tars),
     }
-    (out / "downloads.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary
 
 
@@ -188,10 +179,6 @@ def main(argv=None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="what", required=True)
-    f = sub.add_parser("filter", help="the paper's filters on the metadata -> a URL list parquet")
-    f.add_argument("--params", required=True, help="JSON: url_col, min_side, min_aspect, max_aspect, max_watermark")
-    f.add_argument("--metadata", required=True, help="a parquet file or a folder of them")
-    f.add_argument("--out", required=True)
     r = sub.add_parser("run", help="filter, img2dataset, collect")
     r.add_argument("--params", required=True, help="JSON: the data.laion section plus min_side, min_aspect, max_aspect")
     r.add_argument("--metadata", required=True)
@@ -207,31 +194,15 @@ def main(argv=None) -> int:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--shard-size", type=int, default=10000)
     q.add_argument("--out", required=True)
-    c = sub.add_parser("collect", help="img2dataset's shards -> the pool folder, with the failed URLs")
-    c.add_argument("--work", required=True, help="img2dataset's output folder")
-    c.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    if args.what == "filter":
-        cfg = json.loads(args.params)
-        df = read_metadata(args.metadata)
-        kept, dropped = filter_metadata(df, cfg)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        kept.to_parquet(out)
-        report = {"rows": len(df), "kept": len(kept), "dropped": dropped, "filters": cfg}
-        out.with_suffix(".json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-        print(f"{out}: {len(kept)} of {len(df)} URLs kept; dropped {dropped}")
-    elif args.what == "run":
+    if args.what == "run":
         summary = run(json.loads(args.params), args.metadata, Path(args.work), Path(args.out))
         print(f"{args.out}: {summary['downloaded']} of {summary['urls']} URLs downloaded; {summary['by_error']}")
     elif args.what == "metadata":
         print(f"{args.out}: {fetch_metadata(args.urls, Path(args.out))}")
-    elif args.what == "pairs":
+    else:
         n = select_pairs(args.images, args.subset, args.n, args.seed, Path(args.out), args.shard_size)
         print(f"{args.out}: {n} images")
-    else:
-        summary = collect(Path(args.work), Path(args.out))
-        print(f"{args.out}: {summary['downloaded']} of {summary['urls']} URLs downloaded; {summary['by_error']}")
     return 0
 
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .cli_common import load_params, setup_logging, stage_parser
 from .data.shards import BadImage, decode_image, image_bytes, iter_shard, shard_paths
 from .manifest import build_manifest, write_manifest
-from .training import pick_device
+from .training import fingerprint, pick_device
 
 log = logging.getLogger("vlv.subset")
 
@@ -90,13 +90,6 @@ class ClipScorer:
         return (f @ self.text.T).squeeze(-1).float().cpu().numpy()
 
 
-def _state_fingerprint(cfg: dict, scorer_id: str, shards: list[Path]) -> str:
-    import hashlib
-
-    spec = {"cfg": cfg, "scorer": scorer_id, "shards": [(p.name, p.stat().st_size) for p in shards]}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def select(images_dir: str, cfg: dict, scorer, work: str | None = None) -> dict:
     """Keep or reject every sample. Images are scored in batches of ``batch_size`` that end with each
     shard; with ``work``, the results so far are saved after every shard and a rerun (same settings,
@@ -115,7 +108,8 @@ def select(images_dir: str, cfg: dict, scorer, work: str | None = None) -> dict:
     if not shards:
         raise SystemExit(f"no shard-*.tar files in {images_dir}")
     state_file = Path(work) / "state.json" if work else None
-    fp = _state_fingerprint(cfg, getattr(scorer, "name", type(scorer).__name__), shards)
+    scorer_id = getattr(scorer, "name", type(scorer).__name__)
+    fp = fingerprint({"cfg": cfg, "scorer": scorer_id, "shards": [(p.name, p.stat().st_size) for p in shards]})
     done = 0
     if state_file is not None and state_file.exists():
         state = json.loads(state_file.read_text())

@@ -1,5 +1,8 @@
 """Random-weight model folders of the paper profile's classes, at paper size or tiny.
 
+``build_tiny_llava(lm_folder, out)`` writes a tiny random ``LlavaForConditionalGeneration`` (the
+chat-VLM class path of the teacher and the open captioners).
+
 ``build_stage1_stack(out, preset)`` writes ``out/florence`` (``Florence2ForConditionalGeneration``
 + processor) and ``out/sd`` (a ``StableDiffusionPipeline`` folder: CLIP text encoder, SD-2-style
 UNet with linear projections and four blocks, KL VAE, DDIM scheduler) and returns their paths and
@@ -165,3 +168,58 @@ def build_stage1_stack(out: str | Path, preset: str = "tiny", seed: int = 0) -> 
     florence.save_pretrained(fl)
     florence2_processor(btok, side, florence2_image_tokens(fcfg["vision"], side)).save_pretrained(fl)
     return fl, sd, p["image_size"]
+
+
+def build_tiny_llava(lm_folder: str | Path, out: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A random ``LlavaForConditionalGeneration`` with a chat template (the chat-VLM class path), tiny,
+    on the tokenizer of ``lm_folder`` (a Qwen2-style byte-level BPE)."""
+    from transformers import (
+        AutoTokenizer,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        Qwen2Config,
+    )
+
+    from .toy import clip_image_processor
+
+    tok = AutoTokenizer.from_pretrained(lm_folder)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>"
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=8,
+    )
+    text = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    image_token = tok.convert_tokens_to_ids("<image>")
+    out = Path(out)
+    LlavaForConditionalGeneration(
+        LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token, vision_feature_layer=-1)
+    ).save_pretrained(out)
+    LlavaProcessor(
+        image_processor=clip_image_processor(image_size),
+        tokenizer=tok,
+        patch_size=8,
+        num_additional_image_tokens=1,
+        vision_feature_select_strategy="default",
+        chat_template=template,
+    ).save_pretrained(out)
+    return out
