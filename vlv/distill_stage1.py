@@ -32,7 +32,8 @@ import torch
 from tqdm import tqdm
 
 from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import load_images
+from .data.loader import Collate, FeatureCache, ShardImages, StepBatches, gather, make_loader, path_stamp
+from .data.shards import ShardIndex
 from .manifest import build_manifest, write_manifest
 from .models.frozen_decoder import FrozenT2IDecoder
 from .models.vlv_encoder import VLVEncoder
@@ -49,6 +50,11 @@ from .training import (
     seed_everything,
     warmup_cosine,
 )
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NxHxWx3 -> float Nx3xHxW in [-1, 1], the VAE's input."""
+    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def training_keys(subset_json: str, data_percent: float = 100, seed: int = 0) -> list[str]:
@@ -84,6 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--work", required=True, help="checkpoint folder (kept on failure, resumed from)")
     p.add_argument("--cpu", action="store_true", help="force the CPU even where a GPU is present")
+    p.add_argument("--workers", type=int, default=0, help="loader worker processes per process (0: decode inline)")
     args = p.parse_args(argv)
     log = setup_logging()
     cfg = load_params(args.params)
@@ -98,21 +105,32 @@ def main(argv=None) -> int:
 
     enc, dec = build(cfg, args.vision, args.decoder, acc.device)
     keys = training_keys(args.subset, cfg["data_percent"], seed)
-    _, images, _ = load_images(args.images, keys)
-    if len(images) == 0:
+    index = ShardIndex(args.images, keys)
+    if len(index) == 0:
         raise SystemExit(f"no training images: {args.subset} keeps none of the images in {args.images}")
-    pixel_values = enc.preprocess(images)  # deterministic, so computed once
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    if x.shape[-1] != dec.unet.config.sample_size * dec.pipe.vae_scale_factor:
+    dataset = ShardImages(index)
+    side = dataset[0].shape[0]
+    if side != dec.unet.config.sample_size * dec.pipe.vae_scale_factor:
         raise SystemExit(
-            f"images are {x.shape[-1]} px but the decoder expects {dec.unet.config.sample_size * dec.pipe.vae_scale_factor} px"
+            f"images are {side} px but the decoder expects {dec.unet.config.sample_size * dec.pipe.vae_scale_factor} px"
         )
+    collate = Collate(enc.preprocessor(), args.images)
+
+    def loader(batches):
+        return make_loader(dataset, batches, collate, args.workers)
+
     cached = None
-    if cfg["cache_latents"]:
-        with torch.no_grad():
-            cached = torch.cat(
-                [dec.latent_dist(x[i : i + 256].to(acc.device)).parameters.cpu() for i in range(0, len(x), 256)]
-            )
+    if cfg["cache_latents"]:  # the frozen VAE is deterministic: its latent distributions, once, on disk
+        cache = FeatureCache(
+            Path(args.work) / "latents",
+            fingerprint({"images": index.keys, "shards": path_stamp(args.images), "decoder": path_stamp(args.decoder)}),
+            rank,
+            world,
+            acc.wait_for_everyone,
+        )
+        cached = cache.build(
+            len(index), loader, lambda b: dec.latent_dist(to_pixels(b[0]).to(acc.device)).parameters, "VAE latents"
+        )
 
     trainable = [p for p in enc.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
@@ -138,30 +156,30 @@ def main(argv=None) -> int:
         disable=not acc.is_main_process,
     )
     enc_ddp.train()
-    for step in bar:
-        rng = np.random.default_rng([seed, step])
-        idx = rng.integers(len(x), size=cfg["batch_size"])
+    batches = StepBatches(len(index), seed, cfg["batch_size"], start, steps, rank, world)
+    for step, (images, pixel_values) in zip(bar, loader(batches), strict=True):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         timesteps = torch.randint(0, dec.noise_scheduler.config.num_train_timesteps, (cfg["batch_size"],), generator=g)
         noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
         mine = slice(rank * per_proc, (rank + 1) * per_proc)
-        sel = torch.from_numpy(idx[mine])
         with torch.no_grad():
             if cached is not None:
                 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-                dist = DiagonalGaussianDistribution(cached[sel].to(acc.device))
+                # in the layout the VAE gives its (NHWC-born) images, as the uncached path has it
+                params = gather(cached, batches.mine(step)).to(acc.device, memory_format=torch.channels_last)
+                dist = DiagonalGaussianDistribution(params)
             else:
-                dist = dec.latent_dist(x[sel].to(acc.device))
+                dist = dec.latent_dist(to_pixels(images).to(acc.device))
             latents = dist.sample(generator=torch.Generator(device=acc.device).manual_seed(noise_seed + rank)) * scaling
         # noise for the whole global batch, then this process's slice: same draws for any world size
         gen = torch.Generator().manual_seed(noise_seed)
         noise = torch.randn((cfg["batch_size"], *latents.shape[1:]), generator=gen)[mine]
         t_mine = timesteps[mine]
 
-        def loss_fn(c, sel=sel, latents=latents, noise=noise, t_mine=t_mine):  # bound now: used in this step only
+        def loss_fn(c, pixel_values=pixel_values, latents=latents, noise=noise, t_mine=t_mine):  # this step's
             with acc.autocast():
-                cond = dec.condition(enc_ddp(pixel_values[sel[c]].to(acc.device)))
+                cond = dec.condition(enc_ddp(pixel_values[c].to(acc.device)))
                 loss = dec.diffusion_loss(latents[c], cond, noise[c], t_mine[c])
             return loss if len(chunks) == 1 else loss * ((c.stop - c.start) / per_proc)
 
@@ -187,7 +205,8 @@ def main(argv=None) -> int:
                 device=str(acc.device),
                 precision=cfg["precision"],
                 processes=world,
-                training_images=len(x),
+                training_images=len(index),
+                loader_workers=args.workers,
                 train_seconds_this_run=round(seconds, 1),
                 images_per_second=round(n_img / max(seconds, 1e-9), 2),
                 resumed_from_step=start,
@@ -198,6 +217,8 @@ def main(argv=None) -> int:
                 decoder=args.decoder,
             ),
         )
+        if cached is not None:
+            cache.clear()  # every process is past its last read (wait_for_everyone above)
         ckpt.clear()
         log.info("saved %s: %d steps, %.0f s, %.1f images/s", out, steps, seconds, n_img / max(seconds, 1e-9))
     acc.end_training()

@@ -9,7 +9,8 @@ captioner" of the data-efficiency comparison. ``--pairs-fraction`` trains on the
 the pair set (sorted by key).
 
 accelerate for devices and processes; each step's batch is a pure function of (seed, step). When
-the encoder is frozen (``mlp``, ``mlp_llm``) its output T(z) is computed once and cached. AdamW,
+the encoder is frozen (``mlp``, ``mlp_llm``) its output T(z) is computed once and cached on disk in
+``--work``; otherwise loader workers (``--workers``) read and preprocess each step's images from the shards. AdamW,
 warmup then ``lr_schedule`` over the whole run, fp32 or bf16, LoRA by config; checkpoints in
 ``--work`` resumed automatically. The result is a ``VLVCaptioner`` folder.
 
@@ -22,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -31,7 +33,8 @@ import torch
 from tqdm import tqdm
 
 from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import load_images
+from .data.loader import Collate, FeatureCache, ShardImages, StepBatches, gather, make_loader, path_stamp
+from .data.shards import ShardIndex
 from .manifest import build_manifest, write_manifest
 from .models.captioner import TRAINABLE, VLVCaptioner
 from .training import (
@@ -85,6 +88,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--work", required=True, help="checkpoint folder (kept on failure, resumed from)")
     p.add_argument("--cpu", action="store_true")
+    p.add_argument("--workers", type=int, default=0, help="loader worker processes per process (0: decode inline)")
     args = p.parse_args(argv)
     log = setup_logging()
     cfg = load_params(args.params)
@@ -100,22 +104,44 @@ def main(argv=None) -> int:
     seed_everything(seed)  # the same psi (and no-stage-1 queries) on every process
 
     pairs = read_pairs(args.captions, args.pairs_fraction)
-    keys, images, _ = load_images(args.images, list(pairs))
-    if len(keys) != len(pairs):
-        missing = sorted(set(pairs) - set(keys))
+    index = ShardIndex(args.images, pairs)
+    if len(index) != len(pairs):
+        missing = index.missing(pairs)
         raise SystemExit(f"{len(missing)} captioned images are not in {args.images} (e.g. {missing[:3]})")
+    keys = index.keys
     captions = [pairs[k] for k in keys]
     cap = build(cfg, args.init, args.encoder, args.t2i, args.llm)
     cap.to(acc.device)
-    pixel_values = cap.encoder.preprocess(images)
+    dataset = ShardImages(index)
+    collate = Collate(cap.encoder.preprocessor(), args.images)
+
+    def loader(batches):
+        return make_loader(dataset, batches, collate, args.workers)
+
     encoder_frozen = not TRAINABLE[cfg["trainable"]]
     cached = None
-    if encoder_frozen:  # T(z) never changes: compute it once
-        with torch.no_grad():
-            cached = torch.cat(
-                [cap.caption_input(pixel_values[i : i + 256].to(acc.device)).cpu() for i in range(0, len(keys), 256)]
-            )
-    tokens = [cap.tokenize([c], cfg["max_caption_tokens"])["input_ids"][0] for c in captions]
+    if encoder_frozen:  # T(z) never changes: computed once, on disk
+        made_from = {k: cfg[k] for k in ("route", "num_queries")}
+        cache = FeatureCache(
+            Path(args.work) / "caption_input",
+            fingerprint(
+                {
+                    "images": keys,
+                    "shards": path_stamp(args.images),
+                    "init": args.init,
+                    "encoder": path_stamp(args.encoder),
+                    "t2i": path_stamp(args.t2i),
+                    **made_from,
+                }
+            ),
+            rank,
+            world,
+            acc.wait_for_everyone,
+        )
+        cached = cache.build(len(keys), loader, lambda b: cap.caption_input(b[1].to(acc.device)), "caption inputs")
+
+    def tokenize(i: int) -> torch.Tensor:
+        return cap.tokenize([captions[i]], cfg["max_caption_tokens"])["input_ids"][0]
 
     trainable = [p for p in cap.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
@@ -135,22 +161,25 @@ def main(argv=None) -> int:
     model.train()
     if cap.text_encoder is not None:
         cap.text_encoder.eval()  # frozen: no dropout
-    for step in bar:
-        idx = np.random.default_rng([seed, step]).integers(len(keys), size=cfg["batch_size"])
-        sel = idx[rank * per_proc : (rank + 1) * per_proc]
+    batches = StepBatches(len(keys), seed, cfg["batch_size"], start, steps, rank, world)
+    loaded = itertools.repeat(None) if cached is not None else loader(batches)  # images only when not cached
+    for step, batch in zip(bar, loaded):
+        idx = batches.global_batch(step)
+        sel = batches.mine(step)
+        tokens = {i: tokenize(i) for i in np.unique(idx).tolist()}
         # several processes or passes: each pass divides its token-loss sum by this process's share
         # of the global batch's tokens, so that the passes and DDP's average give the global token mean
         n_items = None
         if world > 1 or len(chunks) > 1:
-            n_items = torch.tensor(sum(len(tokens[i]) for i in idx) / world, device=acc.device)
+            n_items = torch.tensor(sum(len(tokens[i]) for i in idx.tolist()) / world, device=acc.device)
 
-        def loss_fn(c, sel=sel, n_items=n_items):  # bound now: used in this step only
+        def loss_fn(c, sel=sel, n_items=n_items, batch=batch, tokens=tokens):  # bound now: this step's
             part = sel[c]
-            inputs = {k: v.to(acc.device) for k, v in cap.pad([tokens[i] for i in part]).items()}
+            inputs = {k: v.to(acc.device) for k, v in cap.pad([tokens[i] for i in part.tolist()]).items()}
             if cached is not None:
-                inputs["caption_input"] = cached[torch.from_numpy(part)].to(acc.device)
+                inputs["caption_input"] = gather(cached, part).to(acc.device)
             else:
-                inputs["pixel_values"] = pixel_values[torch.from_numpy(part)].to(acc.device)
+                inputs["pixel_values"] = batch[1][c].to(acc.device)
             if n_items is not None:
                 inputs["num_items_in_batch"] = n_items
             with acc.autocast():
@@ -191,6 +220,8 @@ def main(argv=None) -> int:
                 resumed_from_step=start,
             ),
         )
+        if cached is not None:
+            cache.clear()  # every process is past its last read (wait_for_everyone above)
         ckpt.clear()
         log.info("saved %s: %d steps, %.0f s", out, steps, seconds)
     acc.end_training()

@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -192,7 +191,11 @@ class Checkpointer:
         return state
 
     def clear(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Remove the checkpoints (other things kept in the folder, such as caches, stay)."""
+        for f in [*self._all(), *self.dir.glob("step-*.tmp")] if self.dir.exists() else []:
+            f.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()  # only when nothing else is left in it
 
 
 def rng_state() -> dict:

@@ -104,10 +104,22 @@ def image_bytes(parts: dict[str, bytes]) -> bytes | None:
     return next((parts[e] for e in IMAGE_EXTS if e in parts), None)
 
 
+def stack_images(images: list[np.ndarray], where: str | os.PathLike) -> np.ndarray:
+    """uint8 HxWx3 arrays -> NxHxWx3; images of different sizes are an error that says what to do."""
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise BadImage(
+            f"{where}: images of {len(shapes)} different sizes (e.g. {sorted(shapes)[:2]}); the stages take one "
+            "size: make the split at one size (data.image_size in the paper profile)"
+        )
+    return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
+
+
 def load_images(
     directory: str | os.PathLike, keys: list[str] | None = None
 ) -> tuple[list[str], np.ndarray, list[dict]]:
-    """Decode a shard folder (or the given keys of it) into uint8 NxHxWx3 with metadata."""
+    """Decode a shard folder (or the given keys of it) into uint8 NxHxWx3 with metadata, all in memory:
+    for evaluation splits. Training sets go through ``vlv.data.loader`` (random access, loader workers)."""
     wanted = set(keys) if keys is not None else None
     out_keys, images, metas = [], [], []
     for key, parts in iter_dir(directory):
@@ -119,10 +131,58 @@ def load_images(
         images.append(np.asarray(decode_image(data)))
         metas.append(json.loads(parts["json"]) if "json" in parts else {})
         out_keys.append(key)
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        raise BadImage(
-            f"{directory}: images of {len(shapes)} different sizes (e.g. {sorted(shapes)[:2]}); the stages take one "
-            "size: make the split at one size (data.image_size in the paper profile)"
-        )
-    return out_keys, (np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)), metas
+    return out_keys, stack_images(images, directory), metas
+
+
+def iter_batches(
+    directory: str | os.PathLike, size: int, skip: set[str] | frozenset = frozenset()
+) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
+    """A shard folder streamed in batches of ``size`` decoded samples (keys in ``skip`` left out):
+    at most one batch of images in memory, whatever the size of the split."""
+    keys, images, metas = [], [], []
+    for key, parts in iter_dir(directory):
+        data = image_bytes(parts)
+        if data is None or key in skip:
+            continue
+        keys.append(key)
+        images.append(np.asarray(decode_image(data)))
+        metas.append(json.loads(parts["json"]) if "json" in parts else {})
+        if len(keys) == size:
+            yield keys, stack_images(images, directory), metas
+            keys, images, metas = [], [], []
+    if keys:
+        yield keys, stack_images(images, directory), metas
+
+
+class ShardIndex:
+    """Where each sample's image lies in a shard folder (shard, byte offset, size), read from the tar
+    headers only, so that a training set of any size is read at random without extracting it or
+    holding it in memory. ``keys`` are in shard order (the order ``load_images`` gives); the position
+    arrays are NumPy, which loader workers share without copying."""
+
+    def __init__(self, directory: str | os.PathLike, keys: Iterable[str] | None = None):
+        wanted = set(keys) if keys is not None else None
+        self.directory = str(directory)
+        self.paths = [str(p) for p in shard_paths(directory)]
+        self.keys: list[str] = []
+        shard, offset, size = [], [], []
+        for s, path in enumerate(self.paths):
+            with tarfile.open(path, "r:") as tar:  # headers only: tarfile seeks over the data
+                for member in tar:
+                    k, _, ext = os.path.basename(member.name).partition(".")
+                    if not member.isfile() or ext not in IMAGE_EXTS or (wanted is not None and k not in wanted):
+                        continue
+                    self.keys.append(k)
+                    shard.append(s)
+                    offset.append(member.offset_data)
+                    size.append(member.size)
+        self.shard = np.asarray(shard, dtype=np.int32)
+        self.offset = np.asarray(offset, dtype=np.int64)
+        self.size = np.asarray(size, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def missing(self, keys: Iterable[str]) -> list[str]:
+        have = set(self.keys)
+        return sorted(k for k in keys if k not in have)

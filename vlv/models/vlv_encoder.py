@@ -11,6 +11,7 @@ decoder states to the frozen CLIP text encoder's width. The saved folder is self
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,12 @@ from .hub import require_local
 
 PARTS = ("vision_tower", "language_encoder", "language_decoder", "queries", "projection")
 DEFAULT_PROMPT = "<MORE_DETAILED_CAPTION>"
+
+
+def pixel_values(image_processor, images) -> torch.Tensor:
+    """PIL images or uint8 HxWx3 arrays -> the Florence-2 processor's pixel_values (per image: a batch
+    gives each image the values it gets alone)."""
+    return image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 
 class VLVEncoder(torch.nn.Module):
@@ -85,7 +92,11 @@ class VLVEncoder(torch.nn.Module):
 
     def preprocess(self, images) -> torch.Tensor:
         """PIL images or uint8 HxWx3 arrays -> the processor's pixel_values."""
-        return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return pixel_values(self.processor.image_processor, images)
+
+    def preprocessor(self):
+        """``preprocess`` without the model (what a data-loader worker needs)."""
+        return functools.partial(pixel_values, self.processor.image_processor)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         m = self.florence.model
