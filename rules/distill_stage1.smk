@@ -7,7 +7,7 @@
 rule distill_stage1:
     input:
         accelerate=launch_input("stage1"),
-        code=code("distill_stage1", "models/vlv_encoder", "models/frozen_decoder"),
+        code=code("distill_stage1", "models/vlv_encoder", "models/frozen_decoder", "data/loader", "data/shards"),
         images=split_dir("pool"),
         subset="<results>/subset/subset.json",
         vision_encoder=model_input("vision_encoder"),
@@ -34,11 +34,12 @@ rule distill_stage1:
         cfg=stage1_json,
         vision_encoder=model_arg("vision_encoder"),
         t2i=model_arg("t2i"),
+        workers=config["data"]["loader_workers"],
         work=lambda wildcards: work_dir(f"distill_stage1/{wildcards.s1}"),
     shell:
         "{params.launch} vlv.distill_stage1 --params {params.cfg:q} --images {input.images} "
         "--subset {input.subset} --vision {params.vision_encoder} --decoder {params.t2i} "
-        "--out {output} --work {params.work} > {log} 2>&1"
+        "--out {output} --work {params.work} --workers {params.workers} > {log} 2>&1"
 
 
 rule reconstruct:

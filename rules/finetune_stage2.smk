@@ -7,7 +7,7 @@
 rule finetune_stage2:
     input:
         accelerate=launch_input("stage2"),
-        code=code("finetune_stage2", "models/captioner", "models/vlv_encoder"),
+        code=code("finetune_stage2", "models/captioner", "models/vlv_encoder", "data/loader", "data/shards"),
         images=split_dir("pairs"),
         captions="<results>/synthesize_captions/captions.jsonl",
         encoder=stage2_encoder,
@@ -38,9 +38,10 @@ rule finetune_stage2:
         t2i=model_arg("t2i"),
         llm=stage2_llm_arg,
         fraction=lambda wildcards: parse_captioner(wildcards.name)["percent"] / 100,
+        workers=config["data"]["loader_workers"],
         work=lambda wildcards: work_dir(f"finetune_stage2/{wildcards.name}"),
     shell:
         "{params.launch} vlv.finetune_stage2 --params {params.cfg:q} --init {params.init} "
         "--encoder {params.encoder} --t2i {params.t2i} --llm {params.llm} --images {input.images} "
         "--captions {input.captions} --pairs-fraction {params.fraction} --out {output} "
-        "--work {params.work} > {log} 2>&1"
+        "--work {params.work} --workers {params.workers} > {log} 2>&1"

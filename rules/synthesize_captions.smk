@@ -4,7 +4,7 @@
 
 rule synthesize_captions:
     input:
-        code=code("synthesize_captions", "captioners"),
+        code=code("synthesize_captions", "captioners", "data/shards"),
         images=split_dir("pairs"),
         teacher=teacher_model_input(),
     output:

@@ -168,6 +168,7 @@ def overlay(models: dict, data: dict, img2dataset: str) -> dict:
                 "timeout": 5,
             },  # fmt: skip
             "pairs": 24,
+            "loader_workers": 1,  # a real worker process per training process
         },
         "subset": {"top_n": 32, "batch_size": 16},
         # the committed accelerate config, 2 CPU processes (gloo)

@@ -1,7 +1,7 @@
 """Teacher captions for the stage-2 pair set, append-only and resumable.
 
 Captions are appended, one JSON line per image, to ``--work`` (a file Snakemake does not delete
-when the job fails); a rerun reads it first and captions only the images not in it, so a stopped
+when the job fails); the images are streamed from the shards one batch at a time. A rerun reads it first and captions only the images not in it, so a stopped
 run continues where it stopped and no image is captioned twice. A torn last line (a kill mid-write)
 is dropped and redone. Images the teacher could not caption (e.g. an API that kept failing) are
 recorded in ``<work>.failures.jsonl`` and retried by the next run. When every image is done, the
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .captioners import CaptionFailure, make_teacher
 from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import load_images
+from .data.shards import ShardIndex, iter_batches
 from .manifest import build_manifest, write_manifest
 from .training import pick_device
 
@@ -76,45 +76,44 @@ def main(argv=None) -> int:
     work.parent.mkdir(parents=True, exist_ok=True)
     failures_path = work.with_suffix(".failures.jsonl")
 
-    keys, images, metas = load_images(args.images)
+    keys = ShardIndex(args.images).keys  # from the tar headers; the images are streamed below
     if not keys:
         raise SystemExit(f"no images in {args.images}")
     done = read_done(work)
-    todo = [i for i, k in enumerate(keys) if k not in done]
+    n_todo = sum(k not in done for k in keys)
     if args.limit is not None:
-        todo = todo[: args.limit]
-    log.info("%d images, %d captioned before, %d to caption now", len(keys), len(done), len(todo))
+        n_todo = min(n_todo, args.limit)
+    log.info("%d images, %d captioned before, %d to caption now", len(keys), len(done), n_todo)
     failures: list[dict] = []
     seconds = 0.0
-    if todo:
+    if n_todo:
         teacher = make_teacher(cfg, json.loads(args.shapes) if args.shapes else None, pick_device(args.device))
         bs = int(cfg["batch_size"])
-        bar = tqdm(total=len(todo), desc=f"teacher {teacher.name}", unit="img", mininterval=5)
+        bar = tqdm(total=n_todo, desc=f"teacher {teacher.name}", unit="img", mininterval=5)
         t0 = time.time()
-        for s in range(0, len(todo), bs):
-            idx = todo[s : s + bs]
+        left = n_todo
+        for batch_keys, images, metas in iter_batches(args.images, bs, skip=set(done)):
+            if left <= 0:
+                break
+            batch_keys, images, metas = batch_keys[:left], images[:left], metas[:left]
+            left -= len(batch_keys)
             try:
-                caps = teacher.caption(images[idx], [metas[i] for i in idx])
-                recs = [{"key": keys[i], "caption": c, "teacher": teacher.name} for i, c in zip(idx, caps)]
+                caps = teacher.caption(images, metas)
+                recs = [{"key": k, "caption": c, "teacher": teacher.name} for k, c in zip(batch_keys, caps)]
             except CaptionFailure:  # caption one by one to find and record the failing images
                 recs = []
-                for i in idx:
+                for i, k in enumerate(batch_keys):
                     try:
-                        recs.append(
-                            {
-                                "key": keys[i],
-                                "caption": teacher.caption(images[[i]], [metas[i]])[0],
-                                "teacher": teacher.name,
-                            }
-                        )
+                        caption = teacher.caption(images[[i]], [metas[i]])[0]
+                        recs.append({"key": k, "caption": caption, "teacher": teacher.name})
                     except CaptionFailure as e:
-                        failures.append({"key": keys[i], "error": str(e)})
+                        failures.append({"key": k, "error": str(e)})
             empty = [r for r in recs if not r["caption"].strip()]
             failures += [{"key": r["key"], "error": "the teacher returned an empty caption"} for r in empty]
             recs = [r for r in recs if r["caption"].strip()]
             _append(work, recs)
             done.update((r["key"], r["caption"]) for r in recs)
-            bar.update(len(idx))
+            bar.update(len(batch_keys))
             bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - t0, 1e-9):.1f}", refresh=False)
         bar.close()
         seconds = time.time() - t0
@@ -141,9 +140,9 @@ def main(argv=None) -> int:
             None,
             images=args.images,
             captions=len(keys),
-            captioned_this_run=len(todo) - len(failures),
+            captioned_this_run=n_todo - len(failures),
             seconds_this_run=round(seconds, 2),
-            images_per_second=round((len(todo) - len(failures)) / seconds, 2) if seconds else None,
+            images_per_second=round((n_todo - len(failures)) / seconds, 2) if seconds else None,
             failures_file=str(failures_path) if failures_path.exists() else None,
         ),
     )
