@@ -140,12 +140,15 @@ def test_killed_and_resumed_stage1_ends_with_the_same_weights(micro_config, tmp_
     )
     with killed_at_step(monkeypatch, 3):
         distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "run", tmp_path / "w_run"))
-    assert (
-        distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "run", tmp_path / "w_run")) == 0
-    )
+    assert (tmp_path / "w_run" / "latents" / "features.npy").exists()  # the VAE latents, cached on disk
+    # resumed with two loader worker processes: the data, and so the weights, are the same
+    args = _stage1_args(params, pool, subset, vision, t2i, tmp_path / "run", tmp_path / "w_run")
+    assert distill_stage1.main([*args, "--workers", "2"]) == 0
     ref, run = _weights(tmp_path / "ref"), _weights(tmp_path / "run")
     assert ref.keys() == run.keys() and all(torch.equal(ref[k], run[k]) for k in ref)
-    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["resumed_from_step"] == 2
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["resumed_from_step"] == 2 and manifest["loader_workers"] == 2
+    assert not (tmp_path / "w_run").exists()  # checkpoints and cache go once the encoder is saved
     enc = VLVEncoder.from_pretrained(tmp_path / "run")  # self-describing, no training state needed
     assert enc(enc.preprocess(np.zeros((1, 32, 32, 3), np.uint8))).shape == (1, 8, 128)
 

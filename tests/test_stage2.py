@@ -121,7 +121,10 @@ def test_killed_and_resumed_stage2_ends_with_the_same_weights(micro_config, root
     assert finetune_stage2.main(_stage2_args(micro_config, root, pairs, caps, tmp_path / "ref", tmp_path / "w0")) == 0
     with killed_at_step(monkeypatch, 3):
         finetune_stage2.main(_stage2_args(micro_config, root, pairs, caps, tmp_path / "run", tmp_path / "w1"))
-    assert finetune_stage2.main(_stage2_args(micro_config, root, pairs, caps, tmp_path / "run", tmp_path / "w1")) == 0
+    assert (tmp_path / "w1" / "caption_input" / "features.npy").exists()  # the frozen encoder's T(z), on disk
+    args = _stage2_args(micro_config, root, pairs, caps, tmp_path / "run", tmp_path / "w1")
+    assert finetune_stage2.main([*args, "--workers", "2"]) == 0  # resumed, with loader workers
+    assert not (tmp_path / "w1").exists()
     ref, run = _captioner_weights(tmp_path / "ref"), _captioner_weights(tmp_path / "run")
     assert ref.keys() == run.keys() and all(torch.equal(ref[k], run[k]) for k in ref)
     manifest = json.loads((tmp_path / "run/manifest.json").read_text())

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .shards import ShardIndex, decode_image, stack_images
 
-CACHE_CHUNK = 256  # images per pass when filling a cache (also the order the old in-memory caches used)
+CACHE_CHUNK = 256  # images per pass when filling a cache (as the in-memory caches did: the same values)
 
 
 class ShardImages(torch.utils.data.Dataset):
@@ -126,15 +126,24 @@ def path_stamp(path: str) -> object:
 class FeatureCache:
     """``fn`` of every image of a dataset, in dataset order, as a float32 array on disk.
 
-    Filled in chunks of ``CACHE_CHUNK`` images; with several processes, process ``rank`` fills chunks
+    Filled in chunks of ``chunk`` images; with several processes, process ``rank`` fills chunks
     ``rank, rank + world, ...`` of the one shared file. After each chunk the array is flushed and the
     process's ``done-<rank>.json`` records how many of its chunks are finished, so a killed job goes on
     from there. A cache made from other inputs or by another number of processes (``fingerprint``)
     is discarded and rebuilt. ``barrier`` is the process group's (``Accelerator.wait_for_everyone``).
     """
 
-    def __init__(self, directory: str | os.PathLike, fingerprint: str, rank: int = 0, world: int = 1, barrier=None):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        fingerprint: str,
+        rank: int = 0,
+        world: int = 1,
+        barrier=None,
+        chunk: int = CACHE_CHUNK,
+    ):
         self.dir = Path(directory)
+        self.chunk = chunk
         self.fingerprint = f"{fingerprint}-w{world}"
         self.rank, self.world = rank, world
         self.barrier = barrier or (lambda: None)
@@ -155,7 +164,7 @@ class FeatureCache:
                     logging.getLogger("vlv").warning("discarding the cache in %s: made from other inputs", self.dir)
                 self.clear()
         self.barrier()
-        all_chunks = [list(range(i, min(i + CACHE_CHUNK, n))) for i in range(0, n, CACHE_CHUNK)]
+        all_chunks = [list(range(i, min(i + self.chunk, n))) for i in range(0, n, self.chunk)]
         mine = all_chunks[self.rank :: self.world]
         done_path = self.dir / f"done-{self.rank}.json"
         done = json.loads(done_path.read_text())["chunks"] if done_path.exists() else 0

@@ -1,0 +1,152 @@
+"""The training stages' data path: random access into tar shards, loader workers, step batches,
+the on-disk feature cache."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from vlv import generate_shapes
+from vlv.data.loader import (
+    Collate,
+    FeatureCache,
+    ShardImages,
+    StepBatches,
+    gather,
+    make_loader,
+)
+from vlv.data.shards import BadImage, ShardIndex, encode_png, iter_batches, load_images, write_shard
+
+
+@pytest.fixture(scope="module")
+def pool(micro_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pool") / "pool"
+    args = ["--params", json.dumps(micro_config["shapes"]), "--split", "pool", "--out", str(out)]
+    assert generate_shapes.main(args) == 0
+    return out
+
+
+def _mean_pixel(images):
+    return torch.from_numpy(np.stack(images)).float().mean(dim=(1, 2, 3))
+
+
+def test_index_reads_every_image_as_the_in_memory_loader_does(pool):
+    keys, images, _ = load_images(pool)
+    index = ShardIndex(pool)
+    assert len(index.paths) > 1  # the samples span several shards
+    assert index.keys == keys
+    data = ShardImages(index)
+    assert all(np.array_equal(data[i], images[i]) for i in range(len(keys)))
+    # a key subset keeps shard order, and what is not there is named
+    wanted = [keys[7], keys[2], "nope"]
+    sub = ShardIndex(pool, wanted)
+    assert sub.keys == [keys[2], keys[7]] and sub.missing(wanted) == ["nope"]
+    assert np.array_equal(ShardImages(sub)[1], images[7])
+
+
+def test_loader_workers_give_the_batches_of_the_inline_loader(pool):
+    _, images, _ = load_images(pool)
+    data = ShardImages(ShardIndex(pool), max_open=1)  # evicting open shards on the way
+    batches = StepBatches(len(data), seed=3, batch_size=6, start=0, steps=5)
+    collate = Collate(_mean_pixel, str(pool))
+    inline = list(make_loader(data, batches, collate, workers=0))
+    two = list(make_loader(data, batches, collate, workers=2))
+    assert len(inline) == len(two) == 5
+    for step, ((u8_a, f_a), (u8_b, f_b)) in enumerate(zip(inline, two)):
+        want = images[batches.mine(step)]
+        assert np.array_equal(u8_a.numpy(), want) and torch.equal(u8_a, u8_b) and torch.equal(f_a, f_b)
+
+
+def test_step_batches_split_one_global_batch_and_resume_mid_run():
+    one = StepBatches(50, seed=1, batch_size=8, start=0, steps=6)
+    ranks = [StepBatches(50, seed=1, batch_size=8, start=0, steps=6, rank=r, world=2) for r in range(2)]
+    for step, (full, a, b) in enumerate(zip(one, *ranks)):
+        assert full == a + b == one.global_batch(step).tolist()
+    assert len({tuple(x) for x in one}) == 6  # the steps differ
+    resumed = StepBatches(50, seed=1, batch_size=8, start=4, steps=6)
+    assert list(resumed) == list(one)[4:] and len(resumed) == 2
+
+
+def test_a_batch_of_mixed_sizes_is_refused_with_what_to_do(tmp_path):
+    def sample(side):
+        return {"png": encode_png(np.zeros((side, side, 3), np.uint8)), "json": b"{}"}
+
+    write_shard(tmp_path / "shard-000000.tar", [("a", sample(8)), ("b", sample(16))])
+    data = ShardImages(ShardIndex(tmp_path))
+    with pytest.raises(BadImage, match="different sizes.*data.image_size"):
+        next(iter(make_loader(data, [[0, 1]], Collate(_mean_pixel, str(tmp_path)), workers=0)))
+    with pytest.raises(BadImage, match="different sizes"):
+        next(iter_batches(tmp_path, 2))
+    # streamed one batch at a time, skipping what is done
+    assert [k for k, _, _ in iter_batches(tmp_path, 1, skip={"a"})] == [["b"]]
+
+
+class _Features:
+    """A stand-in frozen function of a batch that counts the images it saw and can fail on one chunk."""
+
+    def __init__(self, fail_on_chunk=None):
+        self.seen, self.fail_on_chunk, self.calls = 0, fail_on_chunk, 0
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls == self.fail_on_chunk:
+            raise KeyboardInterrupt("simulated kill")
+        u8 = batch[0]
+        self.seen += len(u8)
+        return u8.float().mean(dim=3)  # N x H x W
+
+
+def _loader_for(data):
+    collate = Collate(_mean_pixel, "test")
+    return lambda chunks: make_loader(data, chunks, collate, workers=0)
+
+
+def test_feature_cache_resumes_after_a_kill_and_rebuilds_for_other_inputs(pool, tmp_path):
+    data = ShardImages(ShardIndex(pool))
+    n = len(data)
+    chunk = 16
+    assert n > 3 * chunk  # several chunks
+    want = torch.from_numpy(np.stack([data[i] for i in range(n)])).float().mean(dim=3)
+
+    killed = _Features(fail_on_chunk=3)
+    with pytest.raises(KeyboardInterrupt):
+        FeatureCache(tmp_path / "c", "inputs-1", chunk=chunk).build(n, _loader_for(data), killed, "test")
+    assert killed.seen == 2 * chunk
+
+    rest = _Features()
+    cache = FeatureCache(tmp_path / "c", "inputs-1", chunk=chunk).build(n, _loader_for(data), rest, "test")
+    assert rest.seen == n - 2 * chunk  # the two finished chunks were not redone
+    assert torch.equal(torch.from_numpy(np.array(cache)), want)
+    assert torch.equal(gather(cache, [5, 1, 5]), want[[5, 1, 5]])
+
+    again = _Features()
+    FeatureCache(tmp_path / "c", "inputs-1", chunk=chunk).build(n, _loader_for(data), again, "test")
+    assert again.seen == 0  # complete: nothing recomputed
+    other = _Features()
+    FeatureCache(tmp_path / "c", "inputs-2", chunk=chunk).build(n, _loader_for(data), other, "test")
+    assert other.seen == n  # made from other inputs: rebuilt
+
+
+def test_feature_cache_is_filled_by_all_processes_together(pool, tmp_path):
+    data = ShardImages(ShardIndex(pool))
+    n = len(data)
+    barrier = threading.Barrier(2)
+    fns, results, errors = [_Features(), _Features()], [None, None], []
+
+    def process(rank):
+        try:
+            cache = FeatureCache(tmp_path / "c", "inputs", rank=rank, world=2, barrier=barrier.wait, chunk=8)
+            results[rank] = np.asarray(cache.build(n, _loader_for(data), fns[rank], "test"))
+        except Exception as e:  # reported below
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=process, args=(r,)) for r in range(2)]
+    [t.start() for t in threads]
+    [t.join(timeout=120) for t in threads]
+    assert not errors, errors
+    assert fns[0].seen + fns[1].seen == n and min(fns[0].seen, fns[1].seen) > 0  # shared, no chunk twice
+    want = np.stack([data[i] for i in range(n)]).astype(np.float32).mean(axis=3)
+    assert np.array_equal(results[0], want) and np.array_equal(results[1], want)
