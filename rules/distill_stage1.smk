@@ -7,7 +7,13 @@
 rule distill_stage1:
     input:
         accelerate=launch_input("stage1"),
-        code=code("distill_stage1", "models/vlv_encoder", "models/frozen_decoder", "data/loader", "data/shards"),
+        code=code(
+            "distill_stage1",
+            "models/vlv_encoder",
+            "models/frozen_decoder",
+            "data/loader",
+            "data/shards",
+        ),
         images=split_dir("pool"),
         subset="<results>/subset/subset.json",
         vision_encoder=model_input("vision_encoder"),

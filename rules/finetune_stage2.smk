@@ -7,7 +7,13 @@
 rule finetune_stage2:
     input:
         accelerate=launch_input("stage2"),
-        code=code("finetune_stage2", "models/captioner", "models/vlv_encoder", "data/loader", "data/shards"),
+        code=code(
+            "finetune_stage2",
+            "models/captioner",
+            "models/vlv_encoder",
+            "data/loader",
+            "data/shards",
+        ),
         images=split_dir("pairs"),
         captions="<results>/synthesize_captions/captions.jsonl",
         encoder=stage2_encoder,
