@@ -337,11 +337,18 @@ def coco_json():
 
 
 def launcher(stage):
-    """The start of a training job's command: ``python -m`` (launch.<stage> null) or
-    ``accelerate launch`` with the committed accelerate config and its number of processes."""
+    """The start of a training job's command: ``python -m`` (launch.<stage> null),
+    ``accelerate launch`` with the committed accelerate config and its number of processes, or,
+    on several machines, one ``vlv.launch`` per machine started by ``srun`` inside the job."""
     spec = config["launch"][stage]
     if spec is None:
         return "python -m"
+    machines = spec.get("machines", 1)
+    if machines > 1:
+        return (
+            f"srun --nodes={machines} --ntasks-per-node=1 python -m vlv.launch --config {spec['config']} "
+            f"--processes {spec['processes']} --machines {machines} -m"
+        )
     return (
         f"accelerate launch --config_file {spec['config']} --num_processes {spec['processes']} -m"
     )
@@ -353,8 +360,19 @@ def launch_input(stage):
 
 
 def launch_gpus(stage):
+    """GPUs of a training job, all machines together (SLURM's --gpus counts the whole job)."""
     spec = config["launch"][stage]
-    return spec["processes"] if spec else 0
+    return spec["processes"] * spec.get("machines", 1) if spec else 0
+
+
+def launch_machines(stage):
+    spec = config["launch"][stage]
+    return spec.get("machines", 1) if spec else 1
+
+
+def launch_code(stage):
+    """vlv/launch.py as an input of a training job that starts through it (several machines)."""
+    return code("launch") if launch_machines(stage) > 1 else []
 
 
 def uses_conda():

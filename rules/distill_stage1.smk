@@ -7,6 +7,7 @@
 rule distill_stage1:
     input:
         accelerate=launch_input("stage1"),
+        launch_code=launch_code("stage1"),
         code=code(
             "distill_stage1",
             "models/vlv_encoder",
@@ -35,6 +36,7 @@ rule distill_stage1:
         mem_mb=6000,
         runtime=60,
         gpu=launch_gpus("stage1"),
+        nodes=launch_machines("stage1"),
     params:
         launch=launcher("stage1"),
         cfg=stage1_json,

@@ -7,6 +7,7 @@
 rule finetune_stage2:
     input:
         accelerate=launch_input("stage2"),
+        launch_code=launch_code("stage2"),
         code=code(
             "finetune_stage2",
             "models/captioner",
@@ -36,6 +37,7 @@ rule finetune_stage2:
         mem_mb=6000,
         runtime=60,
         gpu=launch_gpus("stage2"),
+        nodes=launch_machines("stage2"),
     params:
         launch=launcher("stage2"),
         cfg=stage2_json,

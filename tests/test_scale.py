@@ -307,6 +307,27 @@ def test_the_committed_snakemake_profiles_plan_the_paper_dag(tmp_path, profile):
         assert "slurm_partition=gpu" in resources and "runtime=10080" in resources
 
 
+@pytest.mark.workflow
+def test_a_stage_on_two_machines_is_planned_as_one_job_starting_a_launcher_per_machine(tmp_path):
+    overlay = tmp_path / "two_machines.yaml"
+    overlay.write_text("launch:\n  stage1: {config: config/accelerate/ddp.yaml, processes: 8, machines: 2}\n")
+    res = run_snakemake(
+        workflow_dir(tmp_path), "-n", "--profile", str(ROOT / "profiles" / "slurm"),
+        "--set-resources", "distill_stage1:mpi=srun", "distill_stage1:tasks=2",
+        "-p", "results/paper/distill_stage1/encoder",
+        configfiles=(ROOT / "config.yaml", ROOT / "config" / "paper.yaml", overlay),
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    distill = out[out.index("rule distill_stage1:") :]
+    resources = distill[distill.index("resources:") : distill.index("\n", distill.index("resources:"))]
+    assert "gpu=16" in resources and "nodes=2" in resources and "mpi=srun" in resources and "tasks=2" in resources
+    assert "vlv/launch.py" in distill[: distill.index("output:")]  # the launcher is an input
+    assert (
+        "srun --nodes=2 --ntasks-per-node=1 python -m vlv.launch --config config/accelerate/ddp.yaml "
+        "--processes 8 --machines 2 -m vlv.distill_stage1" in out
+    )
+
+
 def test_subset_judges_a_resized_pool_image_by_its_original_size():
     from vlv.data.shards import encode_png
     from vlv.subset import check_image

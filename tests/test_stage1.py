@@ -1,6 +1,9 @@
 """Stage 1: the VLV encoder, the frozen decoder and the distill_stage1 trainer."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -262,3 +265,54 @@ def test_vlv_reconstruct_command_writes_pngs_and_reports_a_bad_file(tmp_path, ro
     assert "b.png: cannot read image" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["a_recon_cfg1.png", "a_recon_cfg3.png"]
     assert Image.open(out / "a_recon_cfg3.png").size == (32, 32)
+
+
+@pytest.mark.slow
+def test_two_machines_started_from_one_job_train_as_one_group(micro_config, tmp_path, root):
+    """Two copies of ``vlv.launch`` on this host stand for the two machines of an allocation (srun
+    starts one per node); they must form one 2-process group over TCP that trains like 1 process."""
+    pool, subset = _data(micro_config, tmp_path)
+    params = _micro_stage1(micro_config, steps=3, checkpoint_every=100)
+    vision, t2i = root / "models/toy/vision", root / "models/toy/t2i"
+    assert distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "one", tmp_path / "w1")) == 0
+    args = _stage1_args(params, pool, subset, vision, t2i, tmp_path / "two", tmp_path / "w2")
+    launch = [sys.executable, "-m", "vlv.launch", "--config", str(root / "config/accelerate/ddp.yaml")]
+    launch += ["--processes", "1", "--machines", "2", "--port", "29533", "-m", "vlv.distill_stage1", *args]
+    machines = [
+        subprocess.Popen(
+            launch,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "VLV_MACHINE_RANK": str(rank), "VLV_MAIN_ADDR": "127.0.0.1"},
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outs = [m.communicate(timeout=600)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert "machine 1 of 2, main 127.0.0.1" in outs[1] and "--num_processes 2" in outs[1]
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4
+
+
+def test_launch_finds_its_machine_under_slurm_and_refuses_without_a_scheduler(tmp_path, monkeypatch):
+    from vlv import launch
+
+    # scontrol as SLURM has it: the job's node list expanded, one host per line
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text('#!/bin/sh\n[ "$3" = "gpu[07-08]" ] && printf "gpu07\\ngpu08\\n"\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    env = {"SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242"}
+    assert launch.placement(env) == (1, "gpu07")
+    assert launch.main_port(env, None) == 29500 + 242 and launch.main_port(env, 30000) == 30000
+    cmd = launch.command("c.yaml", 8, 2, 1, "gpu07", 29742, ["-m", "vlv.finetune_stage2", "--x"])
+    assert cmd[cmd.index("--num_processes") + 1] == "16" and cmd[cmd.index("--machine_rank") + 1] == "1"
+    assert cmd[-3:] == ["-m", "vlv.finetune_stage2", "--x"]
+    with pytest.raises(SystemExit, match="VLV_MACHINE_RANK"):
+        launch.placement({})
+    monkeypatch.setenv("VLV_MACHINE_RANK", "2")
+    with pytest.raises(SystemExit, match="outside 0..1"):
+        launch.main(["--config", "c.yaml", "--processes", "1", "--machines", "2", "-m", "vlv.distill_stage1"])
