@@ -330,3 +330,26 @@ def test_arena_rubric_levels_on_hand_written_captions():
     assert arena_rating(score_caption(s, wrong_relation)) == 2  # informative, one false relation
     assert arena_rating(score_caption(s, invented)) == 1  # limited, one invented object
     assert arena_rating(score_caption(s, two_errors)) == 0  # wrong position and an invented object
+
+
+def test_captioning_streams_the_split_in_chunks_with_the_captions_of_one_pass(
+    root, tmp_path, micro_config, monkeypatch
+):
+    torch.manual_seed(0)
+    cap = VLVCaptioner.build(
+        str(root / "models/toy/vision"), str(root / "models/toy/t2i"), str(root / "models/toy/lm"), "text_encoder", 8
+    )
+    cap.save_pretrained(tmp_path / "captioner")
+    ev = tmp_path / "eval"
+    assert (
+        generate_shapes.main(["--params", json.dumps(micro_config["shapes"]), "--split", "eval", "--out", str(ev)]) == 0
+    )
+    params = json.dumps({**micro_config["stage2"], "caption_batch_size": 2, "num_beams": 1, "max_new_tokens": 6})
+    args = ["--params", params, "--captioner", "vlv", "--model", str(tmp_path / "captioner"), "--images", str(ev)]
+    assert caption.main([*args, "--n-images", "7", "--out", str(tmp_path / "one.jsonl")]) == 0
+    monkeypatch.setattr(caption, "CHUNK_IMAGES", 3)  # chunks of 4 images (two batches of 2), then 3
+    assert caption.main([*args, "--n-images", "7", "--out", str(tmp_path / "chunks.jsonl")]) == 0
+    one = (tmp_path / "one.jsonl").read_text()
+    assert one == (tmp_path / "chunks.jsonl").read_text()
+    keys = [json.loads(line)["key"] for line in one.splitlines()]
+    assert keys == [json.loads(line)["key"] for line in (ev / "scenes.jsonl").read_text().splitlines()][:7]
