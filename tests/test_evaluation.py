@@ -100,3 +100,15 @@ def test_spatial_table_rows_from_the_reconstruction_scores(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"images": 8}))
     with pytest.raises(SystemExit, match="no detector scores"):
         spatial_rows(str(tmp_path / "bad.json"), "paper", "COCO")
+
+
+def test_renderer_loader_names_the_pipeline_classes_it_takes(tmp_path):
+    from vlv.models.t2i import load_t2i_pipeline
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(
+        SystemExit, match="StableDiffusionXLPipeline.*StableDiffusionPipeline, StableDiffusion3Pipeline"
+    ):
+        load_t2i_pipeline(tmp_path)
+    with pytest.raises(SystemExit, match="no model_index.json"):
+        load_t2i_pipeline(tmp_path / "..")

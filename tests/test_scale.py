@@ -20,7 +20,7 @@ from test_stage2 import _captioner_weights, _pairs, _stage2_args
 
 from vlv import doctor, finetune_stage2, generate_shapes, prepare_laion
 from vlv.config import load_config, validate_config
-from vlv.data.shards import iter_dir, load_images
+from vlv.data.shards import decode_image, iter_dir, iter_shard, load_images
 
 
 @pytest.mark.slow
@@ -358,6 +358,7 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     (tmp_path / "w").mkdir()
     wd = workflow_dir(tmp_path / "w")
     targets = ["results/paper/tables/vqa.csv", "results/paper/reconstruct/encoder/metrics.json"]
+    targets += ["results/paper/render_captions/vlv_pairs100.tar"]  # Table 1's renders, by the SD-3 class
     files = (ROOT / "config.yaml", ROOT / "config" / "paper.yaml", tmp_path / "pt" / "config.yaml")
     run_snakemake(wd, "--cores", "2", *targets, "results/paper/tables/cost.csv", configfiles=files)
     res = wd / "results" / "paper"
@@ -377,6 +378,11 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     assert [r["captioner"] for r in rows] == [n for n in names for _ in (0, 2)]  # qwen25vl_7b left out (null)
     assert {r["metric"] for r in rows} == {"vqa_accuracy"} and {r["questions"] for r in rows} == {"16"}
     assert len(list(iter_dir(res / "download_laion/pairs"))) == 24  # data.pairs of the subset's images
+    renders = {
+        k: np.asarray(decode_image(parts["png"])) for k, parts in iter_shard(res / "render_captions/vlv_pairs100.tar")
+    }
+    assert len(renders) == 8 * 2 and {im.shape for im in renders.values()} == {(32, 32, 3)}  # 8 captions x 2 guidances
+    assert json.loads((res / "render_captions/vlv_pairs100.manifest.json").read_text())["renderer"].endswith("sd3")
     cost = {r["stage"]: r for r in csv.DictReader((res / "tables/cost.csv").open())}
     assert (
         cost["distill_stage1"]["measured_processes"] == "2"

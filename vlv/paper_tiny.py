@@ -14,9 +14,10 @@ tiny local stand-in, so that the paper profile's own rules run end to end on a C
                accelerate config with 2 processes; a few steps everywhere).
 
 What it cannot stand in for (stated in the overlay): the teacher and open captioner Qwen2.5-VL (its
-processor needs torchvision, which this project does not install), the SD-3.5 renderer and the
-Inception FID of Table 1 (not built yet). Its targets are therefore the paper profile's rules up to
-Table 3 (``vqa.csv``) and the stage-1 reconstructions.
+processor needs torchvision, which this project does not install) and the Inception FID of Table 1
+(not built yet). Its targets are therefore the paper profile's rules up to Table 3 (``vqa.csv``),
+the stage-1 reconstructions and Table 1's renders (a tiny ``StableDiffusion3Pipeline``, the class of
+SD-3.5-medium).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from .config import ROOT
 def build_models(out: Path, seed: int = 0) -> dict[str, Path]:
     from transformers import AutoTokenizer, CLIPProcessor, CLIPTokenizer
 
-    from .models.paper_sized import build_stage1_stack, build_tiny_llava
+    from .models.paper_sized import build_stage1_stack, build_tiny_llava, build_tiny_sd3
     from .models.toy import build_clip, build_qwen2, clip_image_processor
 
     florence, sd, side = build_stage1_stack(out, "tiny", seed)
@@ -62,7 +63,11 @@ def build_models(out: Path, seed: int = 0) -> dict[str, Path]:
     llm.save_pretrained(out / "llm")
     ltok.save_pretrained(out / "llm")
     llava = build_tiny_llava(out / "llm", out / "llava", side, seed)
-    return {"florence": florence, "sd": sd, "clip": out / "clip", "llm": out / "llm", "llava": llava, "side": side}
+    sd3 = build_tiny_sd3(sd / "tokenizer", out / "sd3", side, seed)
+    return {
+        "florence": florence, "sd": sd, "sd3": sd3, "clip": out / "clip", "llm": out / "llm", "llava": llava,
+        "side": side,
+    }  # fmt: skip
 
 
 def _jpeg(img: Image.Image) -> bytes:
@@ -151,8 +156,7 @@ def overlay(models: dict, data: dict, img2dataset: str) -> dict:
             "t2i": m["sd"],
             "clip": m["clip"],
             "llm": m["llm"],
-            # SD-3.5 rendering is not built yet: the tiny SD-2-style pipeline renders
-            "renderer": m["sd"],
+            "renderer": m["sd3"],  # the SD-3.5 renderer's class, StableDiffusion3Pipeline
         },  # fmt: skip
         "data": {
             "files": data["files"],

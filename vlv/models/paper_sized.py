@@ -1,7 +1,8 @@
 """Random-weight model folders of the paper profile's classes, at paper size or tiny.
 
 ``build_tiny_llava(lm_folder, out)`` writes a tiny random ``LlavaForConditionalGeneration`` (the
-chat-VLM class path of the teacher and the open captioners).
+chat-VLM class path of the teacher and the open captioners); ``build_tiny_sd3(tokenizer, out)`` a tiny
+random ``StableDiffusion3Pipeline`` (the evaluation renderer's class path, SD-3.5).
 
 ``build_stage1_stack(out, preset)`` writes ``out/florence`` (``Florence2ForConditionalGeneration``
 + processor) and ``out/sd`` (a ``StableDiffusionPipeline`` folder: CLIP text encoder, SD-2-style
@@ -168,6 +169,58 @@ def build_stage1_stack(out: str | Path, preset: str = "tiny", seed: int = 0) -> 
     florence.save_pretrained(fl)
     florence2_processor(btok, side, florence2_image_tokens(fcfg["vision"], side)).save_pretrained(fl)
     return fl, sd, p["image_size"]
+
+
+def build_tiny_sd3(tokenizer: str | Path, out: str | Path, side: int = 32, seed: int = 0) -> Path:
+    """A random ``StableDiffusion3Pipeline`` (the class path of the paper's evaluation renderer,
+    SD-3.5-medium), tiny, rendering ``side`` px: an ``SD3Transformer2DModel`` with SD-3.5's options
+    (a dual-attention layer, RMS query/key norm), two CLIP text encoders with projections, a T5
+    encoder, a KL VAE with a shift factor, the flow-matching Euler scheduler. All three tokenizers are
+    the CLIP tokenizer at ``tokenizer`` (a T5 only needs ids within its vocabulary)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok = CLIPTokenizer.from_pretrained(tokenizer)
+    clip = CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        projection_dim=32, max_position_embeddings=77, hidden_act="gelu",
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    t5 = T5Config(
+        vocab_size=len(tok), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+        pad_token_id=tok.pad_token_id, decoder_start_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    blocks = (4, 8, 8)  # three blocks: latents at a quarter of the side
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=blocks, layers_per_block=1,
+        down_block_types=["DownEncoderBlock2D"] * len(blocks), up_block_types=["UpDecoderBlock2D"] * len(blocks),
+        norm_num_groups=4, sample_size=side, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    )  # fmt: skip
+    transformer = SD3Transformer2DModel(
+        sample_size=side // 2 ** (len(blocks) - 1), patch_size=1, in_channels=4, out_channels=4, num_layers=2,
+        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32,
+        pooled_projection_dim=64, pos_embed_max_size=32, dual_attention_layers=(0,), qk_norm="rms_norm",
+    )  # fmt: skip
+    folder = Path(out)
+    StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=CLIPTextModelWithProjection(clip),
+        tokenizer=tok,
+        text_encoder_2=CLIPTextModelWithProjection(clip),
+        tokenizer_2=tok,
+        text_encoder_3=T5EncoderModel(t5),
+        tokenizer_3=tok,
+    ).save_pretrained(folder)
+    return folder
 
 
 def build_tiny_llava(lm_folder: str | Path, out: str | Path, image_size: int = 32, seed: int = 0) -> Path:

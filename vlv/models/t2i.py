@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,16 +13,38 @@ import torch.nn.functional as F
 from . import pixel_autoencoder  # noqa: F401  (diffusers resolves the toy VAE class from sys.modules)
 from .hub import require_local
 
+# Pipeline classes the stages load (model_index.json's _class_name): SD 1/2-style (the stage-1 decoder,
+# the toy renderer) and SD-3/3.5 (the paper's evaluation renderer, stabilityai/stable-diffusion-3.5-medium).
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusion3Pipeline")
+
+
+def pipeline_class(folder: str | os.PathLike) -> str:
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        raise SystemExit(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
+    return json.loads(index.read_text())["_class_name"]
+
 
 def load_t2i_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     path = require_local(path, "text-to-image pipeline")
-    pipe = StableDiffusionPipeline.from_pretrained(
-        path, safety_checker=None, requires_safety_checker=False, dtype=dtype
-    )
+    kind = pipeline_class(path)
+    if kind not in PIPELINES:
+        raise SystemExit(f"{path}: a {kind}; the renderer and the stage-1 decoder load one of {', '.join(PIPELINES)}")
+    if kind == "StableDiffusionPipeline":
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+            path, safety_checker=None, requires_safety_checker=False, dtype=dtype
+        )
+    else:
+        pipe = getattr(diffusers, kind).from_pretrained(path, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def denoiser(pipe):
+    """The pipeline's noise (or flow) predictor: SD's UNet or SD-3's transformer."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
 
 
 @torch.no_grad()
@@ -37,16 +61,12 @@ def render_captions(
     for start in range(0, len(captions), batch_size):
         chunk = captions[start : start + batch_size]
         gens = [torch.Generator(device="cpu").manual_seed(seed * 100_003 + start + i) for i in range(len(chunk))]
-        h = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        latents = torch.stack(
-            [
-                torch.randn(
-                    (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size),
-                    generator=g,
-                )
-                for g in gens
-            ]
-        ).to(pipe.device, pipe.unet.dtype)
+        net = denoiser(pipe)
+        side = net.config.sample_size  # latent side (SD-3: the transformer's default, 128 = 1024 px)
+        h = side * pipe.vae_scale_factor
+        latents = torch.stack([torch.randn((net.config.in_channels, side, side), generator=g) for g in gens]).to(
+            pipe.device, net.dtype
+        )
         imgs = pipe(
             chunk,
             height=h,
