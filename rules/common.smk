@@ -71,6 +71,12 @@ def teacher_model_input():
     return [t["model"]] if t["backend"] == "local" and is_local_model(t["model"]) else []
 
 
+def arena_model_input():
+    """The arena's judge VLM folder as an input when it is local; nothing for the exact judge or a hub id."""
+    a = config["arena"]
+    return [a["model"]] if a["judge"] == "local" and is_local_model(a["model"]) else []
+
+
 def shapes_arg():
     """``--shapes JSON`` in the toy profile (scene graphs and the oracle); nothing in the paper profile."""
     if config["profile"] != "toy":
@@ -239,10 +245,10 @@ def final_outputs():
         "<results>/tables/no_stage1.csv",
     ]
     out += [f"<results>/caption/{name}.jsonl" for name in captioners()]
+    out.append("<results>/tables/arena.csv")
     if config["profile"] == "toy":
         out.append("<results>/evaluate/captions_shapes_main.json")
         out.append("<results>/tables/spatial.csv")
-        out.append("<results>/tables/arena.csv")
     return out
 
 

@@ -117,9 +117,10 @@ rule evaluate_captions_shapes:
 
 rule evaluate_arena:
     input:
-        code=code("evaluate_arena", "shapes/judge", "shapes/parse"),
+        code=code("evaluate_arena", "shapes/judge", "shapes/parse", "captioners"),
         captions="<results>/caption/{captioner}.jsonl",
         images=split_dir("eval"),
+        judge=arena_model_input(),
     output:
         "<results>/evaluate/arena/{captioner}.json",
     log:
@@ -132,9 +133,11 @@ rule evaluate_arena:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        cfg=json.dumps(config["arena"], sort_keys=True),
     shell:
-        "python -m vlv.evaluate_arena --images {input.images} --captions {input.captions} "
-        "--out {output} > {log} 2>&1"
+        "python -m vlv.evaluate_arena --params {params.cfg:q} --images {input.images} "
+        "--captions {input.captions} --out {output} > {log} 2>&1"
 
 
 rule make_questions:

@@ -12,6 +12,7 @@ from scipy import linalg
 from vlv.evaluate_caption_metrics import clip_scores, coco_metrics
 from vlv.evaluate_fid import frechet_distance
 from vlv.models.clip_features import ClipFeatures
+from vlv.shapes.judge import RUBRIC
 from vlv.shapes.world import WorldSpec, render_array, sample_scenes
 from vlv.tables import coco_rows, spatial_rows, write_table
 
@@ -112,3 +113,102 @@ def test_renderer_loader_names_the_pipeline_classes_it_takes(tmp_path):
         load_t2i_pipeline(tmp_path)
     with pytest.raises(SystemExit, match="no model_index.json"):
         load_t2i_pipeline(tmp_path / "..")
+
+
+def test_judge_rating_is_the_last_level_standing_alone_in_the_reply():
+    from vlv.evaluate_arena import judge_prompt, parse_rating
+
+    replies = {
+        "Rating: 5": 5,
+        "Covers both shapes; the layout is right. 4/6": 4,
+        "I would give it 3 out of 6.": 3,
+        "It mentions 2 objects of 3 ... Final rating: 6": 6,
+        "No rating here.": None,
+        "5.5": None,
+        "Rating: 7": None,
+    }
+    assert {r: parse_rating(r) for r in replies} == replies
+    prompt = judge_prompt("a red circle")
+    assert '"a red circle"' in prompt and all(f"{level}: {text}" in prompt for level, text in RUBRIC.items())
+
+
+def _arena_split(micro_config, tmp_path):
+    from vlv import generate_shapes
+
+    ev = tmp_path / "eval"
+    assert (
+        generate_shapes.main(["--params", json.dumps(micro_config["shapes"]), "--split", "eval", "--out", str(ev)]) == 0
+    )
+    keys = [json.loads(line)["key"] for line in (ev / "scenes.jsonl").read_text().splitlines()]
+    caps = tmp_path / "caps.jsonl"
+    colours = ["red", "blue", "green"]
+    caps.write_text(
+        "".join(json.dumps({"key": k, "caption": f"a {colours[i % 3]} circle"}) + "\n" for i, k in enumerate(keys))
+    )
+    return ev, caps, keys
+
+
+def test_api_vlm_judge_rates_a_seeded_sample_and_keeps_replies_without_a_rating(micro_config, tmp_path, monkeypatch):
+    from conftest import chat_server
+
+    from vlv import evaluate_arena
+
+    ev, caps, keys = _arena_split(micro_config, tmp_path)
+    seen = []
+
+    def judge(auth, body):
+        text, image = body["messages"][0]["content"]
+        seen.append(text["text"])
+        assert image["image_url"]["url"].startswith("data:image/png;base64,")
+        return "I cannot tell." if "blue" in text["text"] else "Right colour and shape, no layout. 3"
+
+    cfg = json.loads(toy_section("arena"))
+    with chat_server(judge) as url:
+        cfg.update(judge="api", model="test-judge", n_images=6, api={**cfg["api"], "base_url": url, "key_env": "VLV_T"})
+        monkeypatch.setenv("VLV_T", "sk-test")
+        args = ["--params", json.dumps(cfg), "--images", str(ev), "--captions", str(caps)]
+        assert evaluate_arena.main([*args, "--out", str(tmp_path / "a.json")]) == 0
+        assert evaluate_arena.main([*args, "--out", str(tmp_path / "b.json")]) == 0
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert a == json.loads((tmp_path / "b.json").read_text())  # the same seeded sample, the same ratings
+    assert len(a["replies"]) == 6 and set(a["replies"]) <= set(keys) and len(seen) == 12
+    blue = {k for k in a["replies"] if "blue" in json.loads(caps.read_text().splitlines()[keys.index(k)])["caption"]}
+    assert set(a["unrated"]) == blue and a["captions"] == 6 - len(blue) > 0
+    assert a["mean_rating"] == 3.0 and a["distribution"]["3"] == a["captions"]
+    assert "test-judge" in a["judge"] and all("0: not informative" in t for t in seen)
+
+
+def test_local_vlm_judge_runs_a_chat_vlm_on_image_caption_and_rubric(micro_config, root, tmp_path):
+    from vlv import evaluate_arena
+    from vlv.models.paper_sized import build_tiny_llava
+
+    ev, caps, _ = _arena_split(micro_config, tmp_path)
+    llava = build_tiny_llava(root / "models/toy/lm", tmp_path / "llava")
+    cfg = {**json.loads(toy_section("arena")), "judge": "local", "model": str(llava), "n_images": 2}
+    cfg["max_new_tokens"] = 6
+    args = [
+        "--params",
+        json.dumps(cfg),
+        "--images",
+        str(ev),
+        "--captions",
+        str(caps),
+        "--out",
+        str(tmp_path / "a.json"),
+    ]
+    try:  # random weights: the replies are noise, rated or not
+        evaluate_arena.main([*args, "--device", "cpu"])
+    except SystemExit as e:
+        assert "rated none of the 2 captions" in str(e)
+    else:
+        a = json.loads((tmp_path / "a.json").read_text())
+        assert len(a["replies"]) == 2 and a["captions"] + len(a["unrated"]) == 2
+
+
+def toy_section(key: str) -> str:
+    """A config section of the committed toy config, as the rules pass it."""
+    from conftest import ROOT
+
+    from vlv.config import load_config, section, validate_config
+
+    return json.dumps(section(validate_config(load_config(ROOT / "config.yaml")), key))

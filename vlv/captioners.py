@@ -118,20 +118,25 @@ class LocalVLM:
         self.max_new_tokens, self.num_beams, self.batch_size = max_new_tokens, num_beams, batch_size
         self.name = str(model)
 
-    def _texts(self, n: int) -> list[str]:
+    def _text(self, prompt: str) -> str:
         if self.florence:
-            return [self.prompt] * n
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
-        return [self.processor.apply_chat_template(messages, add_generation_prompt=True)] * n
+            return prompt
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def caption(self, images: np.ndarray, metas: list[dict] | None = None) -> list[str]:
+        return self.generate(images, [self.prompt] * len(images))
 
     @torch.no_grad()
-    def caption(self, images: np.ndarray, metas: list[dict] | None = None) -> list[str]:
+    def generate(self, images: np.ndarray, prompts: list[str]) -> list[str]:
+        """The model's reply to each (image, prompt), whitespace collapsed; batched."""
         from PIL import Image
 
         out: list[str] = []
         for i in range(0, len(images), self.batch_size):
             batch = [Image.fromarray(np.asarray(im)) for im in images[i : i + self.batch_size]]
-            inputs = self.processor(text=self._texts(len(batch)), images=batch, return_tensors="pt", padding=True)
+            texts = [self._text(t) for t in prompts[i : i + self.batch_size]]
+            inputs = self.processor(text=texts, images=batch, return_tensors="pt", padding=True)
             inputs = {
                 k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
                 for k, v in inputs.items()
@@ -223,20 +228,28 @@ class APICaptioner:
     """A captioner behind an OpenAI-compatible endpoint (``ChatAPI``): one request per image, the
     image sent as a PNG data URL beside the prompt."""
 
-    def __init__(self, settings: APISettings, prompt: str):
-        self.api, self.prompt = ChatAPI(settings), prompt
+    def __init__(
+        self,
+        settings: APISettings,
+        prompt: str,
+        purpose: str = "the API teacher",
+        alternative: str = "teacher.backend: local",
+    ):
+        self.api, self.prompt = ChatAPI(settings, purpose, alternative), prompt
         self.name = f"api:{settings.model}"
 
-    def caption_one(self, image: np.ndarray) -> str:
+    def ask(self, image: np.ndarray, prompt: str) -> str:
+        """The reply to one (image, prompt), whitespace collapsed."""
         from PIL import Image
 
         buf = io.BytesIO()
         Image.fromarray(np.asarray(image)).save(buf, format="PNG")
         url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-        reply = self.api.complete(
-            [{"type": "text", "text": self.prompt}, {"type": "image_url", "image_url": {"url": url}}]
-        )
+        reply = self.api.complete([{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}])
         return " ".join(reply.split())
+
+    def caption_one(self, image: np.ndarray) -> str:
+        return self.ask(image, self.prompt)
 
     def caption(self, images: np.ndarray, metas: list[dict] | None = None) -> list[str]:
         return [self.caption_one(im) for im in images]

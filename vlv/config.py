@@ -98,6 +98,9 @@ def _cross_checks(cfg: dict) -> list[str]:
         counts, weights = shapes.get("object_counts"), shapes.get("object_count_weights")
         if isinstance(counts, list) and isinstance(weights, list) and len(counts) != len(weights):
             out.append("config keys 'shapes.object_counts' and 'shapes.object_count_weights' differ in length")
+    arena = cfg.get("arena")
+    if isinstance(arena, dict) and arena.get("judge") in ("local", "api") and not arena.get("model"):
+        out.append(f"config key 'arena.model' is null but arena.judge {arena['judge']} needs the judge VLM")
     return out
 
 

@@ -79,6 +79,9 @@ def models_needed(cfg: dict) -> list[tuple[str, str]]:
     t = cfg["teacher"]
     if t["backend"] == "local":
         need.append((t["model"], "teacher VLM (stage-2 captions)"))
+    a = cfg["arena"]
+    if a["judge"] == "local":
+        need.append((a["model"], "arena judge VLM (Table 2)"))
     v = cfg["vqa"]
     if v["reader"] == "local":
         need.append((v["model"], "VQA reader LLM (Table 3)"))
