@@ -206,6 +206,7 @@ def overlay(models: dict, data: dict, img2dataset: str) -> dict:
             "open_captioners": {"florence2_large": m["florence"], "qwen25vl_7b": None, "llava15_7b": m["llava"]},
         },  # fmt: skip
         "evaluation": {"n_images": 8, "renderer_steps": 2, "renderer_guidance": [1.0, 3.0]},
+        "arena": {"model": m["llava"], "n_images": 4, "batch_size": 4, "max_new_tokens": 8},
         "vqa": {"model": m["llm"], "shots": [0, 2], "batch_size": 8, "max_new_tokens": 4},
         "ablations": {
             "num_queries": [4],
