@@ -290,9 +290,9 @@ def test_judge_on_hand_written_captions_with_known_errors():
     assert (r.relations_true, r.relation_facts_stated, r.count_correct) == (1, 1, False)
 
 
-def test_batched_generation_gives_the_captions_of_one_at_a_time(root, tmp_path, micro_config, capsys):
-    from vlv import benchmark_stage2
-
+def _random_captioner_and_eval(root, tmp_path, micro_config):
+    """A VLV captioner of the toy parts with random psi and queries (tmp_path/captioner) and the micro
+    evaluation split (returned)."""
     torch.manual_seed(0)
     cap = VLVCaptioner.build(
         str(root / "models/toy/vision"), str(root / "models/toy/t2i"), str(root / "models/toy/lm"), "text_encoder", 8
@@ -302,6 +302,13 @@ def test_batched_generation_gives_the_captions_of_one_at_a_time(root, tmp_path, 
     assert (
         generate_shapes.main(["--params", json.dumps(micro_config["shapes"]), "--split", "eval", "--out", str(ev)]) == 0
     )
+    return ev
+
+
+def test_batched_generation_gives_the_captions_of_one_at_a_time(root, tmp_path, micro_config, capsys):
+    from vlv import benchmark_stage2
+
+    ev = _random_captioner_and_eval(root, tmp_path, micro_config)
     out = tmp_path / "speed.json"
     args = ["--captioner", str(tmp_path / "captioner"), "--images", str(ev), "--n-images", "6", "--batch-size", "3"]
     assert benchmark_stage2.main([*args, "--max-new-tokens", "10", "--num-beams", "2", "--out", str(out)]) == 0
@@ -335,15 +342,7 @@ def test_arena_rubric_levels_on_hand_written_captions():
 def test_captioning_streams_the_split_in_chunks_with_the_captions_of_one_pass(
     root, tmp_path, micro_config, monkeypatch
 ):
-    torch.manual_seed(0)
-    cap = VLVCaptioner.build(
-        str(root / "models/toy/vision"), str(root / "models/toy/t2i"), str(root / "models/toy/lm"), "text_encoder", 8
-    )
-    cap.save_pretrained(tmp_path / "captioner")
-    ev = tmp_path / "eval"
-    assert (
-        generate_shapes.main(["--params", json.dumps(micro_config["shapes"]), "--split", "eval", "--out", str(ev)]) == 0
-    )
+    ev = _random_captioner_and_eval(root, tmp_path, micro_config)
     params = json.dumps({**micro_config["stage2"], "caption_batch_size": 2, "num_beams": 1, "max_new_tokens": 6})
     args = ["--params", params, "--captioner", "vlv", "--model", str(tmp_path / "captioner"), "--images", str(ev)]
     assert caption.main([*args, "--n-images", "7", "--out", str(tmp_path / "one.jsonl")]) == 0
