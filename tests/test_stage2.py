@@ -197,7 +197,7 @@ def test_local_chat_vlm_captions_with_the_prompt_and_returns_only_new_text(root,
 
     build_tiny_llava(root / "models/toy/lm", tmp_path / "llava")
     vlm = LocalVLM(str(tmp_path / "llava"), PAPER_PROMPT, 5, torch.device("cpu"), batch_size=2)
-    assert not vlm.florence and vlm._texts(1) == [f"<|user|><image>{PAPER_PROMPT}<|assistant|>"]
+    assert not vlm.florence and vlm._text(PAPER_PROMPT) == f"<|user|><image>{PAPER_PROMPT}<|assistant|>"
     caps = vlm.caption(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
     assert len(caps) == 3 and all(isinstance(c, str) for c in caps)
     assert not any("perceptive" in c for c in caps)  # the prompt is cut off the answer
