@@ -65,16 +65,11 @@ def model_arg(name):
     return arg
 
 
-def teacher_model_input():
-    """The teacher VLM folder as an input when it is local; nothing for the oracle or a hub id."""
-    t = config["teacher"]
-    return [t["model"]] if t["backend"] == "local" and is_local_model(t["model"]) else []
-
-
-def arena_model_input():
-    """The arena's judge VLM folder as an input when it is local; nothing for the exact judge or a hub id."""
-    a = config["arena"]
-    return [a["model"]] if a["judge"] == "local" and is_local_model(a["model"]) else []
+def local_model_input(section, kind):
+    """``config[section]["model"]`` as an input when ``kind`` (teacher.backend, arena.judge) is local
+    and the model a folder; nothing for the oracle, the exact judge, an API or a hub id."""
+    s = config[section]
+    return [s["model"]] if s[kind] == "local" and is_local_model(s["model"]) else []
 
 
 def shapes_arg():
@@ -203,7 +198,7 @@ def captioner_inputs(wildcards):
         value = config["stage2"]["open_captioners"][name]
         return [value] if is_local_model(value) else []
     if name == "teacher":
-        return teacher_model_input()
+        return local_model_input("teacher", "backend")
     return []
 
 
@@ -349,7 +344,7 @@ def launcher(stage):
     spec = config["launch"][stage]
     if spec is None:
         return "python -m"
-    machines = spec.get("machines", 1)
+    machines = launch_machines(stage)
     if machines > 1:
         return (
             f"srun --nodes={machines} --ntasks-per-node=1 python -m vlv.launch --config {spec['config']} "
@@ -368,7 +363,7 @@ def launch_input(stage):
 def launch_gpus(stage):
     """GPUs of a training job, all machines together (SLURM's --gpus counts the whole job)."""
     spec = config["launch"][stage]
-    return spec["processes"] * spec.get("machines", 1) if spec else 0
+    return spec["processes"] * launch_machines(stage) if spec else 0
 
 
 def launch_machines(stage):

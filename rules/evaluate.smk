@@ -120,7 +120,7 @@ rule evaluate_arena:
         code=code("evaluate_arena", "shapes/judge", "shapes/parse", "captioners"),
         captions="<results>/caption/{captioner}.jsonl",
         images=split_dir("eval"),
-        judge=arena_model_input(),
+        judge=local_model_input("arena", "judge"),
     output:
         "<results>/evaluate/arena/{captioner}.json",
     log:

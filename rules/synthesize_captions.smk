@@ -6,7 +6,7 @@ rule synthesize_captions:
     input:
         code=code("synthesize_captions", "captioners", "data/shards"),
         images=split_dir("pairs"),
-        teacher=teacher_model_input(),
+        teacher=local_model_input("teacher", "backend"),
     output:
         captions="<results>/synthesize_captions/captions.jsonl",
         manifest="<results>/synthesize_captions/manifest.json",

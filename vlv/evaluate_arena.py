@@ -88,8 +88,9 @@ def vlm_ratings(cfg: dict, images_dir: str, caps: dict[str, str], device) -> tup
 
     keys = rated_keys(caps, cfg["n_images"], cfg["seed"])
     index = ShardIndex(images_dir, keys)
-    if index.missing(keys):
-        raise SystemExit(f"{len(index.missing(keys))} captioned images are not in {images_dir}")
+    missing = index.missing(keys)
+    if missing:
+        raise SystemExit(f"{len(missing)} captioned images are not in {images_dir} (e.g. {missing[:3]})")
     images = ShardImages(index)
     name, ask = make_judge(cfg, device)
     ratings, replies = {}, {}

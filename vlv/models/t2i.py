@@ -37,7 +37,7 @@ def load_t2i_pipeline(path: str | os.PathLike, device: str | torch.device = "cpu
             path, safety_checker=None, requires_safety_checker=False, dtype=dtype
         )
     else:
-        pipe = getattr(diffusers, kind).from_pretrained(path, dtype=dtype)
+        pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(path, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
