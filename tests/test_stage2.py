@@ -317,6 +317,32 @@ def test_batched_generation_gives_the_captions_of_one_at_a_time(root, tmp_path, 
     assert "batched / one-at-a-time" in capsys.readouterr().out
 
 
+def test_stage2_training_benchmark_runs_on_paper_classes_at_tiny_size(micro_config, root, tmp_path, capsys):
+    """Teacher-length captions (every sample max_caption_tokens long), the configured setting and one
+    without checkpointing, each through finetune_stage2 in its own process."""
+    from transformers import AutoTokenizer
+
+    from vlv import benchmark_stage2_training
+
+    tok = AutoTokenizer.from_pretrained(root / "models/toy/lm")
+    long = benchmark_stage2_training.long_captions(tok, 2, 40)
+    assert all(len(tok(c)["input_ids"]) >= 40 for c in long) and long[0] != long[1]
+    params = {**micro_config["stage2"], "trainable": "mlp_llm_encoder", "max_caption_tokens": 40, "batch_size": 4}
+    params.update(micro_batch_size=2, gradient_checkpointing=True)
+    out = tmp_path / "speed.json"
+    args = ["--params", json.dumps(params), "--paper-sized", "tiny", "--models", str(tmp_path / "m"), "--n-images", "8"]
+    assert benchmark_stage2_training.main([*args, "--steps", "3", "--micro-b", "4", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["tokens_per_sample"] == 77 + 40 and report["tflops_per_sample"] > 0
+    a, b = report["settings"]["a_config"], report["settings"]["b_no_checkpointing"]
+    assert a["gradient_checkpointing"] and not b["gradient_checkpointing"] and b["micro_batch_size"] == 4
+    assert all(r["samples_per_second"] > 0 and r["tokens_per_second"] > 0 for r in (a, b))
+    assert (tmp_path / "m" / "llm" / "config.json").exists() and (
+        tmp_path / "m" / "encoder" / "vlv_encoder.json"
+    ).exists()
+    assert "samples/s" in capsys.readouterr().out
+
+
 def test_arena_rubric_levels_on_hand_written_captions():
     from vlv.shapes.judge import arena_rating
 

@@ -2,16 +2,21 @@
 
 (a) official-style: fp32, the VAE encodes every image at every step, gradient checkpointing on;
 (b) ours: bf16 where the device has it (CUDA; fp32 on CPU, where bf16 autocast is slower), VAE
-latent distributions cached once, no gradient checkpointing, SDPA attention (the default).
-Both run the real ``vlv.distill_stage1`` for ``--steps`` steps on the same data and report the
-training images/s it measured (setup excluded). Prints a table and the ratio b/a.
+latent distributions cached once, no gradient checkpointing, SDPA attention (the default);
+(c) ours with the frozen vision tower's features cached too (``stage1.cache_vision_features``);
+``--large-batch N`` adds (c) at batch N. Each runs the real ``vlv.distill_stage1`` in its own
+process (as a workflow job does) for ``--steps`` steps on the same data; the table gives images/s
+after the first step (kernel selection and allocator growth left out; the whole-run rate is in the
+JSON), the speed-up over (a) and the ratio b/a.
 
 With ``--paper-sized paper`` it builds random-weight folders of the paper profile's classes at
 paper size (Florence-2-large, the OpenCLIP-H text tower, the SD-2.1 UNet and VAE, 384 px;
 ``vlv.models.paper_sized``) and Shapes images at 384 px, so it runs where no weights can be
 downloaded (speed does not depend on the weights); on CUDA it also reports peak memory and the
-achieved model FLOP/s (FLOPs of one training step counted with ``torch.utils.flop_counter``).
-``--paper-sized tiny`` is the same path at toy size (tests).
+achieved model FLOP/s (FLOPs of one training step counted with ``torch.utils.flop_counter``; a
+setting with cached vision features is credited only the FLOPs it still does).
+``--paper-sized tiny`` is the same path at toy size (tests). ``scripts/gpu_benchmarks.sh`` runs
+this and the stage-2 training benchmark on a GPU in one go.
 
 Examples:
     # toy config on this CPU
@@ -20,7 +25,7 @@ Examples:
         --vision models/toy/vision --decoder models/toy/t2i --steps 30
     # paper-sized, random weights, on a GPU
     python -m vlv.benchmark_stage1 --params "$(python -m vlv.config stage1 --configfile config.yaml config/paper.yaml)" \
-        --paper-sized paper --batch-size 32 --steps 20 --out stage1_speed_gpu.json
+        --paper-sized paper --batch-size 32 --large-batch 128 --steps 12 --out results/figures/stage1_speed_h200.json
 """
 
 from __future__ import annotations
@@ -35,23 +40,55 @@ from . import distill_stage1
 from .cli_common import load_params, setup_logging, stage_parser
 
 SETTINGS = {
-    "a_official_style": {"precision": "fp32", "cache_latents": False, "gradient_checkpointing": True},
+    "a_official_style": {
+        "precision": "fp32",
+        "cache_latents": False,
+        "cache_vision_features": False,
+        "gradient_checkpointing": True,
+    },
     "b_ours": {
         "precision": "bf16" if torch.cuda.is_available() else "fp32",
         "cache_latents": True,
+        "cache_vision_features": False,
+        "gradient_checkpointing": False,
+    },
+    # the frozen vision tower's features cached too (half of a paper-sized step's FLOPs)
+    "c_ours_vision_cached": {
+        "precision": "bf16" if torch.cuda.is_available() else "fp32",
+        "cache_latents": True,
+        "cache_vision_features": True,
         "gradient_checkpointing": False,
     },
 }
+TARGET_PER_GPU = 250  # images/s per H200 (the stage-1 issue's target)
 
 
-def paper_sized_inputs(tmp: Path, preset: str, n_images: int) -> tuple[str, str, str, str, int]:
-    """Random-weight paper-class folders and Shapes images at their resolution: (images, subset,
-    vision, decoder, image side)."""
+def steady_rate(loss_csv: Path, batch: int) -> float | None:
+    """Images/s after the first logged step (log_every 1), so start-up work (kernel selection,
+    allocator growth, the loader's first batch) is left out; None with fewer than two rows."""
+    import csv
+
+    with loss_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    if len(rows) < 2:
+        return None
+    steps = int(rows[-1]["step"]) - int(rows[0]["step"])
+    seconds = float(rows[-1]["seconds"]) - float(rows[0]["seconds"])
+    return steps * batch / seconds if seconds > 0 else None
+
+
+def paper_sized_inputs(tmp: Path, preset: str, n_images: int, models: str | None = None):
+    """Random-weight paper-class folders (built in ``models``, or reused from there) and Shapes images
+    at their resolution: (images, subset, vision, decoder, image side)."""
     from .data.shards import encode_png, write_shard
-    from .models.paper_sized import build_stage1_stack
+    from .models.paper_sized import PRESETS, build_stage1_stack
     from .shapes.world import WorldSpec, render, sample_scenes
 
-    vision, decoder, side = build_stage1_stack(tmp / "models", preset)
+    folder = Path(models) if models else tmp / "models"
+    if (folder / "florence").is_dir() and (folder / "sd" / "model_index.json").exists():
+        vision, decoder, side = folder / "florence", folder / "sd", PRESETS[preset]["image_size"]
+    else:
+        vision, decoder, side = build_stage1_stack(folder, preset)
     spec = WorldSpec(image_size=side)
     scenes = sample_scenes(spec, 0, n_images)
     images = tmp / "images"
@@ -62,8 +99,9 @@ def paper_sized_inputs(tmp: Path, preset: str, n_images: int) -> tuple[str, str,
     return str(images), str(subset), str(vision), str(decoder), side
 
 
-def step_flops(cfg: dict, vision: str, decoder: str, batch: int) -> float:
-    """Model FLOPs of one stage-1 training step (forward and backward) per image."""
+def step_flops(cfg: dict, vision: str, decoder: str, batch: int) -> tuple[float, float]:
+    """Model FLOPs per image of one stage-1 training step (forward and backward), and of the vision
+    tower's forward alone (what cached vision features save)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -76,9 +114,37 @@ def step_flops(cfg: dict, vision: str, decoder: str, batch: int) -> float:
     latents = dec.latent_dist(x).mode() * dec.vae.config.scaling_factor
     noise, t = dec.draw_noise(latents.cpu(), torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False) as counter:
-        loss = dec.diffusion_loss(latents, dec.condition(enc(pv)), noise.to(device), t.to(device))
+        feats = enc.image_features(pv)
+        vision_flops = counter.get_total_flops()
+        loss = dec.diffusion_loss(latents, dec.condition(enc(image_features=feats)), noise.to(device), t.to(device))
         loss.backward()
-    return counter.get_total_flops() / batch
+    del enc, dec
+    return counter.get_total_flops() / batch, vision_flops / batch
+
+
+def run_stage(module: str, argv: list[str]) -> str | None:
+    """Run a stage in its own process (its own accelerate state, precision and device memory, as a
+    workflow job has); None when it succeeded, else the last lines of its output."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True)
+    sys.stderr.write(done.stderr[-4000:])
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return " | ".join(lines[-3:]) or f"exit {done.returncode}"
+
+
+def fresh_device_memory() -> None:
+    """Free what this process left on the device (the FLOP count's models) before a stage's
+    process starts."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def main(argv=None) -> int:
@@ -86,8 +152,10 @@ def main(argv=None) -> int:
     for name in ("--images", "--subset", "--vision", "--decoder"):
         p.add_argument(name, default=None, help="(not with --paper-sized)")
     p.add_argument("--paper-sized", choices=["paper", "tiny"], default=None, help="random-weight paper-class models")
+    p.add_argument("--models", default=None, help="--paper-sized: build the folders here, or reuse them")
     p.add_argument("--n-images", type=int, default=256, help="--paper-sized: training images to generate")
     p.add_argument("--batch-size", type=int, default=None, help="override stage1.batch_size")
+    p.add_argument("--large-batch", type=int, default=None, help="also run the last setting at this batch size")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--out", default=None, help="optional JSON report")
     args = p.parse_args(argv)
@@ -95,74 +163,90 @@ def main(argv=None) -> int:
     cfg = load_params(args.params)
     if args.batch_size:
         cfg["batch_size"] = args.batch_size
+    runs = [(name, over, cfg["batch_size"]) for name, over in SETTINGS.items()]
+    if args.large_batch:
+        name, over, _ = runs[-1]
+        runs.append((f"{name}_b{args.large_batch}", over, args.large_batch))
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.paper_sized:
-            images, subset, vision, decoder, side = paper_sized_inputs(Path(tmp), args.paper_sized, args.n_images)
+            images, subset, vision, decoder, side = paper_sized_inputs(
+                Path(tmp), args.paper_sized, args.n_images, args.models
+            )
             cfg["image_size"] = side
         elif None in (args.images, args.subset, args.vision, args.decoder):
             raise SystemExit("give --images, --subset, --vision and --decoder, or --paper-sized")
         else:
             images, subset, vision, decoder = args.images, args.subset, args.vision, args.decoder
-        flops = step_flops(cfg, vision, decoder, min(cfg["batch_size"], 4))
-        for name, over in SETTINGS.items():
+        flops, vision_flops = step_flops(cfg, vision, decoder, min(cfg["batch_size"], 4))
+        for name, over, batch in runs:
+            fresh_device_memory()
             params = {
                 **cfg,
                 **over,
+                "batch_size": batch,
                 "steps": args.steps,
                 "warmup_steps": 1,
                 "checkpoint_every": 10**9,
-                "log_every": max(1, args.steps // 5),
+                "log_every": 1,
             }
             out = Path(tmp) / name
-            distill_stage1.main(
-                [
-                    "--params",
-                    json.dumps(params),
-                    "--images",
-                    images,
-                    "--subset",
-                    subset,
-                    "--vision",
-                    vision,
-                    "--decoder",
-                    decoder,
-                    "--out",
-                    str(out),
-                    "--work",
-                    str(Path(tmp) / f"w_{name}"),
-                ]
-            )
+            args_run = ["--params", json.dumps(params), "--images", images, "--subset", subset, "--vision", vision,
+                        "--decoder", decoder, "--out", str(out), "--work", str(Path(tmp) / f"w_{name}")]  # fmt: skip
+            error = run_stage("vlv.distill_stage1", args_run)
+            if error:  # e.g. a setting too large for this device: say so, go on
+                rows[name] = {**over, "batch_size": batch, "error": error}
+                continue
             man = json.loads((out / "manifest.json").read_text())
+            steady = steady_rate(out / "loss.csv", batch)
+            rate = steady or man["images_per_second"]
+            model_flops = flops - (vision_flops if over["cache_vision_features"] else 0.0)
             rows[name] = {
                 **over,
-                "batch_size": cfg["batch_size"],
+                "batch_size": batch,
                 "steps": args.steps,
                 "device": man["device"],
-                "images_per_second": man["images_per_second"],
+                "images_per_second_whole_run": man["images_per_second"],
+                "images_per_second": round(rate, 2),
                 "peak_memory_gib": man.get("peak_memory_gib"),
-                "achieved_tflops": round(flops * man["images_per_second"] / 1e12, 3),
+                "achieved_tflops": round(model_flops * rate / 1e12, 3),
             }
-    ratio = rows["b_ours"]["images_per_second"] / rows["a_official_style"]["images_per_second"]
-    print(f"model FLOPs per training image: {flops / 1e9:.2f} GFLOP ({args.paper_sized or 'given models'})")
+    base = rows["a_official_style"].get("images_per_second") or float("nan")
+    ratio = rows["b_ours"].get("images_per_second", float("nan")) / base
     print(
-        f"{'setting':18s} {'device':8s} {'precision':9s} {'cached':6s} {'ckpt':5s} {'batch':>5s} {'images/s':>9s}"
-        f" {'peak GiB':>9s} {'TFLOP/s':>8s}"
+        f"model FLOPs per training image: {flops / 1e9:.1f} GFLOP, of which the vision tower's forward "
+        f"{vision_flops / 1e9:.1f} ({args.paper_sized or 'given models'})"
+    )
+    print(
+        f"{'setting':30s} {'device':7s} {'prec':5s} {'lat':4s} {'vis':4s} {'ckpt':5s} {'batch':>5s} {'images/s':>9s}"
+        f" {'x a':>5s} {'peak GiB':>8s} {'TFLOP/s':>8s}"
     )
     for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:30s} batch {r['batch_size']}: {r['error']}")
+            continue
         peak = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
         print(
-            f"{name:18s} {r['device']:8s} {r['precision']:9s} {str(r['cache_latents']):6s} "
-            f"{str(r['gradient_checkpointing']):5s} {r['batch_size']:5d} {r['images_per_second']:9.1f} {peak:>9s} "
-            f"{r['achieved_tflops']:8.3f}"
+            f"{name:30s} {r['device'][:7]:7s} {r['precision']:5s} {str(r['cache_latents'])[0]:4s} "
+            f"{str(r['cache_vision_features'])[0]:4s} {str(r['gradient_checkpointing'])[0]:5s} {r['batch_size']:5d} "
+            f"{r['images_per_second']:9.1f} {r['images_per_second'] / base:5.2f} {peak:>8s} {r['achieved_tflops']:8.1f}"
         )
-    print(f"ratio b/a: {ratio:.2f}")
+    best = max((r for r in rows.values() if "error" not in r), key=lambda r: r["images_per_second"])
+    print(
+        f"ratio b/a: {ratio:.2f}; best {best['images_per_second']:.1f} images/s"
+        f" against the target of {TARGET_PER_GPU} per H200 (images/s after the first step; lat/vis: cached VAE"
+        " latents / vision features)"
+    )
     if args.out:
         report = {
             "settings": rows,
             "ratio_b_over_a": ratio,
             "gflops_per_image": flops / 1e9,
+            "vision_forward_gflops_per_image": vision_flops / 1e9,
+            "target_images_per_second_per_h200": TARGET_PER_GPU,
             "models": args.paper_sized,
+            "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__,
         }
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0

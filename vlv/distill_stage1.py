@@ -6,7 +6,8 @@ MSE on the images' own latents at uniform random timesteps. accelerate handles d
 processes (the global batch is split across processes; each step's images, noise and timesteps are
 a pure function of (seed, step), so 1 and N processes see the same global batch). AdamW with the
 configured betas and weight decay, a warmup + cosine schedule over the *whole* run, fp32 or bf16,
-optional gradient checkpointing, optional cached VAE latent distributions. Checkpoints go to
+optional gradient checkpointing, optional cached VAE latent distributions and (with the vision tower
+frozen) cached vision-tower features, each computed once into ``--work``. Checkpoints go to
 ``--work`` (kept when a run fails) and the newest is resumed automatically.
 
 Inputs: ``--images`` (tar shards), ``--subset`` (subset.json; its kept keys are the training set),
@@ -23,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -45,6 +47,7 @@ from .training import (
     finish_step,
     make_accelerator,
     micro_batches,
+    peak_memory_gib,
     plot_loss,
     resume_trainable,
     seed_everything,
@@ -119,18 +122,46 @@ def main(argv=None) -> int:
     def loader(batches):
         return make_loader(dataset, batches, collate, args.workers)
 
+    enc.to(acc.device)
+    images_stamp = {"images": index.keys, "shards": path_stamp(args.images)}
+    caches = []
     cached = None
     if cfg["cache_latents"]:  # the frozen VAE is deterministic: its latent distributions, once, on disk
         cache = FeatureCache(
             Path(args.work) / "latents",
-            fingerprint({"images": index.keys, "shards": path_stamp(args.images), "decoder": path_stamp(args.decoder)}),
+            fingerprint({**images_stamp, "decoder": path_stamp(args.decoder)}),
             rank,
             world,
             acc.wait_for_everyone,
         )
         cached = cache.build(
-            len(index), loader, lambda b: dec.latent_dist(to_pixels(b[0]).to(acc.device)).parameters, "VAE latents"
+            len(index),
+            loader,
+            lambda b: dec.latent_dist(to_pixels(b[0]).to(acc.device)).parameters,
+            "VAE latents",
+            piece=cfg["micro_batch_size"],
         )
+        caches.append(cache)
+    vision_cached = None
+    if cfg["cache_vision_features"]:  # a frozen vision tower without augmentation: a function of the image
+        if "vision_tower" in cfg["trainable"]:
+            raise SystemExit("stage1.cache_vision_features needs a frozen vision tower, but trainable has vision_tower")
+        vcache = FeatureCache(
+            Path(args.work) / "vision",
+            fingerprint({**images_stamp, "vision": path_stamp(args.vision), "precision": cfg["precision"]}),
+            rank,
+            world,
+            acc.wait_for_everyone,
+        )
+
+        def vision_features(b):
+            with acc.autocast():  # the precision the step itself would compute them in
+                return enc.image_features(b[1].to(acc.device))
+
+        vision_cached = vcache.build(
+            len(index), loader, vision_features, "vision features", piece=cfg["micro_batch_size"]
+        )
+        caches.append(vcache)
 
     trainable = [p for p in enc.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
@@ -138,7 +169,6 @@ def main(argv=None) -> int:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, steps, cfg["warmup_steps"], cfg["final_lr_ratio"])
     )
-    enc.to(acc.device)
     enc_ddp, opt = acc.prepare(enc, opt)  # the scheduler stays unprepared: one step per global step
 
     ckpt = Checkpointer(args.work, fingerprint=fingerprint({**cfg, "world_size": world}))
@@ -157,7 +187,9 @@ def main(argv=None) -> int:
     )
     enc_ddp.train()
     batches = StepBatches(len(index), seed, cfg["batch_size"], start, steps, rank, world)
-    for step, (images, pixel_values) in zip(bar, loader(batches), strict=True):
+    reads_images = cached is None or vision_cached is None  # with both caches, no step reads an image
+    loaded = loader(batches) if reads_images else itertools.repeat((None, None))
+    for step, (images, pixel_values) in zip(bar, loaded, strict=reads_images):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         timesteps = torch.randint(0, dec.noise_scheduler.config.num_train_timesteps, (cfg["batch_size"],), generator=g)
         noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
@@ -177,9 +209,15 @@ def main(argv=None) -> int:
         noise = torch.randn((cfg["batch_size"], *latents.shape[1:]), generator=gen)[mine]
         t_mine = timesteps[mine]
 
-        def loss_fn(c, pixel_values=pixel_values, latents=latents, noise=noise, t_mine=t_mine):  # this step's
-            with acc.autocast():
-                cond = dec.condition(enc_ddp(pixel_values[c].to(acc.device)))
+        feats = None if vision_cached is None else gather(vision_cached, batches.mine(step))
+
+        def loss_fn(c, pixel_values=pixel_values, feats=feats, latents=latents, noise=noise, t_mine=t_mine):
+            with acc.autocast():  # (defaults bind this step's tensors)
+                if feats is None:
+                    z = enc_ddp(pixel_values[c].to(acc.device))
+                else:
+                    z = enc_ddp(image_features=feats[c].to(acc.device))
+                cond = dec.condition(z)
                 loss = dec.diffusion_loss(latents[c], cond, noise[c], t_mine[c])
             return loss if len(chunks) == 1 else loss * ((c.stop - c.start) / per_proc)
 
@@ -210,15 +248,13 @@ def main(argv=None) -> int:
                 train_seconds_this_run=round(seconds, 1),
                 images_per_second=round(n_img / max(seconds, 1e-9), 2),
                 resumed_from_step=start,
-                peak_memory_gib=(
-                    round(torch.cuda.max_memory_allocated() / 2**30, 2) if acc.device.type == "cuda" else None
-                ),
+                peak_memory_gib=peak_memory_gib(acc.device),
                 vision=args.vision,
                 decoder=args.decoder,
             ),
         )
-        if cached is not None:
-            cache.clear()  # every process is past its last read (wait_for_everyone above)
+        for c in caches:
+            c.clear()  # every process is past its last read (wait_for_everyone above)
         ckpt.clear()
         log.info("saved %s: %d steps, %.0f s, %.1f images/s", out, steps, seconds, n_img / max(seconds, 1e-9))
     acc.end_training()

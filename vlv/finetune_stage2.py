@@ -46,6 +46,7 @@ from .training import (
     lr_multiplier,
     make_accelerator,
     micro_batches,
+    peak_memory_gib,
     plot_loss,
     resume_trainable,
     seed_everything,
@@ -138,7 +139,13 @@ def main(argv=None) -> int:
             world,
             acc.wait_for_everyone,
         )
-        cached = cache.build(len(keys), loader, lambda b: cap.caption_input(b[1].to(acc.device)), "caption inputs")
+        cached = cache.build(
+            len(keys),
+            loader,
+            lambda b: cap.caption_input(b[1].to(acc.device)),
+            "caption inputs",
+            piece=cfg["micro_batch_size"],
+        )
 
     def tokenize(i: int) -> torch.Tensor:
         return cap.tokenize([captions[i]], cfg["max_caption_tokens"])["input_ids"][0]
@@ -218,6 +225,7 @@ def main(argv=None) -> int:
                 train_seconds_this_run=round(seconds, 1),
                 captions_per_second=round(n / max(seconds, 1e-9), 2),
                 resumed_from_step=start,
+                peak_memory_gib=peak_memory_gib(acc.device),
             ),
         )
         if cached is not None:

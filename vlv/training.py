@@ -138,6 +138,11 @@ def finish_step(acc, loss, model, trainable, opt, sched, *, step, steps, cfg, ck
     return lv
 
 
+def peak_memory_gib(device: torch.device) -> float | None:
+    """The most device memory this process's tensors held (CUDA), in GiB; None elsewhere."""
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
 def fingerprint(params: dict) -> str:
     """A short hash of a stage's settings, to tie checkpoints to them."""
     import json
@@ -226,7 +231,7 @@ class LossLog:
 
     def append(self, step: int, loss: float, lr: float, seconds: float) -> None:
         with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{seconds:.1f}"])
+            csv.writer(f).writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{seconds:.2f}"])
 
 
 def plot_loss(csv_path: str | os.PathLike, png_path: str | os.PathLike, title: str) -> None:

@@ -155,8 +155,20 @@ class FeatureCache:
         tmp.write_text(json.dumps(value))
         tmp.replace(path)
 
-    def build(self, n: int, loader_for: Callable[[list[list[int]]], object], fn, desc: str) -> np.ndarray:
-        """Fill (or finish) the cache for ``n`` images; returns it memory-mapped read-only."""
+    def build(
+        self, n: int, loader_for: Callable[[list[list[int]]], object], fn, desc: str, piece: int | None = None
+    ) -> np.ndarray:
+        """Fill (or finish) the cache for ``n`` images; returns it memory-mapped read-only. ``fn`` maps a
+        loader batch (a tuple of tensors, one chunk of images) to its rows; with ``piece`` it sees at most
+        that many images at a time (a chunk at 384 px through the VAE at once is tens of GB)."""
+        if piece:
+            whole = fn
+
+            def fn(batch):
+                return torch.cat(
+                    [whole(tuple(x[i : i + piece] for x in batch)) for i in range(0, len(batch[0]), piece)]
+                )
+
         if self.rank == 0:  # one process decides whether the file on disk can be continued
             meta = json.loads(self.meta_path.read_text()) if self.meta_path.exists() else {}
             if meta.get("fingerprint") != self.fingerprint or not self.array_path.exists():

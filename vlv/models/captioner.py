@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from .frozen_decoder import ROUTES, clip_text_from_embeddings
 from .hub import require_local
-from .vlv_encoder import VLVEncoder
+from .vlv_encoder import MASTER_DTYPE, VLVEncoder
 
 TRAINABLE = {
     "mlp": [],
@@ -70,7 +70,7 @@ class VLVCaptioner(torch.nn.Module):
         text_encoder = None
         if route == "text_encoder":
             t2i_local = Path(require_local(t2i, "text-to-image decoder (for its CLIP text encoder)"))
-            text_encoder = CLIPTextModel.from_pretrained(t2i_local / "text_encoder")
+            text_encoder = CLIPTextModel.from_pretrained(t2i_local / "text_encoder", dtype=MASTER_DTYPE)
         if (Path(encoder) / "vlv_encoder.json").exists():
             enc = VLVEncoder.from_pretrained(encoder)
         else:
@@ -83,7 +83,7 @@ class VLVCaptioner(torch.nn.Module):
         return cls(
             enc,
             text_encoder,
-            AutoModelForCausalLM.from_pretrained(llm_local),
+            AutoModelForCausalLM.from_pretrained(llm_local, dtype=MASTER_DTYPE),
             AutoTokenizer.from_pretrained(llm_local),
             route,
         )
@@ -218,7 +218,11 @@ class VLVCaptioner(torch.nn.Module):
                 f"{path} is not a VLV captioner folder (no vlv_captioner.json); train one with the finetune_stage2 rule"
             )
         cfg = json.loads((path / "vlv_captioner.json").read_text())
-        te = CLIPTextModel.from_pretrained(path / "text_encoder") if cfg["route"] == "text_encoder" else None
+        te = (
+            CLIPTextModel.from_pretrained(path / "text_encoder", dtype=MASTER_DTYPE)
+            if cfg["route"] == "text_encoder"
+            else None
+        )
         cap = cls(
             VLVEncoder.from_pretrained(path / "encoder"),
             te,

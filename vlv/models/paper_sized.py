@@ -12,7 +12,11 @@ the training image side. ``paper``: the published configurations of Florence-2-l
 (1024 wide, 23 layers) and the SD-2.1 UNet (320-640-1280-1280, head dims 5/10/20/20, cross-attention
 1024) and VAE, at 384 px: what the stage-1 speed benchmark needs on a GPU when no weights can be
 downloaded (speed does not depend on the weights). ``tiny``: the same classes at a few thousand
-parameters, for tests on the CPU. Tokenizers are the toy ones trained on Shapes text (the
+parameters, for tests on the CPU.
+
+``build_stage2_stack(out, preset)`` adds what stage 2 trains: ``out/encoder`` (a VLV encoder folder
+around that Florence-2, queries and phi random) and ``out/llm`` (``Qwen2ForCausalLM``: Qwen2.5-3B's
+published configuration at ``paper``, built on the GPU when there is one). Tokenizers are the toy ones trained on Shapes text (the
 vocabulary is smaller than the real ones; it changes only the embedding tables).
 """
 
@@ -41,6 +45,7 @@ PRESETS = {
         "text_encoder": {"hidden_size": 32, "intermediate_size": 37, "layers": 2, "heads": 4},
         "unet": {"block_out_channels": (8, 16, 16, 16), "head_dims": (2, 2, 2, 2), "layers": 1, "groups": 4},
         "vae": {"block_out_channels": (8, 16), "layers": 1, "groups": 4},
+        "llm": {"hidden_size": 32, "intermediate_size": 64, "layers": 2, "heads": 4, "kv_heads": 2, "vocab_size": None},
     },
     "paper": {
         "image_size": 384,
@@ -61,6 +66,17 @@ PRESETS = {
         "text_encoder": {"hidden_size": 1024, "intermediate_size": 4096, "layers": 23, "heads": 16},
         "unet": {"block_out_channels": (320, 640, 1280, 1280), "head_dims": (5, 10, 20, 20), "layers": 2, "groups": 32},
         "vae": {"block_out_channels": (128, 256, 512, 512), "layers": 2, "groups": 32},
+        # Qwen2.5-3B (its published config.json); the full vocabulary, so the LM head costs what it does
+        "llm": {
+            "hidden_size": 2048,
+            "intermediate_size": 11008,
+            "layers": 36,
+            "heads": 16,
+            "kv_heads": 2,
+            "vocab_size": 151936,
+            "rope_theta": 1000000.0,
+            "max_position_embeddings": 32768,
+        },
     },
 }
 
@@ -169,6 +185,57 @@ def build_stage1_stack(out: str | Path, preset: str = "tiny", seed: int = 0) -> 
     florence.save_pretrained(fl)
     florence2_processor(btok, side, florence2_image_tokens(fcfg["vision"], side)).save_pretrained(fl)
     return fl, sd, p["image_size"]
+
+
+def build_llm(preset: str, tokenizer: str | Path, out: str | Path, device: str = "cpu", seed: int = 0) -> Path:
+    """A random ``Qwen2ForCausalLM`` folder (float32) with the tokenizer at ``tokenizer``; the
+    preset's vocabulary size when it has one (ids of a smaller tokenizer all fall inside it)."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    c = PRESETS[preset]["llm"]
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    config = Qwen2Config(
+        vocab_size=c["vocab_size"] or len(tok),
+        hidden_size=c["hidden_size"],
+        intermediate_size=c["intermediate_size"],
+        num_hidden_layers=c["layers"],
+        num_attention_heads=c["heads"],
+        num_key_value_heads=c["kv_heads"],
+        max_position_embeddings=c.get("max_position_embeddings", 512),
+        rope_parameters={"rope_type": "default", "rope_theta": c.get("rope_theta", 10000.0)},
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    with torch.device(device):  # a 3B model initialises in seconds on a GPU, minutes on a CPU
+        model = Qwen2ForCausalLM(config)
+    out = Path(out)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+TOY_LM = Path(__file__).resolve().parents[2] / "models" / "toy" / "lm"  # the shipped toy LM's tokenizer
+
+
+def build_stage2_stack(out: str | Path, preset: str = "tiny", llm_tokenizer: str | Path = TOY_LM):
+    """(VLV encoder folder, T2I folder, LM folder, image side) of random weights; the stage-1 stack
+    under ``out`` is reused when it is there."""
+    from .vlv_encoder import VLVEncoder
+
+    out = Path(out)
+    if (out / "florence").is_dir() and (out / "sd" / "model_index.json").exists():
+        florence, sd, side = out / "florence", out / "sd", PRESETS[preset]["image_size"]
+    else:
+        florence, sd, side = build_stage1_stack(out, preset)
+    clip_dim = PRESETS[preset]["text_encoder"]["hidden_size"]
+    VLVEncoder.from_florence(str(florence), 77, clip_dim).save_pretrained(out / "encoder")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    llm = build_llm(preset, llm_tokenizer, out / "llm", device)
+    return out / "encoder", sd, llm, side
 
 
 def build_tiny_sd3(tokenizer: str | Path, out: str | Path, side: int = 32, seed: int = 0) -> Path:

@@ -280,7 +280,7 @@ def build_florence2(cfg: dict, vocab_size: int, image_token_id: int, image_size:
     t = cfg["text"]
     n_stages = len(v["embed_dim"])
     vision = dict(
-        depths=v.get("depths", [v["depth"]] * n_stages),
+        depths=v["depths"] if "depths" in v else [v["depth"]] * n_stages,
         patch_size=v["patch_size"],
         patch_stride=v["patch_stride"],
         patch_padding=v["patch_padding"],

@@ -23,6 +23,10 @@ from .hub import require_local
 
 PARTS = ("vision_tower", "language_encoder", "language_decoder", "queries", "projection")
 DEFAULT_PROMPT = "<MORE_DETAILED_CAPTION>"
+# Weights load in float32 whatever dtype a checkpoint was saved in (transformers 5 keeps the saved
+# dtype by default, and hub checkpoints are often fp16/bf16): AdamW on half-precision weights loses
+# updates below their resolution. bf16 is compute only (autocast), never storage of what trains.
+MASTER_DTYPE = torch.float32
 
 
 def pixel_values(image_processor, images) -> torch.Tensor:
@@ -54,7 +58,7 @@ class VLVEncoder(torch.nn.Module):
 
         local = require_local(path, "Florence-2 vision encoder")
         return cls(
-            Florence2ForConditionalGeneration.from_pretrained(local),
+            Florence2ForConditionalGeneration.from_pretrained(local, dtype=MASTER_DTYPE),
             AutoProcessor.from_pretrained(local),
             num_queries,
             clip_dim,
@@ -98,12 +102,21 @@ class VLVEncoder(torch.nn.Module):
         """``preprocess`` without the model (what a data-loader worker needs)."""
         return functools.partial(pixel_values, self.processor.image_processor)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The vision tower and projector: B x visual tokens x d_model. Frozen and without
+        augmentation, this is a pure function of the image (stage 1 can cache it)."""
+        feats = self.florence.model.get_image_features(pixel_values=pixel_values.to(self.queries.dtype))
+        return getattr(feats, "pooler_output", feats)
+
+    def forward(self, pixel_values: torch.Tensor | None = None, image_features: torch.Tensor | None = None):
+        """Caption embeddings (B x N_q x d_CLIP) from pixel_values, or from precomputed
+        ``image_features`` (the same computation after the vision tower)."""
+        if (pixel_values is None) == (image_features is None):
+            raise ValueError("give pixel_values or image_features, not both")
         m = self.florence.model
-        b = pixel_values.shape[0]
+        feats = self.image_features(pixel_values) if image_features is None else image_features
+        b = feats.shape[0]
         ids = self.prompt_ids.expand(b, -1)
-        feats = m.get_image_features(pixel_values=pixel_values.to(self.queries.dtype))
-        feats = getattr(feats, "pooler_output", feats)
         embeds = m.get_input_embeddings()(ids)
         mask = m.get_placeholder_mask(ids, inputs_embeds=embeds, image_features=feats)
         embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
@@ -142,7 +155,7 @@ class VLVEncoder(torch.nn.Module):
             )
         cfg = json.loads((path / "vlv_encoder.json").read_text())
         enc = cls(
-            Florence2ForConditionalGeneration.from_pretrained(path / "florence2"),
+            Florence2ForConditionalGeneration.from_pretrained(path / "florence2", dtype=MASTER_DTYPE),
             AutoProcessor.from_pretrained(path / "florence2"),
             cfg["num_queries"],
             cfg["clip_dim"],

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Stage-1 and stage-2 training speed at the paper's sizes (random weights) on one GPU, in one go:
+# the figures of the stage-1 and scale-out issues. Writes JSON reports and logs to OUT (default
+# gpu_benchmarks/) and prints the two tables last. Needs the project's Python packages; no weights,
+# no network (the models are built here at random).
+#   scripts/gpu_benchmarks.sh [OUT]
+# Settings by environment: PRESET (paper; tiny for a CPU dry run), STEPS1 (12), STEPS2 (4),
+# BATCH1 (32), LARGE1 (128), WORKERS (8), MODELS (folder for the built models), PARAMS1/PARAMS2
+# (stage params as JSON; default: python -m vlv.config with config/paper.yaml).
+set -uo pipefail
+OUT=${1:-gpu_benchmarks}
+mkdir -p "$OUT"
+PRESET=${PRESET:-paper}
+MODELS=${MODELS:-$(mktemp -d)/models}
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+P1=${PARAMS1:-$($PY -m vlv.config stage1 --configfile config.yaml config/paper.yaml)}
+P2=${PARAMS2:-$($PY -m vlv.config stage2 --configfile config.yaml config/paper.yaml)}
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
+  $PY -c "import torch, transformers, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.cuda.is_available())"
+} 2>&1 | tee "$OUT/environment.txt"
+quiet() { grep -E --line-buffered "INFO saved|Error|error|Traceback|Killed" || true; }
+t0=$(date +%s)
+$PY -m vlv.benchmark_stage1 --params "$P1" --paper-sized "$PRESET" --models "$MODELS" \
+  --batch-size "${BATCH1:-32}" --large-batch "${LARGE1:-128}" --steps "${STEPS1:-12}" \
+  --out "$OUT/stage1_speed.json" >"$OUT/stage1.log" 2>&1
+echo "stage 1 benchmark: exit $?, $(($(date +%s) - t0)) s" | tee -a "$OUT/environment.txt"
+quiet <"$OUT/stage1.log"
+t0=$(date +%s)
+$PY -m vlv.benchmark_stage2_training --params "$P2" --paper-sized "$PRESET" --models "$MODELS" \
+  --steps "${STEPS2:-4}" --micro-b "${MICRO2:-8}" --workers "${WORKERS:-8}" \
+  --out "$OUT/stage2_train_speed.json" >"$OUT/stage2.log" 2>&1
+echo "stage 2 benchmark: exit $?, $(($(date +%s) - t0)) s" | tee -a "$OUT/environment.txt"
+quiet <"$OUT/stage2.log"
+echo "== stage 1"
+grep -A12 "^model FLOPs per training image" "$OUT/stage1.log" || tail -20 "$OUT/stage1.log"
+echo "== stage 2"
+grep -A6 "^model FLOPs per training sample" "$OUT/stage2.log" || tail -20 "$OUT/stage2.log"

@@ -1,0 +1,171 @@
+"""Stage-2 training speed at the paper's sizes, random weights: the configured setting against others.
+
+Builds random-weight folders of the paper profile's stage-2 classes (``vlv.models.paper_sized``:
+a VLV encoder around Florence-2-large, the OpenCLIP-H text tower, Qwen2.5-3B as the caption LM;
+``--paper-sized tiny`` for tests), Shapes images and teacher-length captions (Shapes captions joined
+until they reach ``max_caption_tokens``: every sample is as long as stage 2 allows, the slowest
+case), then runs the real ``vlv.finetune_stage2`` for ``--steps`` steps per setting:
+
+- ``a_config``: the stage-2 params as given (paper: bf16 autocast, gradient checkpointing on, the
+  encoder trained too, micro batches of 8 accumulated to the global batch);
+- ``b_no_checkpointing``: the same without gradient checkpointing, micro batch ``--micro-b``.
+
+Reports samples/s and tokens/s after the first step (start-up left out), peak memory on CUDA and
+the achieved model FLOP/s (FLOPs of one sample's forward and backward counted with
+``torch.utils.flop_counter``, no recomputation). Captioning speed (beam search) is
+``vlv.benchmark_stage2``.
+
+Example (a GPU):
+    python -m vlv.benchmark_stage2_training \
+        --params "$(python -m vlv.config stage2 --configfile config.yaml config/paper.yaml)" \
+        --paper-sized paper --models /tmp/paper_models --steps 4 --out stage2_train_speed.json
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import finetune_stage2
+from .benchmark_stage1 import fresh_device_memory, run_stage, steady_rate
+from .cli_common import load_params, setup_logging, stage_parser
+
+
+def long_captions(tokenizer, n: int, min_tokens: int, seed: int = 0) -> list[str]:
+    """``n`` captions of at least ``min_tokens`` tokens: Shapes scene captions joined."""
+    from .shapes.captions import teacher_caption
+    from .shapes.world import WorldSpec, sample_scenes
+
+    spec = WorldSpec()
+    scenes = iter(sample_scenes(spec, seed + 1, 100 * n + 1000))
+    out = []
+    for _ in range(n):
+        parts: list[str] = []
+        while len(tokenizer(" ".join(parts))["input_ids"]) < min_tokens:
+            parts.append(teacher_caption(next(scenes), spec))
+        out.append(" ".join(parts))
+    return out
+
+
+def inputs(tmp: Path, preset: str, n_images: int, models: str | None, max_tokens: int):
+    """(encoder, t2i, llm, images folder, captions JSONL) for the benchmark."""
+    from transformers import AutoTokenizer
+
+    from .data.shards import encode_png, write_shard
+    from .models.paper_sized import build_stage2_stack
+    from .shapes.world import WorldSpec, render, sample_scenes
+
+    encoder, t2i, llm, side = build_stage2_stack(Path(models) if models else tmp / "models", preset)
+    spec = WorldSpec(image_size=side)
+    scenes = sample_scenes(spec, 0, n_images)
+    images = tmp / "images"
+    images.mkdir()
+    write_shard(images / "shard-00000.tar", ((f"{s.id:08d}", {"png": encode_png(render(s, spec))}) for s in scenes))
+    texts = long_captions(AutoTokenizer.from_pretrained(llm), n_images, max_tokens)
+    captions = tmp / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"key": f"{s.id:08d}", "caption": t}) + "\n" for s, t in zip(scenes, texts)))
+    return str(encoder), str(t2i), str(llm), str(images), str(captions)
+
+
+def sample_flops(cfg: dict, encoder: str, t2i: str, llm: str, images: str, captions: str) -> tuple[float, int]:
+    """Model FLOPs of one sample's training forward and backward, and its tokens (prefix + caption)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .data.shards import load_images
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cap = finetune_stage2.build({**cfg, "gradient_checkpointing": False}, "vlv", encoder, t2i, llm).to(device)
+    _, imgs, _ = load_images(images)
+    text = json.loads(Path(captions).read_text().splitlines()[0])["caption"]
+    batch = {
+        k: v.to(device) for k, v in cap.pad([cap.tokenize([text], cfg["max_caption_tokens"])["input_ids"][0]]).items()
+    }
+    pv = cap.encoder.preprocess(imgs[:1]).to(device)
+    with FlopCounterMode(display=False) as counter:
+        cap(pixel_values=pv, **batch).backward()
+    tokens = cap.encoder.config["num_queries"] + batch["input_ids"].shape[1]
+    del cap
+    return float(counter.get_total_flops()), tokens
+
+
+def main(argv=None) -> int:
+    p = stage_parser(__doc__)
+    p.add_argument("--paper-sized", choices=["paper", "tiny"], required=True)
+    p.add_argument("--models", default=None, help="build the folders here, or reuse the stage-1 ones there")
+    p.add_argument("--n-images", type=int, default=128)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--micro-b", type=int, default=16, help="micro batch of b_no_checkpointing")
+    p.add_argument("--workers", type=int, default=0, help="loader workers per process")
+    p.add_argument("--route", default="text_encoder")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    setup_logging()
+    cfg = {**load_params(args.params), "route": args.route, "num_queries": 77}
+    runs = {
+        "a_config": {},
+        "b_no_checkpointing": {"gradient_checkpointing": False, "micro_batch_size": args.micro_b},
+    }
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        encoder, t2i, llm, images, captions = inputs(
+            Path(tmp), args.paper_sized, args.n_images, args.models, cfg["max_caption_tokens"]
+        )
+        flops, tokens = sample_flops(cfg, encoder, t2i, llm, images, captions)
+        for name, over in runs.items():
+            fresh_device_memory()
+            params = {**cfg, **over, "steps": args.steps, "warmup_steps": 0, "checkpoint_every": 10**9, "log_every": 1}
+            out = Path(tmp) / name
+            argv = ["--params", json.dumps(params), "--init", "vlv", "--encoder", encoder, "--t2i", t2i, "--llm", llm,
+                    "--images", images, "--captions", captions, "--out", str(out), "--work", str(Path(tmp) / f"w_{name}"),
+                    "--workers", str(args.workers)]  # fmt: skip
+            error = run_stage("vlv.finetune_stage2", argv)
+            if error:  # e.g. too large for this device: say so, go on
+                rows[name] = {"micro_batch_size": params["micro_batch_size"], "error": error}
+                continue
+            man = json.loads((out / "manifest.json").read_text())
+            rate = steady_rate(out / "loss.csv", params["batch_size"])
+            rows[name] = {
+                "precision": params["precision"],
+                "gradient_checkpointing": params["gradient_checkpointing"],
+                "trainable": params["trainable"],
+                "batch_size": params["batch_size"],
+                "micro_batch_size": params["micro_batch_size"],
+                "steps": args.steps,
+                "device": man["device"],
+                "samples_per_second": None if rate is None else round(rate, 2),
+                "tokens_per_second": None if rate is None else round(rate * tokens),
+                "peak_memory_gib": man.get("peak_memory_gib"),
+                "achieved_tflops": None if rate is None else round(flops * rate / 1e12, 1),
+            }
+    print(f"model FLOPs per training sample: {flops / 1e12:.2f} TFLOP ({tokens} tokens: prefix + caption)")
+    print(f"{'setting':20s} {'device':7s} {'prec':5s} {'ckpt':5s} {'batch':>5s} {'micro':>5s} {'samples/s':>9s} "
+          f"{'tokens/s':>9s} {'peak GiB':>8s} {'TFLOP/s':>8s}")  # fmt: skip
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:20s} micro batch {r['micro_batch_size']}: {r['error']}")
+            continue
+        peak = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
+        sps = "-" if r["samples_per_second"] is None else f"{r['samples_per_second']:.2f}"
+        print(
+            f"{name:20s} {r['device'][:7]:7s} {r['precision']:5s} {str(r['gradient_checkpointing'])[0]:5s} "
+            f"{r['batch_size']:5d} {str(r['micro_batch_size']):>5s} {sps:>9s} {str(r['tokens_per_second']):>9s} "
+            f"{peak:>8s} {str(r['achieved_tflops']):>8s}"
+        )
+    if args.out:
+        report = {
+            "settings": rows,
+            "tflops_per_sample": flops / 1e12,
+            "tokens_per_sample": tokens,
+            "models": args.paper_sized,
+            "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__,
+        }
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
