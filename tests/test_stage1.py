@@ -314,3 +314,97 @@ def test_trainable_models_load_in_float32_whatever_their_saved_dtype(tmp_path, r
         str(tmp_path / "f16"), str(root / "models/toy/t2i"), str(tmp_path / "lm"), "text_encoder", 8
     )
     assert {p.dtype for p in cap.parameters()} == {torch.float32}
+
+
+def test_hub_ids_fail_at_once_offline_saying_what_to_download():
+    with pytest.raises(MissingModelError, match="hf download florence-community/Florence-2-large"):
+        VLVEncoder.from_florence("florence-community/Florence-2-large", 77, 1024)
+    with pytest.raises(MissingModelError, match="hf download stabilityai/stable-diffusion-2-1-base"):
+        FrozenT2IDecoder("stabilityai/stable-diffusion-2-1-base")
+
+
+def test_vlv_reconstruct_command_writes_pngs_and_reports_a_bad_file(tmp_path, root, capsys):
+    from PIL import Image
+
+    from vlv.cli import main as vlv_main
+
+    dec_dim = 128
+    VLVEncoder.from_florence(str(root / "models/toy/vision"), num_queries=8, clip_dim=dec_dim).save_pretrained(
+        tmp_path / "enc"
+    )
+    Image.fromarray(np.full((48, 40, 3), 128, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    rc = vlv_main(
+        [
+            "reconstruct",
+            str(tmp_path / "b.png"),
+            str(tmp_path / "a.png"),
+            "--encoder",
+            str(tmp_path / "enc"),
+            "--decoder",
+            str(root / "models/toy/t2i"),
+            "--steps",
+            "2",
+            "--guidance",
+            "1",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 1  # one file failed, the other was still reconstructed
+    assert "b.png: cannot read image" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a_recon_cfg1.png", "a_recon_cfg3.png"]
+    assert Image.open(out / "a_recon_cfg3.png").size == (32, 32)
+
+
+@pytest.mark.slow
+def test_two_machines_started_from_one_job_train_as_one_group(micro_config, tmp_path, root):
+    """Two copies of ``vlv.launch`` on this host stand for the two machines of an allocation (srun
+    starts one per node); they must form one 2-process group over TCP that trains like 1 process."""
+    pool, subset = _data(micro_config, tmp_path)
+    params = _micro_stage1(micro_config, steps=3, checkpoint_every=100)
+    vision, t2i = root / "models/toy/vision", root / "models/toy/t2i"
+    assert distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "one", tmp_path / "w1")) == 0
+    args = _stage1_args(params, pool, subset, vision, t2i, tmp_path / "two", tmp_path / "w2")
+    launch = [sys.executable, "-m", "vlv.launch", "--config", str(root / "config/accelerate/ddp.yaml")]
+    launch += ["--processes", "1", "--machines", "2", "--port", "29533", "-m", "vlv.distill_stage1", *args]
+    machines = [
+        subprocess.Popen(
+            launch,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "VLV_MACHINE_RANK": str(rank), "VLV_MAIN_ADDR": "127.0.0.1"},
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outs = [m.communicate(timeout=600)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert "machine 1 of 2, main 127.0.0.1" in outs[1] and "--num_processes 2" in outs[1]
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4
+
+
+def test_launch_finds_its_machine_under_slurm_and_refuses_without_a_scheduler(tmp_path, monkeypatch):
+    from vlv import launch
+
+    # scontrol as SLURM has it: the job's node list expanded, one host per line
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text('#!/bin/sh\n[ "$3" = "gpu[07-08]" ] && printf "gpu07\\ngpu08\\n"\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    env = {"SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242"}
+    assert launch.placement(env) == (1, "gpu07")
+    assert launch.main_port(env, None) == 29500 + 242 and launch.main_port(env, 30000) == 30000
+    cmd = launch.command("c.yaml", 8, 2, 1, "gpu07", 29742, ["-m", "vlv.finetune_stage2", "--x"])
+    assert cmd[cmd.index("--num_processes") + 1] == "16" and cmd[cmd.index("--machine_rank") + 1] == "1"
+    assert cmd[-3:] == ["-m", "vlv.finetune_stage2", "--x"]
+    with pytest.raises(SystemExit, match="VLV_MACHINE_RANK"):
+        launch.placement({})
+    monkeypatch.setenv("VLV_MACHINE_RANK", "2")
+    with pytest.raises(SystemExit, match="outside 0..1"):
+        launch.main(["--config", "c.yaml", "--processes", "1", "--machines", "2", "-m", "vlv.distill_stage1"])
