@@ -91,6 +91,7 @@ class _Features:
 
     def __call__(self, batch):
         self.calls += 1
+        self.largest = max(getattr(self, "largest", 0), len(batch[0]))
         if self.calls == self.fail_on_chunk:
             raise KeyboardInterrupt("simulated kill")
         u8 = batch[0]
@@ -126,7 +127,11 @@ def test_feature_cache_resumes_after_a_kill_and_rebuilds_for_other_inputs(pool, 
     assert again.seen == 0  # complete: nothing recomputed
     other = _Features()
     FeatureCache(tmp_path / "c", "inputs-2", chunk=chunk).build(n, _loader_for(data), other, "test")
-    assert other.seen == n  # made from other inputs: rebuilt
+    assert other.seen == n and other.largest == chunk  # made from other inputs: rebuilt
+    pieces = _Features()  # a chunk fed to the model a few images at a time: the same rows
+    cache = FeatureCache(tmp_path / "p", "inputs-1", chunk=chunk).build(n, _loader_for(data), pieces, "test", piece=5)
+    assert pieces.largest == 5 and pieces.seen == n
+    assert torch.equal(torch.from_numpy(np.array(cache)), want)
 
 
 def test_feature_cache_is_filled_by_all_processes_together(pool, tmp_path):
