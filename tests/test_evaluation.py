@@ -40,6 +40,32 @@ def test_frechet_distance_is_zero_for_identical_sets_grows_with_noise_and_matche
     assert d[40] == pytest.approx(ref, rel=1e-4)
 
 
+def test_streamed_distances_equal_the_whole_set_computation(clip, images, tmp_path, monkeypatch):
+    """evaluate_fid streams originals and renders in batches (here 16 of 120 images), keeps the real
+    statistics across guidances, reads only the first n originals, and names missing renders."""
+    from vlv import evaluate_fid
+    from vlv.data.shards import encode_png, write_shard
+    from vlv.render_captions import render_key
+
+    monkeypatch.setattr(evaluate_fid, "BATCH", 16)
+    keys = [f"{i:04d}" for i in range(len(images))]
+    write_shard(tmp_path / "eval" / "shard-00000.tar", ((k, {"png": encode_png(im)}) for k, im in zip(keys, images)))
+    rng = np.random.default_rng(1)
+    fakes = {g: np.clip(images + rng.normal(0, 20 * g, images.shape), 0, 255).astype(np.uint8) for g in (1.0, 2.0)}
+    renders = tmp_path / "renders.tar"
+    write_shard(
+        renders, ((render_key(k, g), {"png": encode_png(f[i])}) for g, f in fakes.items() for i, k in enumerate(keys))
+    )
+    n = 100
+    got = evaluate_fid.distances_per_guidance(clip, str(tmp_path / "eval"), str(renders), n, [1.0, 2.0])
+    for g, f in fakes.items():
+        assert got[f"{g:g}"] == pytest.approx(frechet_distance(clip, images[:n], f[:n]), rel=1e-6)
+    assert got["1"] < got["2"]
+    write_shard(renders, ((render_key(k, 1.0), {"png": encode_png(fakes[1.0][i])}) for i, k in enumerate(keys[:90])))
+    with pytest.raises(SystemExit, match="lacks renders at guidance 1.0 for 10 images"):
+        evaluate_fid.distances_per_guidance(clip, str(tmp_path / "eval"), str(renders), n, [1.0])
+
+
 def test_pycocoevalcap_scores_match_a_hand_computation():
     refs = {"1": ["a red circle at the top left"], "2": ["a blue square in the center"]}
     cands = {"1": "a red circle at the top", "2": "a blue square in the center"}

@@ -136,6 +136,12 @@ def run_stage(module: str, argv: list[str]) -> str | None:
     return " | ".join(lines[-3:]) or f"exit {done.returncode}"
 
 
+def write_report(path: str, report: dict) -> None:
+    """A benchmark's JSON report, with the device and torch it ran on."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    Path(path).write_text(json.dumps({**report, "device_name": device, "torch": torch.__version__}, indent=2) + "\n")
+
+
 def fresh_device_memory() -> None:
     """Free what this process left on the device (the FLOP count's models) before a stage's
     process starts."""
@@ -245,10 +251,8 @@ def main(argv=None) -> int:
             "vision_forward_gflops_per_image": vision_flops / 1e9,
             "target_images_per_second_per_h200": TARGET_PER_GPU,
             "models": args.paper_sized,
-            "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "torch": torch.__version__,
         }
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_report(args.out, report)
     return 0
 
 

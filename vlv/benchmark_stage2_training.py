@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from . import finetune_stage2
-from .benchmark_stage1 import fresh_device_memory, run_stage, steady_rate
+from .benchmark_stage1 import fresh_device_memory, run_stage, steady_rate, write_report
 from .cli_common import load_params, setup_logging, stage_parser
 
 
@@ -160,10 +160,8 @@ def main(argv=None) -> int:
             "tflops_per_sample": flops / 1e12,
             "tokens_per_sample": tokens,
             "models": args.paper_sized,
-            "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "torch": torch.__version__,
         }
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_report(args.out, report)
     return 0
 
 

@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import decode_image, iter_shard, load_images
+from .data.shards import ShardIndex, decode_image, iter_batches, iter_shard
 from .manifest import build_manifest, write_manifest
 from .render_captions import render_key
+
+BATCH = 256  # images per feature batch (the toy's 200 evaluation images: one)
 
 
 def frechet_distance(feature: torch.nn.Module, real: np.ndarray, fake: np.ndarray) -> float:
@@ -52,6 +54,45 @@ def feature_space(profile: str, clip: str | None, inception_weights: str | None)
     )
 
 
+def distances_per_guidance(feature, images: str, renders: str, n: int, guidances: list[float]) -> dict[str, float]:
+    """The Fréchet distance of each guidance's renders against the first ``n`` originals, streamed:
+    the originals once (their statistics kept across guidances), then each guidance's renders in
+    one pass over the tar; at most ``BATCH`` images in memory. A missing render stops it."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    def nchw(images: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+    keys = ShardIndex(images).keys[:n]
+    fd = FrechetInceptionDistance(feature=feature, normalize=False, reset_real_features=False)
+    seen = 0
+    for batch_keys, originals, _ in iter_batches(images, BATCH):
+        take = min(len(batch_keys), n - seen)
+        fd.update(torch.from_numpy(originals[:take]).permute(0, 3, 1, 2).contiguous(), real=True)
+        seen += take
+        if seen == n:
+            break
+    wanted = set(keys)
+    out = {}
+    for g in guidances:
+        names = {render_key(k, g): k for k in wanted}
+        found, batch = set(), []
+        for name, parts in iter_shard(renders):
+            if name in names:
+                found.add(name)
+                batch.append(np.asarray(decode_image(parts["png"])))
+                if len(batch) == BATCH:
+                    fd.update(nchw(batch), real=False)
+                    batch = []
+        if len(found) < len(names):
+            raise SystemExit(f"{renders} lacks renders at guidance {g} for {len(names) - len(found)} images")
+        if batch:
+            fd.update(nchw(batch), real=False)
+        out[f"{g:g}"] = float(fd.compute())
+        fd.reset()  # the fake statistics only (reset_real_features=False)
+    return out
+
+
 def main(argv=None) -> int:
     p = stage_parser(__doc__)
     p.add_argument("--profile", default="toy", choices=["toy", "paper"])
@@ -64,17 +105,11 @@ def main(argv=None) -> int:
     log = setup_logging()
     cfg = load_params(args.params)
     metric, feature = feature_space(args.profile, args.clip, args.inception_weights)
-    rendered = {key: np.asarray(decode_image(parts["png"])) for key, parts in iter_shard(args.renders)}
-    keys, originals, _ = load_images(args.images)
-    keys, originals = keys[: cfg["n_images"]], originals[: cfg["n_images"]]
-    result = {"metric": metric, "images": len(keys), "guidance": {}}
-    for g in cfg["renderer_guidance"]:
-        missing = [k for k in keys if render_key(k, g) not in rendered]
-        if missing:
-            raise SystemExit(f"{args.renders} lacks renders at guidance {g} for {len(missing)} images")
-        fake = np.stack([rendered[render_key(k, g)] for k in keys])
-        result["guidance"][f"{g:g}"] = frechet_distance(feature, originals, fake)
-        log.info("%s at guidance %g: %.3f", metric, g, result["guidance"][f"{g:g}"])
+    n = min(cfg["n_images"], len(ShardIndex(args.images).keys))
+    result = {"metric": metric, "images": n, "guidance": {}}
+    result["guidance"] = distances_per_guidance(feature, args.images, args.renders, n, cfg["renderer_guidance"])
+    for g, value in result["guidance"].items():
+        log.info("%s at guidance %s: %.3f", metric, g, value)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

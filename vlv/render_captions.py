@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .cli_common import load_params, setup_logging, stage_parser
 from .data.shards import encode_png, write_shard
 from .manifest import build_manifest, write_manifest
-from .models.t2i import load_t2i_pipeline, render_captions
+from .models.t2i import iter_renders, load_t2i_pipeline
 from .training import pick_device
 
 
@@ -54,21 +54,18 @@ def main(argv=None) -> int:
     tok = pipe.tokenizer
     truncated = sum(len(tok(r["caption"]).input_ids) > tok.model_max_length for r in rows)
     captions = [r["caption"] for r in rows]
-    renders = {}
+    guidances = cfg["renderer_guidance"]
+
+    def samples():  # rendered a batch at a time and written as they come: one batch in memory
+        for g in tqdm(guidances, desc="guidance scales"):
+            for start, batch in iter_renders(pipe, captions, g, cfg["renderer_steps"], cfg["seed"]):
+                for i, image in enumerate(batch):
+                    yield render_key(rows[start + i]["key"], g), {"png": encode_png(image)}
+
     t0 = time.time()
-    for g in tqdm(cfg["renderer_guidance"], desc="guidance scales"):
-        renders[g] = render_captions(pipe, captions, g, cfg["renderer_steps"], cfg["seed"])
-    seconds = time.time() - t0
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_shard(
-        out,
-        (
-            (render_key(r["key"], g), {"png": encode_png(renders[g][i])})
-            for g in cfg["renderer_guidance"]
-            for i, r in enumerate(rows)
-        ),
-    )
+    write_shard(out, samples())  # to a temporary name, renamed when complete
+    seconds = time.time() - t0
     write_manifest(
         out.with_suffix(".manifest.json"),
         build_manifest(
@@ -83,7 +80,7 @@ def main(argv=None) -> int:
             seconds=round(seconds, 1),
         ),
     )
-    log.info("rendered %d captions at %d guidance scales in %.0f s", len(rows), len(renders), seconds)
+    log.info("rendered %d captions at %d guidance scales in %.0f s", len(rows), len(guidances), seconds)
     return 0
 
 

@@ -48,16 +48,9 @@ def denoiser(pipe):
 
 
 @torch.no_grad()
-def render_captions(
-    pipe,
-    captions: list[str],
-    guidance: float,
-    steps: int,
-    seed: int,
-    batch_size: int = 64,
-) -> np.ndarray:
-    """uint8 NxHxWx3 renders; image i uses noise seeded by (seed, i), whatever the batching."""
-    out = []
+def iter_renders(pipe, captions: list[str], guidance: float, steps: int, seed: int, batch_size: int = 64):
+    """(start, uint8 BxHxWx3 renders) a batch at a time; image i uses noise seeded by (seed, i),
+    whatever the batching, so a caller can write them out as they come."""
     for start in range(0, len(captions), batch_size):
         chunk = captions[start : start + batch_size]
         gens = [torch.Generator(device="cpu").manual_seed(seed * 100_003 + start + i) for i in range(len(chunk))]
@@ -76,8 +69,19 @@ def render_captions(
             latents=latents,
             output_type="np",
         ).images
-        out.append((np.clip(imgs, 0, 1) * 255).round().astype(np.uint8))
-    return np.concatenate(out)
+        yield start, (np.clip(imgs, 0, 1) * 255).round().astype(np.uint8)
+
+
+def render_captions(
+    pipe,
+    captions: list[str],
+    guidance: float,
+    steps: int,
+    seed: int,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """uint8 NxHxWx3 renders, all in memory (``iter_renders`` streams them)."""
+    return np.concatenate([b for _, b in iter_renders(pipe, captions, guidance, steps, seed, batch_size)])
 
 
 def denoising_loss(
