@@ -66,6 +66,23 @@ def test_streamed_distances_equal_the_whole_set_computation(clip, images, tmp_pa
         evaluate_fid.distances_per_guidance(clip, str(tmp_path / "eval"), str(renders), n, [1.0])
 
 
+def test_clip_scores_in_blocks_and_streamed_features_equal_the_whole_computation(clip, images, tmp_path, monkeypatch):
+    from vlv import evaluate_caption_metrics as ecm
+    from vlv.data.shards import encode_png, write_shard
+
+    caps = [f"a {c} circle" for c in ("red", "blue", "green", "yellow", "purple", "orange", "red", "blue")]
+    refs = [[c, "a shape"] if i % 2 else [c] for i, c in enumerate(reversed(caps))]  # 1 or 2 references each
+    whole = ecm.clip_scores(clip, images[:8], caps, refs)
+    monkeypatch.setattr(ecm, "SIMILARITY_BLOCK", 3)
+    assert ecm.clip_scores(clip, images[:8], caps, refs) == pytest.approx(whole, rel=1e-6)
+    keys = [f"{i:04d}" for i in range(20)]
+    write_shard(tmp_path / "eval" / "shard-00000.tar", ((k, {"png": encode_png(im)}) for k, im in zip(keys, images)))
+    monkeypatch.setattr(ecm, "IMAGE_BATCH", 4)
+    got_keys, feats, _ = ecm.image_features(clip, str(tmp_path / "eval"), {keys[i] for i in (1, 2, 9, 17)})
+    assert got_keys == [keys[i] for i in (1, 2, 9, 17)]
+    assert torch.allclose(feats, clip.images(images[[1, 2, 9, 17]]), atol=1e-5)
+
+
 def test_pycocoevalcap_scores_match_a_hand_computation():
     refs = {"1": ["a red circle at the top left"], "2": ["a blue square in the center"]}
     cands = {"1": "a red circle at the top", "2": "a blue square in the center"}

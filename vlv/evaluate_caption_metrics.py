@@ -20,10 +20,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .data.shards import load_images
+from .data.shards import iter_batches
 from .evaluate_captions_shapes import read_captions
 from .manifest import build_manifest, write_manifest
 
@@ -61,20 +60,45 @@ def spice_score(gts, res) -> float | None:
     return float(Spice().compute_score(gts, res)[0])
 
 
-def clip_scores(clip, images: np.ndarray, candidates: list[str], references: list[list[str]]) -> dict[str, float]:
-    img = torch.nn.functional.normalize(clip.images(images), dim=-1)
+IMAGE_BATCH = 256  # images decoded and embedded at a time (ClipFeatures' own batch)
+SIMILARITY_BLOCK = 1024  # candidates per block of the candidate x reference similarity (30K x 150K at once: 18 GB)
+
+
+def clip_scores(clip, images, candidates: list[str], references: list[list[str]]) -> dict[str, float]:
+    """CLIPScore and RefCLIPScore (Hessel et al. 2021, w = 2.5) of candidates for images (uint8
+    NxHxWx3, or their CLIP image features already computed)."""
+    feats = images if isinstance(images, torch.Tensor) else clip.images(images)
+    img = torch.nn.functional.normalize(feats, dim=-1)
     cand = torch.nn.functional.normalize(clip.texts(candidates), dim=-1)
     flat = [r for refs in references for r in refs]
     ref = torch.nn.functional.normalize(clip.texts(flat), dim=-1)
     clip_s = CLIP_W * (img * cand).sum(-1).clamp(min=0)
-    per_ref = cand @ ref.T  # candidate i against every reference
     best, start = [], 0
-    for i, refs in enumerate(references):
-        best.append(per_ref[i, start : start + len(refs)].max().clamp(min=0))
-        start += len(refs)
+    for i0 in range(0, len(references), SIMILARITY_BLOCK):  # candidates against their block's references
+        block = references[i0 : i0 + SIMILARITY_BLOCK]
+        width = sum(len(refs) for refs in block)
+        per_ref = cand[i0 : i0 + len(block)] @ ref[start : start + width].T
+        offset = 0
+        for j, refs in enumerate(block):
+            best.append(per_ref[j, offset : offset + len(refs)].max().clamp(min=0))
+            offset += len(refs)
+        start += width
     best = torch.stack(best)
     ref_clip_s = torch.where(clip_s + best > 0, 2 * clip_s * best / (clip_s + best), torch.zeros_like(best))
     return {"CLIPScore": float(clip_s.mean()), "RefCLIPScore": float(ref_clip_s.mean())}
+
+
+def image_features(clip, images: str, wanted: set[str]) -> tuple[list[str], torch.Tensor, list[dict]]:
+    """(keys, CLIP image features, metadata) of the ``wanted`` images of a shard folder, in shard
+    order, streamed a batch at a time (30K evaluation images at 512 px would be 24 GB at once)."""
+    keys, feats, metas = [], [], []
+    for batch_keys, batch, batch_metas in iter_batches(images, IMAGE_BATCH):
+        sel = [i for i, k in enumerate(batch_keys) if k in wanted]
+        if sel:
+            keys += [batch_keys[i] for i in sel]
+            metas += [batch_metas[i] for i in sel]
+            feats.append(clip.images(batch[sel]))
+    return keys, torch.cat(feats) if feats else torch.zeros((0, clip.num_features)), metas
 
 
 def main(argv=None) -> int:
@@ -88,13 +112,14 @@ def main(argv=None) -> int:
     from .models.clip_features import ClipFeatures
 
     cands = read_captions(args.captions)
-    keys, images, metas = load_images(args.images, list(cands))
+    clip = ClipFeatures(args.clip)
+    keys, feats, metas = image_features(clip, args.images, set(cands))
     if len(keys) != len(cands):
         raise SystemExit(f"{args.captions}: {len(cands) - len(keys)} keys are not images of {args.images}")
     first = 1 if args.exclude_first_reference else 0
     refs = {k: m["captions"][first:] for k, m in zip(keys, metas)}
     result = {"images": len(keys), "references_per_image": len(next(iter(refs.values()))), **coco_metrics(refs, cands)}
-    result.update(clip_scores(ClipFeatures(args.clip), images, [cands[k] for k in keys], [refs[k] for k in keys]))
+    result.update(clip_scores(clip, feats, [cands[k] for k in keys], [refs[k] for k in keys]))
     result["implementation"] = "pycocoevalcap 1.2 (PTB tokenizer); CLIPScore/RefCLIPScore: Hessel et al. 2021, w=2.5"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
