@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import encode_png, load_images, write_shard
+from .data.shards import ShardIndex, encode_png, load_images, write_shard
 from .figures import save_image_grid
 from .manifest import build_manifest, write_manifest
 from .models.frozen_decoder import FrozenT2IDecoder
@@ -86,8 +86,8 @@ def main(argv=None) -> int:
     device = pick_device(args.device)
     encoder = VLVEncoder.from_pretrained(args.encoder).to(device)
     dec = FrozenT2IDecoder(args.decoder, route=cfg["route"]).to(device)
-    keys, images, metas = load_images(args.images)
-    keys, images, metas = keys[: cfg["n_eval_images"]], images[: cfg["n_eval_images"]], metas[: cfg["n_eval_images"]]
+    # only the first n_eval_images are decoded (the paper's evaluation split holds 30K at 512 px)
+    keys, images, metas = load_images(args.images, ShardIndex(args.images).keys[: cfg["n_eval_images"]])
     captions = [m["captions"][0] if m.get("captions") else "" for m in metas]
     seed = int(cfg["seed"])
 
