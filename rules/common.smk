@@ -229,6 +229,13 @@ def evaluation_dataset():
     return f"MS-COCO 2014 val ({n} images)"
 
 
+def vqa_dataset():
+    """The label of the main question set's rows (further sets name their own: vqa.more)."""
+    if config["profile"] == "toy":
+        return evaluation_dataset()
+    return f"VQAv2 val on the evaluation images ({config['evaluation']['n_images']} images)"
+
+
 def final_outputs():
     out = [
         "<results>/reconstruct/encoder/metrics.json",

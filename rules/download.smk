@@ -4,6 +4,13 @@
 # pool through img2dataset (stage 1) and stage 2's sample of the subset (pairs).
 
 
+# Table 3's question sets: (questions zip, annotations zip) in data/download/, the official names.
+VQA_SOURCES = {
+    "vqav2": ("v2_Questions_Val_mscoco.zip", "v2_Annotations_Val_mscoco.zip"),
+    "okvqa": ("OpenEnded_mscoco_val2014_questions.json.zip", "mscoco_val2014_annotations.json.zip"),
+}
+
+
 wildcard_constraints:
     file="|".join(re.escape(f) for f in config["data"]["files"]) or "^$",
 
@@ -57,14 +64,16 @@ rule prepare_vqa:
     input:
         code=code("prepare_coco", "download"),
         split="<results>/prepare_coco/eval",
-        questions="data/download/v2_Questions_Val_mscoco.zip",
-        annotations="data/download/v2_Annotations_Val_mscoco.zip",
+        questions=lambda w: f"data/download/{VQA_SOURCES[w.vqa_set][0]}",
+        annotations=lambda w: f"data/download/{VQA_SOURCES[w.vqa_set][1]}",
     output:
-        "<results>/prepare_coco/vqav2.jsonl",
+        "<results>/prepare_coco/{vqa_set}.jsonl",
     log:
-        "<logs>/prepare_coco/vqav2.log",
+        "<logs>/prepare_coco/{vqa_set}.log",
     benchmark:
-        "<benchmarks>/prepare_coco/vqav2.tsv"
+        "<benchmarks>/prepare_coco/{vqa_set}.tsv"
+    wildcard_constraints:
+        vqa_set="|".join(VQA_SOURCES),
     conda:
         "../environment.yml"
     threads: 1

@@ -173,6 +173,8 @@ rule evaluate_vqa:
         "<logs>/evaluate/vqa/{captioner}.log",
     benchmark:
         "<benchmarks>/evaluate/vqa/{captioner}.tsv"
+    wildcard_constraints:
+        captioner="[^/]+",
     conda:
         "../environment.yml"
     threads: 1
@@ -184,3 +186,34 @@ rule evaluate_vqa:
     shell:
         "python -m vlv.evaluate_vqa --params {params.cfg:q} --questions {input.questions} "
         "--captions {input.captions} --references {input.references} --out {output} > {log} 2>&1"
+
+
+rule evaluate_vqa_more:
+    input:
+        code=code("evaluate_vqa", "vqa", "shapes/questions", "shapes/parse"),
+        questions=lambda w: config["vqa"]["more"][w.vqa_set]["questions"],
+        captions="<results>/caption/{captioner}.jsonl",
+        references="<results>/caption/reference.jsonl",
+        reader=vqa_reader_input(),
+    output:
+        "<results>/evaluate/vqa/{vqa_set}/{captioner}.json",
+    log:
+        "<logs>/evaluate/vqa/{vqa_set}/{captioner}.log",
+    benchmark:
+        "<benchmarks>/evaluate/vqa/{vqa_set}/{captioner}.tsv"
+    wildcard_constraints:
+        vqa_set="|".join(config["vqa"]["more"]) or "^$",
+        captioner="[^/]+",
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        cfg=cfg_json("vqa"),
+        dataset=lambda w: config["vqa"]["more"][w.vqa_set]["dataset"],
+    shell:
+        "python -m vlv.evaluate_vqa --params {params.cfg:q} --questions {input.questions} "
+        "--captions {input.captions} --references {input.references} --dataset {params.dataset:q} "
+        "--out {output} > {log} 2>&1"

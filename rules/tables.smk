@@ -85,6 +85,11 @@ rule table_vqa:
     input:
         code=code("tables"),
         vqa=expand("<results>/evaluate/vqa/{captioner}.json", captioner=captioners()),
+        more=expand(
+            "<results>/evaluate/vqa/{vqa_set}/{captioner}.json",
+            vqa_set=list(config["vqa"]["more"]),
+            captioner=captioners(),
+        ),
     output:
         table=report("<results>/tables/vqa.csv", category="Tables"),
         metrics="<results>/tables/vqa.json",
@@ -100,10 +105,10 @@ rule table_vqa:
         runtime=5,
     params:
         profile=config["profile"],
-        dataset=evaluation_dataset(),
+        dataset=vqa_dataset(),
     shell:
         "python -m vlv.tables vqa --profile {params.profile} --dataset {params.dataset:q} "
-        "--vqa {input.vqa} --out {output.table} > {log} 2>&1"
+        "--vqa {input.vqa} {input.more} --out {output.table} > {log} 2>&1"
 
 
 rule table_no_stage1:

@@ -348,7 +348,7 @@ def test_subset_judges_a_resized_pool_image_by_its_original_size():
 @pytest.mark.slow
 def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, img2dataset_exe):
     """The paper profile (config/paper.yaml) with tiny random-weight models of its classes and tiny
-    local data: downloads (file:// URLs, pinned SHA-256), COCO and VQAv2 into shards, LAION through
+    local data: downloads (file:// URLs, pinned SHA-256), COCO, VQAv2 and OK-VQA into shards, LAION through
     img2dataset, the subset, stage 2's pairs, stage 1 and both stage-2 captioners through the
     committed accelerate config with 2 processes, the local VLM teacher, every captioner, Table 3 and
     the cost report."""
@@ -375,8 +375,16 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     assert images.shape[1:] == (32, 32, 3) and all(len(m["captions"]) == 5 for m in metas)
     rows = list(csv.DictReader((res / "tables/vqa.csv").open()))
     names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100", "florence2_large", "llava15_7b"]
-    assert [r["captioner"] for r in rows] == [n for n in names for _ in (0, 2)]  # qwen25vl_7b left out (null)
-    assert {r["metric"] for r in rows} == {"vqa_accuracy"} and {r["questions"] for r in rows} == {"16"}
+    vqav2 = [r for r in rows if r["dataset"].startswith("VQAv2 val")]
+    okvqa = [r for r in rows if r["dataset"] == "OK-VQA val on the evaluation images"]
+    assert len(vqav2) + len(okvqa) == len(rows)
+    for part in (vqav2, okvqa):  # qwen25vl_7b left out (null)
+        assert [r["captioner"] for r in part] == [n for n in names for _ in (0, 2)]
+    assert {r["metric"] for r in rows} == {"vqa_accuracy"} and {r["questions"] for r in vqav2} == {"16"}
+    on_split = sum(int(k) % 2 for k in json.loads((res / "prepare_coco/eval/images.json").read_text()))
+    assert on_split > 0 and {r["questions"] for r in okvqa} == {str(on_split)}  # OK-VQA asks about odd ids only
+    metrics = json.loads((res / "tables/vqa.json").read_text())
+    assert len(metrics) == len(rows) and "OK-VQA val on the evaluation images: teacher 0-shot" in metrics
     assert len(list(iter_dir(res / "download_laion/pairs"))) == 24  # data.pairs of the subset's images
     renders = {
         k: np.asarray(decode_image(parts["png"])) for k, parts in iter_shard(res / "render_captions/vlv_pairs100.tar")

@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--questions", required=True, help="JSONL: qid, key, question, answers[, kind]")
     p.add_argument("--captions", required=True, help="the captioner's JSONL (key, caption)")
     p.add_argument("--references", default=None, help="reference captions for the in-context examples")
+    p.add_argument("--dataset", default=None, help="the question set's label in the table (default: the table's)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     cfg = json.loads(args.params)
@@ -75,6 +76,8 @@ def main(argv=None) -> int:
     references = read_captions(args.references) if args.references else {}
     reader = make_reader(cfg)
     result = evaluate(questions, read_captions(args.captions), references, reader, cfg)
+    if args.dataset:
+        result = {"dataset": args.dataset, **result}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

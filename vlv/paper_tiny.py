@@ -94,11 +94,11 @@ def _zip(path: Path, entries: dict[str, bytes | str]) -> Path:
 
 
 def build_data(out: Path, n_coco: int = 12, n_laion: int = 40, seed: int = 0) -> dict:
-    """COCO/VQAv2-style zips and LAION-style metadata with local file:// URLs."""
+    """COCO/VQAv2/OK-VQA-style zips and LAION-style metadata with local file:// URLs."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     ids = sorted(int(i) for i in rng.choice(500_000, n_coco, replace=False))
-    images, anns, questions, answers = {}, [], [], []
+    images, anns, questions, answers, ok_questions, ok_answers = {}, [], [], [], [], []
     meta = []
     for i in ids:
         w, h = int(rng.integers(48, 96)), int(rng.integers(48, 96))
@@ -111,6 +111,10 @@ def build_data(out: Path, n_coco: int = 12, n_laion: int = 40, seed: int = 0) ->
             kind = "number" if k == 0 else "yes/no"
             answers.append({"question_id": 100 * i + k, "image_id": i, "answer_type": kind,
                             "answers": [{"answer": a, "answer_id": n} for n in range(10)]})  # fmt: skip
+        if i % 2:  # OK-VQA asks about some of the images only; its answers need outside knowledge
+            ok_questions.append({"question_id": 10 * i, "image_id": i, "question": "what is this picture for?"})
+            ok_answers.append({"question_id": 10 * i, "image_id": i, "answer_type": "other",
+                               "answers": [{"answer": "art", "answer_id": n} for n in range(10)]})  # fmt: skip
     files = {
         "val2014.zip": _zip(out / "val2014.zip", images),
         "annotations_trainval2014.zip": _zip(
@@ -124,6 +128,14 @@ def build_data(out: Path, n_coco: int = 12, n_laion: int = 40, seed: int = 0) ->
         "v2_Annotations_Val_mscoco.zip": _zip(
             out / "v2_Annotations_Val_mscoco.zip",
             {"v2_mscoco_val2014_annotations.json": json.dumps({"annotations": answers})},
+        ),
+        "OpenEnded_mscoco_val2014_questions.json.zip": _zip(
+            out / "OpenEnded_mscoco_val2014_questions.json.zip",
+            {"OpenEnded_mscoco_val2014_questions.json": json.dumps({"questions": ok_questions})},
+        ),
+        "mscoco_val2014_annotations.json.zip": _zip(
+            out / "mscoco_val2014_annotations.json.zip",
+            {"mscoco_val2014_annotations.json": json.dumps({"annotations": ok_answers})},
         ),
     }
     laion = out / "laion"

@@ -103,7 +103,8 @@ def vqa_rows(files: list[str], profile: str, dataset: str) -> list[dict]:
     for f in files:
         v = json.loads(Path(f).read_text())
         for shots, r in v["shots"].items():
-            row = {"captioner": _name(f), "dataset": dataset, "profile": profile, "questions": v["questions"]}
+            row = {"captioner": _name(f), "dataset": v.get("dataset", dataset), "profile": profile}
+            row["questions"] = v["questions"]
             row["shots"] = int(shots)
             row["accuracy"] = round(r["accuracy"], 4)
             row.update({f"accuracy ({kind})": round(a, 4) for kind, a in r["by_kind"].items()})
@@ -264,11 +265,14 @@ def write_table(rows: list[dict], out: str | Path, sources: list[str]) -> None:
         w.writerows(rows)
     # the numbers as hierarchical JSON (DVC metrics): first column -> {numeric column: value}
     key_col = columns[0]
+    several = len({r.get("dataset") for r in rows}) > 1  # e.g. VQAv2 and OK-VQA rows of one captioner
     metrics: dict = {}
     for r in rows:
         key = " ".join(str(r[c]) for c in (key_col, "guidance") if c in r)
         if "shots" in r:
             key += f" {r['shots']}-shot"
+        if several:
+            key = f"{r['dataset']}: {key}"
         metrics[key] = {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     out.with_suffix(".json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     manifests = [str(Path(s).with_suffix(".manifest.json")) for s in sources]
