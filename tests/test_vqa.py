@@ -137,3 +137,24 @@ def test_vqa_table_has_a_row_per_captioner_and_shots(tmp_path):
     write_table(rows, tmp_path / "vqa.csv", files)
     metrics = json.loads((tmp_path / "vqa.json").read_text())
     assert metrics["vlv 4-shot"]["accuracy"] == 0.5 and metrics["teacher 0-shot"]["accuracy (count)"] == 1.0
+
+
+def test_a_further_question_set_gets_its_own_rows_and_metric_keys(tmp_path):
+    """vqa.more (the paper's OK-VQA): its results name their dataset; rows and DVC metric keys keep
+    the two sets of one captioner apart."""
+    files = []
+    for sub, dataset, acc in (("", None, 0.6), ("okvqa", "OK-VQA val", 0.4)):
+        (tmp_path / sub).mkdir(exist_ok=True)
+        f = tmp_path / sub / "vlv.json"
+        shots = {"0": {"accuracy": acc, "by_kind": {"other": acc}, "unknown_share": 0.0, "answers": {}}}
+        result = {"reader": "r", "metric": "vqa_accuracy", "questions": 7, "shots": shots}
+        f.write_text(json.dumps({**result, "dataset": dataset} if dataset else result))
+        files.append(str(f))
+    rows = vqa_rows(files, "paper", "VQAv2 val")
+    assert [(r["captioner"], r["dataset"], r["accuracy"]) for r in rows] == [
+        ("vlv", "VQAv2 val", 0.6),
+        ("vlv", "OK-VQA val", 0.4),
+    ]
+    write_table(rows, tmp_path / "vqa.csv", files)
+    metrics = json.loads((tmp_path / "vqa.json").read_text())
+    assert metrics["VQAv2 val: vlv 0-shot"]["accuracy"] == 0.6 and metrics["OK-VQA val: vlv 0-shot"]["accuracy"] == 0.4
