@@ -57,13 +57,13 @@ def test_streamed_distances_equal_the_whole_set_computation(clip, images, tmp_pa
         renders, ((render_key(k, g), {"png": encode_png(f[i])}) for g, f in fakes.items() for i, k in enumerate(keys))
     )
     n = 100
-    got = evaluate_fid.distances_per_guidance(clip, str(tmp_path / "eval"), str(renders), n, [1.0, 2.0])
+    got = evaluate_fid.distances_per_guidance(clip, str(tmp_path / "eval"), str(renders), keys[:n], [1.0, 2.0])
     for g, f in fakes.items():
         assert got[f"{g:g}"] == pytest.approx(frechet_distance(clip, images[:n], f[:n]), rel=1e-6)
     assert got["1"] < got["2"]
     write_shard(renders, ((render_key(k, 1.0), {"png": encode_png(fakes[1.0][i])}) for i, k in enumerate(keys[:90])))
     with pytest.raises(SystemExit, match="lacks renders at guidance 1.0 for 10 images"):
-        evaluate_fid.distances_per_guidance(clip, str(tmp_path / "eval"), str(renders), n, [1.0])
+        evaluate_fid.distances_per_guidance(clip, str(tmp_path / "eval"), str(renders), keys[:n], [1.0])
 
 
 def test_clip_scores_in_blocks_and_streamed_features_equal_the_whole_computation(clip, images, tmp_path, monkeypatch):

@@ -77,26 +77,28 @@ def steady_rate(loss_csv: Path, batch: int) -> float | None:
     return steps * batch / seconds if seconds > 0 else None
 
 
+def write_shapes_images(folder: Path, side: int, n: int) -> list[str]:
+    """``n`` Shapes images of ``side`` px as one tar shard in ``folder``; their keys."""
+    from .data.shards import encode_png, write_shard
+    from .shapes.world import WorldSpec, render, sample_scenes
+
+    spec = WorldSpec(image_size=side)
+    scenes = sample_scenes(spec, 0, n)
+    folder.mkdir(parents=True)
+    write_shard(folder / "shard-00000.tar", ((f"{s.id:08d}", {"png": encode_png(render(s, spec))}) for s in scenes))
+    return [f"{s.id:08d}" for s in scenes]
+
+
 def paper_sized_inputs(tmp: Path, preset: str, n_images: int, models: str | None = None):
     """Random-weight paper-class folders (built in ``models``, or reused from there) and Shapes images
     at their resolution: (images, subset, vision, decoder, image side)."""
-    from .data.shards import encode_png, write_shard
-    from .models.paper_sized import PRESETS, build_stage1_stack
-    from .shapes.world import WorldSpec, render, sample_scenes
+    from .models.paper_sized import stage1_stack
 
-    folder = Path(models) if models else tmp / "models"
-    if (folder / "florence").is_dir() and (folder / "sd" / "model_index.json").exists():
-        vision, decoder, side = folder / "florence", folder / "sd", PRESETS[preset]["image_size"]
-    else:
-        vision, decoder, side = build_stage1_stack(folder, preset)
-    spec = WorldSpec(image_size=side)
-    scenes = sample_scenes(spec, 0, n_images)
-    images = tmp / "images"
-    images.mkdir()
-    write_shard(images / "shard-00000.tar", ((f"{s.id:08d}", {"png": encode_png(render(s, spec))}) for s in scenes))
+    vision, decoder, side = stage1_stack(Path(models) if models else tmp / "models", preset)
+    keys = write_shapes_images(tmp / "images", side, n_images)
     subset = tmp / "subset.json"
-    subset.write_text(json.dumps({"kept": [{"key": f"{s.id:08d}"} for s in scenes]}))
-    return str(images), str(subset), str(vision), str(decoder), side
+    subset.write_text(json.dumps({"kept": [{"key": k} for k in keys]}))
+    return str(tmp / "images"), str(subset), str(vision), str(decoder), side
 
 
 def step_flops(cfg: dict, vision: str, decoder: str, batch: int) -> tuple[float, float]:
@@ -118,7 +120,8 @@ def step_flops(cfg: dict, vision: str, decoder: str, batch: int) -> tuple[float,
         vision_flops = counter.get_total_flops()
         loss = dec.diffusion_loss(latents, dec.condition(enc(image_features=feats)), noise.to(device), t.to(device))
         loss.backward()
-    del enc, dec
+    del enc, dec, loss, feats
+    free_device_memory()  # for the stages' own processes
     return counter.get_total_flops() / batch, vision_flops / batch
 
 
@@ -142,15 +145,14 @@ def write_report(path: str, report: dict) -> None:
     Path(path).write_text(json.dumps({**report, "device_name": device, "torch": torch.__version__}, indent=2) + "\n")
 
 
-def fresh_device_memory() -> None:
-    """Free what this process left on the device (the FLOP count's models) before a stage's
-    process starts."""
+def free_device_memory() -> None:
+    """Give back the device memory of this process's dropped models (the FLOP count's), so the
+    stages' own processes have the whole device."""
     import gc
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
 
 def main(argv=None) -> int:
@@ -186,7 +188,6 @@ def main(argv=None) -> int:
             images, subset, vision, decoder = args.images, args.subset, args.vision, args.decoder
         flops, vision_flops = step_flops(cfg, vision, decoder, min(cfg["batch_size"], 4))
         for name, over, batch in runs:
-            fresh_device_memory()
             params = {
                 **cfg,
                 **over,

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from . import finetune_stage2
-from .benchmark_stage1 import fresh_device_memory, run_stage, steady_rate, write_report
+from .benchmark_stage1 import free_device_memory, run_stage, steady_rate, write_report, write_shapes_images
 from .cli_common import load_params, setup_logging, stage_parser
 
 
@@ -54,40 +54,35 @@ def inputs(tmp: Path, preset: str, n_images: int, models: str | None, max_tokens
     """(encoder, t2i, llm, images folder, captions JSONL) for the benchmark."""
     from transformers import AutoTokenizer
 
-    from .data.shards import encode_png, write_shard
     from .models.paper_sized import build_stage2_stack
-    from .shapes.world import WorldSpec, render, sample_scenes
 
     encoder, t2i, llm, side = build_stage2_stack(Path(models) if models else tmp / "models", preset)
-    spec = WorldSpec(image_size=side)
-    scenes = sample_scenes(spec, 0, n_images)
-    images = tmp / "images"
-    images.mkdir()
-    write_shard(images / "shard-00000.tar", ((f"{s.id:08d}", {"png": encode_png(render(s, spec))}) for s in scenes))
+    keys = write_shapes_images(tmp / "images", side, n_images)
     texts = long_captions(AutoTokenizer.from_pretrained(llm), n_images, max_tokens)
     captions = tmp / "captions.jsonl"
-    captions.write_text("".join(json.dumps({"key": f"{s.id:08d}", "caption": t}) + "\n" for s, t in zip(scenes, texts)))
-    return str(encoder), str(t2i), str(llm), str(images), str(captions)
+    captions.write_text("".join(json.dumps({"key": k, "caption": t}) + "\n" for k, t in zip(keys, texts)))
+    return str(encoder), str(t2i), str(llm), str(tmp / "images"), str(captions)
 
 
 def sample_flops(cfg: dict, encoder: str, t2i: str, llm: str, images: str, captions: str) -> tuple[float, int]:
     """Model FLOPs of one sample's training forward and backward, and its tokens (prefix + caption)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .data.shards import load_images
+    from .data.shards import iter_batches
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cap = finetune_stage2.build({**cfg, "gradient_checkpointing": False}, "vlv", encoder, t2i, llm).to(device)
-    _, imgs, _ = load_images(images)
+    _, first, _ = next(iter_batches(images, 1))
     text = json.loads(Path(captions).read_text().splitlines()[0])["caption"]
     batch = {
         k: v.to(device) for k, v in cap.pad([cap.tokenize([text], cfg["max_caption_tokens"])["input_ids"][0]]).items()
     }
-    pv = cap.encoder.preprocess(imgs[:1]).to(device)
+    pv = cap.encoder.preprocess(first).to(device)
     with FlopCounterMode(display=False) as counter:
         cap(pixel_values=pv, **batch).backward()
     tokens = cap.encoder.config["num_queries"] + batch["input_ids"].shape[1]
     del cap
+    free_device_memory()  # for the stages' own processes
     return float(counter.get_total_flops()), tokens
 
 
@@ -115,7 +110,6 @@ def main(argv=None) -> int:
         )
         flops, tokens = sample_flops(cfg, encoder, t2i, llm, images, captions)
         for name, over in runs.items():
-            fresh_device_memory()
             params = {**cfg, **over, "steps": args.steps, "warmup_steps": 0, "checkpoint_every": 10**9, "log_every": 1}
             out = Path(tmp) / name
             argv = ["--params", json.dumps(params), "--init", "vlv", "--encoder", encoder, "--t2i", t2i, "--llm", llm,

@@ -27,13 +27,18 @@ from .render_captions import render_key
 BATCH = 256  # images per feature batch (the toy's 200 evaluation images: one)
 
 
+def nchw(images) -> torch.Tensor:
+    """uint8 NxHxWx3 (an array or a list of HxWx3) -> the NCHW uint8 tensor torchmetrics takes."""
+    return torch.from_numpy(np.stack(images) if isinstance(images, list) else images).permute(0, 3, 1, 2).contiguous()
+
+
 def frechet_distance(feature: torch.nn.Module, real: np.ndarray, fake: np.ndarray) -> float:
     """Fréchet distance between two uint8 NxHxWx3 image sets in ``feature``'s embedding space."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     fd = FrechetInceptionDistance(feature=feature, normalize=False)
-    fd.update(torch.from_numpy(real).permute(0, 3, 1, 2).contiguous(), real=True)
-    fd.update(torch.from_numpy(fake).permute(0, 3, 1, 2).contiguous(), real=False)
+    fd.update(nchw(real), real=True)
+    fd.update(nchw(fake), real=False)
     return float(fd.compute())
 
 
@@ -54,38 +59,34 @@ def feature_space(profile: str, clip: str | None, inception_weights: str | None)
     )
 
 
-def distances_per_guidance(feature, images: str, renders: str, n: int, guidances: list[float]) -> dict[str, float]:
-    """The Fréchet distance of each guidance's renders against the first ``n`` originals, streamed:
-    the originals once (their statistics kept across guidances), then each guidance's renders in
-    one pass over the tar; at most ``BATCH`` images in memory. A missing render stops it."""
+def distances_per_guidance(feature, images: str, renders: str, keys: list[str], guidances: list[float]) -> dict:
+    """The Fréchet distance of each guidance's renders against the originals ``keys`` (the split's
+    first images), streamed: the originals once (their statistics kept across guidances), then each
+    guidance's renders in one pass over the tar; at most ``BATCH`` images in memory. A missing
+    render stops it."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    def nchw(images: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-
-    keys = ShardIndex(images).keys[:n]
     fd = FrechetInceptionDistance(feature=feature, normalize=False, reset_real_features=False)
     seen = 0
     for batch_keys, originals, _ in iter_batches(images, BATCH):
-        take = min(len(batch_keys), n - seen)
-        fd.update(torch.from_numpy(originals[:take]).permute(0, 3, 1, 2).contiguous(), real=True)
+        take = min(len(batch_keys), len(keys) - seen)
+        fd.update(nchw(originals[:take]), real=True)
         seen += take
-        if seen == n:
+        if seen == len(keys):
             break
-    wanted = set(keys)
     out = {}
     for g in guidances:
-        names = {render_key(k, g): k for k in wanted}
-        found, batch = set(), []
+        names = {render_key(k, g) for k in keys}
+        found, batch = 0, []
         for name, parts in iter_shard(renders):
             if name in names:
-                found.add(name)
+                found += 1
                 batch.append(np.asarray(decode_image(parts["png"])))
                 if len(batch) == BATCH:
                     fd.update(nchw(batch), real=False)
                     batch = []
-        if len(found) < len(names):
-            raise SystemExit(f"{renders} lacks renders at guidance {g} for {len(names) - len(found)} images")
+        if found < len(names):
+            raise SystemExit(f"{renders} lacks renders at guidance {g} for {len(names) - found} images")
         if batch:
             fd.update(nchw(batch), real=False)
         out[f"{g:g}"] = float(fd.compute())
@@ -105,9 +106,9 @@ def main(argv=None) -> int:
     log = setup_logging()
     cfg = load_params(args.params)
     metric, feature = feature_space(args.profile, args.clip, args.inception_weights)
-    n = min(cfg["n_images"], len(ShardIndex(args.images).keys))
-    result = {"metric": metric, "images": n, "guidance": {}}
-    result["guidance"] = distances_per_guidance(feature, args.images, args.renders, n, cfg["renderer_guidance"])
+    keys = ShardIndex(args.images).keys[: cfg["n_images"]]
+    result = {"metric": metric, "images": len(keys), "guidance": {}}
+    result["guidance"] = distances_per_guidance(feature, args.images, args.renders, keys, cfg["renderer_guidance"])
     for g, value in result["guidance"].items():
         log.info("%s at guidance %s: %.3f", metric, g, value)
     out = Path(args.out)

@@ -222,20 +222,25 @@ TOY_LM = Path(__file__).resolve().parents[2] / "models" / "toy" / "lm"  # the sh
 
 
 def build_stage2_stack(out: str | Path, preset: str = "tiny", llm_tokenizer: str | Path = TOY_LM):
-    """(VLV encoder folder, T2I folder, LM folder, image side) of random weights; the stage-1 stack
-    under ``out`` is reused when it is there."""
+    """(VLV encoder folder, T2I folder, LM folder, image side) of random weights, on the stage-1
+    stack under ``out`` (reused when it is there)."""
     from .vlv_encoder import VLVEncoder
 
     out = Path(out)
-    if (out / "florence").is_dir() and (out / "sd" / "model_index.json").exists():
-        florence, sd, side = out / "florence", out / "sd", PRESETS[preset]["image_size"]
-    else:
-        florence, sd, side = build_stage1_stack(out, preset)
+    florence, sd, side = stage1_stack(out, preset)
     clip_dim = PRESETS[preset]["text_encoder"]["hidden_size"]
     VLVEncoder.from_florence(str(florence), 77, clip_dim).save_pretrained(out / "encoder")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     llm = build_llm(preset, llm_tokenizer, out / "llm", device)
     return out / "encoder", sd, llm, side
+
+
+def stage1_stack(out: str | Path, preset: str) -> tuple[Path, Path, int]:
+    """``build_stage1_stack``'s folders under ``out``, built unless a previous build left them there."""
+    out = Path(out)
+    if (out / "florence" / "config.json").exists() and (out / "sd" / "model_index.json").exists():
+        return out / "florence", out / "sd", PRESETS[preset]["image_size"]
+    return build_stage1_stack(out, preset)
 
 
 def build_tiny_sd3(tokenizer: str | Path, out: str | Path, side: int = 32, seed: int = 0) -> Path:
