@@ -6,10 +6,11 @@
 
 rule evaluate_reconstruction_fid:
     input:
-        code=code("evaluate_fid", "models/clip_features"),
+        code=code("evaluate_fid", "models/clip_features", "models/inception"),
         renders="<results>/reconstruct/{s1}/reconstructions.tar",
         images=split_dir("eval"),
         clip=model_input("clip"),
+        inception=inception_input(),
     output:
         "<results>/evaluate/reconstruction_fid/{s1}.json",
     log:
@@ -25,10 +26,12 @@ rule evaluate_reconstruction_fid:
     params:
         cfg=reconstruction_fid_json(),
         clip=model_arg("clip"),
+        inception=inception_arg,
         profile=config["profile"],
     shell:
-        "python -m vlv.evaluate_fid --params {params.cfg:q} --profile {params.profile} --clip {params.clip} "
-        "--images {input.images} --renders {input.renders} --out {output} > {log} 2>&1"
+        "python -m vlv.evaluate_fid --params {params.cfg:q} --profile {params.profile} "
+        "--clip {params.clip} {params.inception} --images {input.images} --renders {input.renders} "
+        "--out {output} > {log} 2>&1"
 
 
 rule compose:

@@ -65,6 +65,17 @@ def model_arg(name):
     return arg
 
 
+def inception_input():
+    """The Inception-v3 file of the standard FID as an input (paper profile); nothing for the toy
+    profile, whose Fréchet distance runs on the toy CLIP's image tower."""
+    value = config["models"].get("inception")
+    return [value] if value else []
+
+
+def inception_arg(wildcards, input):
+    return f"--inception-weights {shlex.quote(str(input.inception))}" if input.inception else ""
+
+
 def local_model_input(section, kind):
     """``config[section]["model"]`` as an input when ``kind`` (teacher.backend, arena.judge) is local
     and the model a folder; nothing for the oracle, the exact judge, an API or a hub id."""

@@ -30,10 +30,11 @@ rule render_captions:
 
 rule evaluate_fid:
     input:
-        code=code("evaluate_fid", "models/clip_features"),
+        code=code("evaluate_fid", "models/clip_features", "models/inception"),
         renders="<results>/render_captions/{captioner}.tar",
         images=split_dir("eval"),
         clip=model_input("clip"),
+        inception=inception_input(),
     output:
         "<results>/evaluate/fid/{captioner}.json",
     log:
@@ -49,10 +50,12 @@ rule evaluate_fid:
     params:
         cfg=cfg_json("evaluation"),
         clip=model_arg("clip"),
+        inception=inception_arg,
         profile=config["profile"],
     shell:
-        "python -m vlv.evaluate_fid --params {params.cfg:q} --profile {params.profile} --clip {params.clip} "
-        "--images {input.images} --renders {input.renders} --out {output} > {log} 2>&1"
+        "python -m vlv.evaluate_fid --params {params.cfg:q} --profile {params.profile} "
+        "--clip {params.clip} {params.inception} --images {input.images} --renders {input.renders} "
+        "--out {output} > {log} 2>&1"
 
 
 rule evaluate_caption_metrics:

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -38,6 +39,39 @@ def test_frechet_distance_is_zero_for_identical_sets_grows_with_noise_and_matche
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
     assert d[40] == pytest.approx(ref, rel=1e-4)
+
+
+def test_paper_fid_loads_a_torchscript_inception_and_measures_with_it(images, tmp_path):
+    """The paper profile's FID: a TorchScript file with the interface of NVIDIA's Inception-v3 export
+    (here a tiny random one) is loaded without torchvision, fed uint8-valued images in batches, and
+    its features give the Fréchet distance; a missing file names the download."""
+    from vlv.evaluate_fid import feature_space
+    from vlv.models.inception import INCEPTION_URL
+    from vlv.models.paper_sized import TinyInception, build_tiny_inception
+
+    path = build_tiny_inception(tmp_path / "inception.pt", features=6)
+    name, feature = feature_space("paper", None, str(path))
+    assert name == "FID" and feature.batch < len(images)  # several batches below
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    shifted = {s: np.clip(images.astype(int) + s, 0, 255).astype(np.uint8) for s in (20, 60)}
+    eager = TinyInception(6)
+    eager.load_state_dict(torch.jit.load(str(path)).state_dict())
+    with torch.no_grad():
+        want = eager(x, return_features=True).double()
+        b = eager(torch.from_numpy(shifted[60]).permute(0, 3, 1, 2), return_features=True).double().numpy()
+    got = feature(x)
+    assert got.dtype == torch.float64 and got.shape == (len(images), 6) and torch.allclose(got, want, atol=1e-6)
+    assert abs(frechet_distance(feature, images, images.copy())) < 1e-6
+    d = {s: frechet_distance(feature, images, x) for s, x in shifted.items()}
+    assert 0 < d[20] < d[60]
+    a = want.numpy()
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert d[60] == pytest.approx(ref, rel=1e-4)
+    with pytest.raises(SystemExit, match=re.escape(INCEPTION_URL)):
+        feature_space("paper", None, str(tmp_path / "absent.pt"))
+    with pytest.raises(SystemExit, match="models.inception"):
+        feature_space("paper", None, None)
 
 
 def test_streamed_distances_equal_the_whole_set_computation(clip, images, tmp_path, monkeypatch):
@@ -126,6 +160,10 @@ def test_coco_table_names_metric_dataset_and_profile(tmp_path):
     assert table[0]["SPICE"] == "not computed" and "FID" not in "".join(table[0])
     with pytest.raises(SystemExit, match="no caption metrics"):
         coco_rows(fids, mets[:1], "toy", "x")
+    fid = {"metric": "FID", "features": "Inception-v3 pool features (x)", "images": 5, "guidance": {"1": 9.5}}
+    (tmp_path / "vlv_pairs100.json").write_text(json.dumps(fid))  # the paper profile names its features
+    row = coco_rows(fids[:1], mets[:1], "paper", "COCO")[0]
+    assert row["metric"] == "FID on Inception-v3 pool features (x)" and row["FID cfg1"] == 9.5
 
 
 def test_spatial_table_rows_from_the_reconstruction_scores(tmp_path):

@@ -6,6 +6,7 @@ report, the Snakemake profiles, and paper-tiny: the paper profile's rules end to
 import csv
 import io
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -351,14 +352,14 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     local data: downloads (file:// URLs, pinned SHA-256), COCO, VQAv2 and OK-VQA into shards, LAION through
     img2dataset, the subset, stage 2's pairs, stage 1 and both stage-2 captioners through the
     committed accelerate config with 2 processes, the local VLM teacher, every captioner, Table 3 and
-    the cost report."""
+    Table 1's renders and their FID, and the cost report."""
     from vlv import paper_tiny
 
     assert paper_tiny.main(["--out", str(tmp_path / "pt"), "--img2dataset", img2dataset_exe]) == 0
     (tmp_path / "w").mkdir()
     wd = workflow_dir(tmp_path / "w")
     targets = ["results/paper/tables/vqa.csv", "results/paper/reconstruct/encoder/metrics.json"]
-    targets += ["results/paper/render_captions/vlv_pairs100.tar"]  # Table 1's renders, by the SD-3 class
+    targets += ["results/paper/evaluate/fid/vlv_pairs100.json"]  # Table 1: SD-3-class renders, Inception FID
     files = (ROOT / "config.yaml", ROOT / "config" / "paper.yaml", tmp_path / "pt" / "config.yaml")
     run_snakemake(wd, "--cores", "2", *targets, "results/paper/tables/cost.csv", configfiles=files)
     res = wd / "results" / "paper"
@@ -391,6 +392,9 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     }
     assert len(renders) == 8 * 2 and {im.shape for im in renders.values()} == {(32, 32, 3)}  # 8 captions x 2 guidances
     assert json.loads((res / "render_captions/vlv_pairs100.manifest.json").read_text())["renderer"].endswith("sd3")
+    fid = json.loads((res / "evaluate/fid/vlv_pairs100.json").read_text())  # the TorchScript Inception stand-in
+    assert fid["metric"] == "FID" and fid["features"].startswith("Inception-v3") and fid["images"] == 8
+    assert set(fid["guidance"]) == {"1", "3"} and all(math.isfinite(v) and v >= 0 for v in fid["guidance"].values())
     cost = {r["stage"]: r for r in csv.DictReader((res / "tables/cost.csv").open())}
     assert (
         cost["distill_stage1"]["measured_processes"] == "2"

@@ -101,6 +101,12 @@ def _cross_checks(cfg: dict) -> list[str]:
     arena = cfg.get("arena")
     if isinstance(arena, dict) and arena.get("judge") in ("local", "api") and not arena.get("model"):
         out.append(f"config key 'arena.model' is null but arena.judge {arena['judge']} needs the judge VLM")
+    models = cfg.get("models")
+    if profile == "paper" and isinstance(models, dict) and not models.get("inception"):
+        out.append(
+            "config key 'models.inception' is null but the paper profile's FID (Table 1) needs the Inception-v3 "
+            "TorchScript file (config/paper.yaml has its download)"
+        )
     return out
 
 

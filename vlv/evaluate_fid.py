@@ -1,9 +1,10 @@
 """Caption -> image distance per guidance scale: Fréchet distance between renders and the originals.
 
 Toy profile: features from the toy CLIP's image tower, reported as ``FD-toyCLIP`` (never "FID").
-Paper profile: the standard Inception FID needs the pytorch-fid Inception weights; torchmetrics
-reads them from ``--inception-weights`` (a missing file is a clear error saying where to put it).
-Both go through torchmetrics' ``FrechetInceptionDistance`` (a custom feature module for the toy).
+Paper profile: the standard Inception FID, on the pool features of TensorFlow's Inception-v3
+(``vlv.models.inception``: NVIDIA's TorchScript of the 2015-12-05 graph, ``--inception-weights``,
+fetched by rule download; a missing file is a clear error saying where to put it).
+Both go through torchmetrics' ``FrechetInceptionDistance`` with the feature module passed in.
 
 Example:
     python -m vlv.evaluate_fid --params "$(python -m vlv.config evaluation)" --clip models/toy/clip \
@@ -23,6 +24,7 @@ from .cli_common import load_params, setup_logging, stage_parser
 from .data.shards import ShardIndex, decode_image, iter_batches, iter_shard
 from .manifest import build_manifest, write_manifest
 from .render_captions import render_key
+from .training import pick_device
 
 BATCH = 256  # images per feature batch (the toy's 200 evaluation images: one)
 
@@ -42,21 +44,22 @@ def frechet_distance(feature: torch.nn.Module, real: np.ndarray, fake: np.ndarra
     return float(fd.compute())
 
 
-def feature_space(profile: str, clip: str | None, inception_weights: str | None):
+INCEPTION_FEATURES = "Inception-v3 pool features (TF 2015-12-05 weights, NVIDIA's TorchScript)"
+
+
+def feature_space(
+    profile: str, clip: str | None, inception_weights: str | None, device: str | torch.device = "cpu"
+) -> tuple[str, torch.nn.Module]:
     """(name of the metric, feature module) for the profile."""
     if profile == "toy":
         from .models.clip_features import ClipFeatures
 
         return "FD-toyCLIP", ClipFeatures(clip)
-    if not inception_weights or not Path(inception_weights).is_file():
-        raise SystemExit(
-            "FID needs the pytorch-fid Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth): download them "
-            "once and pass --inception-weights PATH (evaluation.inception_weights in the config)"
-        )
-    raise SystemExit(
-        "standard Inception FID needs torch-fidelity, which pulls torchvision (not allowed beside torch 2.13 here); "
-        "see README, Evaluation"
-    )
+    from .models.inception import InceptionFeatures
+
+    if not inception_weights:
+        raise SystemExit("the paper profile's FID needs --inception-weights (config models.inception)")
+    return "FID", InceptionFeatures(inception_weights, device)
 
 
 def distances_per_guidance(feature, images: str, renders: str, keys: list[str], guidances: list[float]) -> dict:
@@ -98,16 +101,19 @@ def main(argv=None) -> int:
     p = stage_parser(__doc__)
     p.add_argument("--profile", default="toy", choices=["toy", "paper"])
     p.add_argument("--clip", default=None)
-    p.add_argument("--inception-weights", default=None)
+    p.add_argument("--inception-weights", default=None, help="Inception-v3 TorchScript file (paper profile)")
+    p.add_argument("--device", default="auto")
     p.add_argument("--images", required=True, help="the original evaluation images")
     p.add_argument("--renders", required=True, help="render_captions tar")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     log = setup_logging()
     cfg = load_params(args.params)
-    metric, feature = feature_space(args.profile, args.clip, args.inception_weights)
+    metric, feature = feature_space(args.profile, args.clip, args.inception_weights, pick_device(args.device))
     keys = ShardIndex(args.images).keys[: cfg["n_images"]]
     result = {"metric": metric, "images": len(keys), "guidance": {}}
+    if metric == "FID":
+        result["features"] = INCEPTION_FEATURES
     result["guidance"] = distances_per_guidance(feature, args.images, args.renders, keys, cfg["renderer_guidance"])
     for g, value in result["guidance"].items():
         log.info("%s at guidance %s: %.3f", metric, g, value)
@@ -116,7 +122,13 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     write_manifest(
         out.with_suffix(".manifest.json"),
-        build_manifest("evaluate_fid", cfg, cfg["seed"], renders=args.renders, feature=args.clip or "inception"),
+        build_manifest(
+            "evaluate_fid",
+            cfg,
+            cfg["seed"],
+            renders=args.renders,
+            feature=args.clip if args.profile == "toy" else args.inception_weights,
+        ),
     )
     return 0
 

@@ -5,7 +5,7 @@ tiny local stand-in, so that the paper profile's own rules run end to end on a C
   DIR/models/  tiny folders of the paper profile's classes (Florence-2, an SD-2-style
                ``StableDiffusionPipeline`` with a KL VAE, ``CLIPModel``, ``Qwen2ForCausalLM`` as the
                caption decoder and the VQA reader, ``LlavaForConditionalGeneration`` as the teacher
-               and an open captioner);
+               and an open captioner) and a TorchScript Inception of the real one's interface;
   DIR/data/    an MS-COCO-2014-val-style image zip and caption annotations, VQAv2-style question and
                answer zips, and LAION-style metadata (parquet) whose URLs point at local JPEGs
                (``file://``), two of them dead and one above the watermark limit;
@@ -14,10 +14,10 @@ tiny local stand-in, so that the paper profile's own rules run end to end on a C
                accelerate config with 2 processes; a few steps everywhere).
 
 What it cannot stand in for (stated in the overlay): the teacher and open captioner Qwen2.5-VL (its
-processor needs torchvision, which this project does not install) and the Inception FID of Table 1
-(not built yet). Its targets are therefore the paper profile's rules up to Table 3 (``vqa.csv``),
-the stage-1 reconstructions and Table 1's renders (a tiny ``StableDiffusion3Pipeline``, the class of
-SD-3.5-medium).
+processor needs torchvision, which this project does not install). Table 1's Inception-v3 is a tiny
+random TorchScript module of the real file's interface, fetched by rule download like it. Its targets
+are the paper profile's rules up to Table 3 (``vqa.csv``), the stage-1 reconstructions and Table 1's
+renders (a tiny ``StableDiffusion3Pipeline``, the class of SD-3.5-medium) and their FID.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from .config import ROOT
 def build_models(out: Path, seed: int = 0) -> dict[str, Path]:
     from transformers import AutoTokenizer, CLIPProcessor, CLIPTokenizer
 
-    from .models.paper_sized import build_stage1_stack, build_tiny_llava, build_tiny_sd3
+    from .models.paper_sized import build_stage1_stack, build_tiny_inception, build_tiny_llava, build_tiny_sd3
     from .models.toy import build_clip, build_qwen2, clip_image_processor
 
     florence, sd, side = build_stage1_stack(out, "tiny", seed)
@@ -64,9 +64,10 @@ def build_models(out: Path, seed: int = 0) -> dict[str, Path]:
     ltok.save_pretrained(out / "llm")
     llava = build_tiny_llava(out / "llm", out / "llava", side, seed)
     sd3 = build_tiny_sd3(sd / "tokenizer", out / "sd3", side, seed)
+    inception = build_tiny_inception(out / "inception-2015-12-05.pt", seed=seed)
     return {
         "florence": florence, "sd": sd, "sd3": sd3, "clip": out / "clip", "llm": out / "llm", "llava": llava,
-        "side": side,
+        "inception": inception, "side": side,
     }  # fmt: skip
 
 
@@ -93,8 +94,9 @@ def _zip(path: Path, entries: dict[str, bytes | str]) -> Path:
     return path
 
 
-def build_data(out: Path, n_coco: int = 12, n_laion: int = 40, seed: int = 0) -> dict:
-    """COCO/VQAv2/OK-VQA-style zips and LAION-style metadata with local file:// URLs."""
+def build_data(out: Path, inception: Path, n_coco: int = 12, n_laion: int = 40, seed: int = 0) -> dict:
+    """COCO/VQAv2/OK-VQA-style zips and LAION-style metadata with local file:// URLs; the tiny
+    Inception stand-in is fetched like the real file (rule download)."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     ids = sorted(int(i) for i in rng.choice(500_000, n_coco, replace=False))
@@ -137,6 +139,7 @@ def build_data(out: Path, n_coco: int = 12, n_laion: int = 40, seed: int = 0) ->
             out / "mscoco_val2014_annotations.json.zip",
             {"mscoco_val2014_annotations.json": json.dumps({"annotations": ok_answers})},
         ),
+        "inception-2015-12-05.pt": inception,
     }
     laion = out / "laion"
     (laion / "images").mkdir(parents=True, exist_ok=True)
@@ -238,7 +241,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     models = build_models(out / "models")
-    data = build_data(out / "data")
+    data = build_data(out / "data", models["inception"])
     (out / "config.yaml").write_text(
         "# paper-tiny overlay (written by vlv.paper_tiny): use after config.yaml and config/paper.yaml\n"
         + yaml.safe_dump(overlay(models, data, args.img2dataset), sort_keys=False)

@@ -49,7 +49,7 @@ def coco_rows(fid_files: list[str], metric_files: list[str], profile: str, datas
             raise SystemExit(f"no caption metrics for captioner {name!r} (expected beside {f})")
         m = metrics[name]
         row = {"captioner": name, "dataset": dataset, "profile": profile, "images": fid["images"]}
-        row["metric"] = fid["metric"]
+        row["metric"] = f"{fid['metric']} on {fid['features']}" if "features" in fid else fid["metric"]
         row.update({f"{fid['metric']} cfg{g}": round(v, 4) for g, v in fid["guidance"].items()})
         row.update({k: ("not computed" if m.get(k) is None else round(m[k], 4)) for k in CAPTION_METRICS})
         row["implementation"] = m["implementation"]

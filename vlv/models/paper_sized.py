@@ -348,3 +348,32 @@ def build_tiny_llava(lm_folder: str | Path, out: str | Path, image_size: int = 3
         chat_template=template,
     ).save_pretrained(out)
     return out
+
+
+class TinyInception(torch.nn.Module):
+    """A random-weight stand-in with the interface of NVIDIA's Inception-v3 TorchScript
+    (``forward(uint8-valued NCHW, return_features=...)``, resizing inside): ``features`` pool
+    features instead of 2048."""
+
+    def __init__(self, features: int = 4, side: int = 32):
+        super().__init__()
+        self.side = side
+        self.conv = torch.nn.Conv2d(3, features, 3, padding=1)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(img.to(torch.float32), size=(self.side, self.side), mode="bilinear")
+        f = torch.relu(self.conv((x - 128.0) / 128.0)).mean(dim=(2, 3))
+        return f if return_features else f.sum(dim=1)
+
+
+def build_tiny_inception(out: str | Path, features: int = 4, seed: int = 0) -> Path:
+    """A TorchScript file loaded by ``vlv.models.inception.InceptionFeatures`` like the real one."""
+    import warnings
+
+    torch.manual_seed(seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; it still scripts and saves
+        warnings.simplefilter("ignore")
+        torch.jit.script(TinyInception(features).eval()).save(str(out))
+    return out
