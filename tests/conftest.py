@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -67,15 +68,25 @@ def run_snakemake(workdir: Path, *args: str, configfiles=(ROOT / "config.yaml", 
 
 @pytest.fixture(scope="session")
 def micro_all(tmp_path_factory) -> Path:
-    """A scratch directory in which `snakemake --cores 2 all` has run on the micro config (once per session)."""
+    """A scratch directory in which `snakemake --cores 2 all` has run on the micro config (once per
+    session: under pytest-xdist once per worker that runs a test using it; the tests that extend it
+    with more targets then run one after the other in that worker)."""
     wd = workflow_dir(tmp_path_factory.mktemp("micro_all"))
     run_snakemake(wd, "--cores", "2", "all")
     return wd
 
 
-def accelerate_launch(module: str, args: list[str], processes: int = 2, port: int = 29517, **kw):
+def free_port() -> int:
+    """A TCP port nothing listens on now (tests run side by side under pytest-xdist)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(module: str, args: list[str], processes: int = 2, port: int | None = None, **kw):
     """``accelerate launch`` of a stage through the committed config (config/accelerate/ddp.yaml), as
     the training rules do, with ``processes`` CPU processes over gloo (one thread each)."""
+    port = port or free_port()
     cmd = [
         sys.executable,
         "-m",

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import accelerate_launch, killed_at_step
+from conftest import accelerate_launch, free_port, killed_at_step
 from safetensors.torch import load_file
 
 from vlv import distill_stage1, generate_shapes
@@ -369,7 +369,7 @@ def test_two_machines_started_from_one_job_train_as_one_group(micro_config, tmp_
     assert distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "one", tmp_path / "w1")) == 0
     args = _stage1_args(params, pool, subset, vision, t2i, tmp_path / "two", tmp_path / "w2")
     launch = [sys.executable, "-m", "vlv.launch", "--config", str(root / "config/accelerate/ddp.yaml")]
-    launch += ["--processes", "1", "--machines", "2", "--port", "29533", "-m", "vlv.distill_stage1", *args]
+    launch += ["--processes", "1", "--machines", "2", "--port", str(free_port()), "-m", "vlv.distill_stage1", *args]
     machines = [
         subprocess.Popen(
             launch,

@@ -50,6 +50,21 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def cpu_description() -> dict[str, str | None]:
+    """The CPU model and the vector instruction set torch's kernels dispatch to: training on the CPU
+    is bit-reproducible on one machine, not across these (README, "Reproducibility")."""
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor() or None
+    torch = sys.modules.get("torch")  # only when the stage loaded it: light stages stay light
+    return {"model": model, "torch_capability": torch.backends.cpu.get_cpu_capability() if torch else None}
+
+
 def build_manifest(
     stage: str, config: dict, seed: int | None, device: str = "cpu", precision: str = "fp32", **extra
 ) -> dict:
@@ -65,6 +80,7 @@ def build_manifest(
         "run": {
             "git_revision": git_revision(Path(__file__).resolve().parent),
             "platform": platform.platform(),
+            "cpu": cpu_description(),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
         **extra,
