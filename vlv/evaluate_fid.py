@@ -44,9 +44,6 @@ def frechet_distance(feature: torch.nn.Module, real: np.ndarray, fake: np.ndarra
     return float(fd.compute())
 
 
-INCEPTION_FEATURES = "Inception-v3 pool features (TF 2015-12-05 weights, NVIDIA's TorchScript)"
-
-
 def feature_space(
     profile: str, clip: str | None, inception_weights: str | None, device: str | torch.device = "cpu"
 ) -> tuple[str, torch.nn.Module]:
@@ -112,8 +109,8 @@ def main(argv=None) -> int:
     metric, feature = feature_space(args.profile, args.clip, args.inception_weights, pick_device(args.device))
     keys = ShardIndex(args.images).keys[: cfg["n_images"]]
     result = {"metric": metric, "images": len(keys), "guidance": {}}
-    if metric == "FID":
-        result["features"] = INCEPTION_FEATURES
+    if hasattr(feature, "description"):  # the paper profile's Inception names its features
+        result["features"] = feature.description
     result["guidance"] = distances_per_guidance(feature, args.images, args.renders, keys, cfg["renderer_guidance"])
     for g, value in result["guidance"].items():
         log.info("%s at guidance %s: %.3f", metric, g, value)

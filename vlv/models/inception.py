@@ -26,6 +26,8 @@ class InceptionFeatures(torch.nn.Module):
     """``forward(uint8 NCHW)`` -> float64 N x 2048 on the CPU (torchmetrics' Fréchet distance keeps
     its sums there), computed on ``device`` ``batch`` images at a time."""
 
+    description = "Inception-v3 pool features (TF 2015-12-05 weights, NVIDIA's TorchScript)"
+
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu", batch: int = 64):
         super().__init__()
         path = Path(path)
