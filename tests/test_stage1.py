@@ -12,7 +12,7 @@ from conftest import accelerate_launch, free_port, killed_at_step
 from safetensors.torch import load_file
 
 from vlv import distill_stage1, generate_shapes
-from vlv.models.frozen_decoder import FrozenT2IDecoder, clip_text_from_embeddings
+from vlv.models.frozen_decoder import FrozenT2IDecoder, clip_text_from_embeddings, unet_condition
 from vlv.models.hub import MissingModelError
 from vlv.models.vlv_encoder import PARTS, VLVEncoder
 
@@ -45,6 +45,21 @@ def test_clip_path_on_token_embeddings_equals_the_text_model(toy_parts):
     assert torch.allclose(
         clip_text_from_embeddings(rnd, rnd.embeddings.token_embedding(ids)), rnd(ids).last_hidden_state, atol=1e-5
     )
+
+
+def test_direct_route_reads_the_text_models_final_norm_only(root, toy_parts):
+    _, dec = toy_parts
+    direct = FrozenT2IDecoder(str(root / "models/toy/t2i"), route="direct")
+    z = 3.0 * torch.randn(2, 8, dec.embed_dim, generator=torch.Generator().manual_seed(0)) + 1.5
+    te = direct.text_encoder
+    cond = direct.condition(z)
+    ln = te.final_layer_norm
+    # each token standardised, then the frozen norm's own scale and shift: what the UNet was trained on
+    standard = (z - z.mean(-1, keepdim=True)) / torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + ln.eps)
+    assert torch.allclose(cond, standard * ln.weight + ln.bias, atol=1e-5)
+    assert not torch.allclose(cond, dec.condition(z), atol=1e-3)  # the text-encoder route is another function
+    with pytest.raises(ValueError, match="route must be one of"):
+        unet_condition(te, z, "straight")
 
 
 def test_trainable_switch_freezes_exactly_the_named_parts(toy_parts):

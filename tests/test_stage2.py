@@ -40,6 +40,20 @@ def test_prefix_positions_carry_no_loss_and_eos_is_in_the_labels(captioner):
     assert len(short) == 4 and short[-1] == eos
 
 
+@pytest.mark.parametrize("route", ["text_encoder", "direct"])
+def test_psi_reads_what_the_unet_read_on_either_route(root, route):
+    from vlv.models.frozen_decoder import FrozenT2IDecoder
+
+    dec = FrozenT2IDecoder(str(root / "models/toy/t2i"), route=route)
+    torch.manual_seed(0)
+    cap = VLVCaptioner.build(
+        str(root / "models/toy/vision"), str(root / "models/toy/t2i"), str(root / "models/toy/lm"), route, 8
+    )
+    pixels = cap.encoder.preprocess(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    with torch.no_grad():
+        assert torch.allclose(cap.caption_input(pixels), dec.condition(cap.encoder(pixels)), atol=1e-6)
+
+
 @pytest.mark.parametrize("trainable", sorted(TRAINABLE))
 def test_trainable_set_freezes_exactly_what_it_says(captioner, trainable):
     captioner.set_trainable(trainable)

@@ -2,8 +2,8 @@
 
 ``prefix(pixel_values)`` is the paper's e = psi(T(z)): the VLV encoder's N_q caption embeddings
 z, through the T2I decoder's frozen CLIP text encoder T (``route="text_encoder"``, as the paper;
-``route="direct"`` skips T, matching a stage 1 trained on that route), through the MLP psi into the
-LM's input width. The LM reads [e ; caption tokens]; the loss is the caption cross-entropy with no
+``route="direct"``: T's final layer norm only, matching a stage 1 trained on that route: psi reads
+exactly what the UNet read), through the MLP psi into the LM's input width. The LM reads [e ; caption tokens]; the loss is the caption cross-entropy with no
 loss on the prefix positions or on padding, and an end-of-sequence token after every caption, so
 generation stops by itself.
 
@@ -13,7 +13,7 @@ with the queries, phi and the vision tower frozen as in the official code). The 
 is always frozen. The LM is fully fine-tuned or carries LoRA adapters (peft).
 
 The saved folder is self-describing: ``encoder/`` (a VLV encoder folder), ``text_encoder/``
-(``CLIPTextModel``, when the route uses it), ``llm/`` (model + tokenizer; LoRA adapters merged),
+(``CLIPTextModel``), ``llm/`` (model + tokenizer; LoRA adapters merged),
 ``psi.safetensors`` and ``vlv_captioner.json``.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .frozen_decoder import ROUTES, clip_text_from_embeddings
+from .frozen_decoder import ROUTES, unet_condition
 from .hub import require_local
 from .vlv_encoder import MASTER_DTYPE, VLVEncoder
 
@@ -47,15 +47,14 @@ class VLVCaptioner(torch.nn.Module):
         super().__init__()
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
-        if route == "text_encoder" and text_encoder is None:
-            raise ValueError("route 'text_encoder' needs the T2I decoder's CLIP text encoder")
+        if text_encoder is None:
+            raise ValueError("the captioner needs the T2I decoder's CLIP text encoder (both routes end in it)")
         self.encoder = encoder
-        self.text_encoder = text_encoder if route == "text_encoder" else None
+        self.text_encoder = text_encoder
         self.llm = llm
         self.tokenizer = tokenizer
         self.route = route
-        d_in = text_encoder.config.hidden_size if self.text_encoder is not None else encoder.config["clip_dim"]
-        self.psi = build_psi(d_in, llm.config.hidden_size)
+        self.psi = build_psi(text_encoder.config.hidden_size, llm.config.hidden_size)
         if tokenizer.eos_token_id is None:
             raise ValueError("the LM's tokenizer has no end-of-sequence token; stage 2 trains the model to emit one")
         if tokenizer.pad_token_id is None:
@@ -67,17 +66,13 @@ class VLVCaptioner(torch.nn.Module):
         a Florence-2 folder or hub id (queries and phi then start random, ``num_queries`` of them)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPTextModel
 
-        text_encoder = None
-        if route == "text_encoder":
-            t2i_local = Path(require_local(t2i, "text-to-image decoder (for its CLIP text encoder)"))
-            text_encoder = CLIPTextModel.from_pretrained(t2i_local / "text_encoder", dtype=MASTER_DTYPE)
+        t2i_local = Path(require_local(t2i, "text-to-image decoder (for its CLIP text encoder)"))
+        text_encoder = CLIPTextModel.from_pretrained(t2i_local / "text_encoder", dtype=MASTER_DTYPE)
         if (Path(encoder) / "vlv_encoder.json").exists():
             enc = VLVEncoder.from_pretrained(encoder)
         else:
             if num_queries is None:
                 raise ValueError("a Florence-2 starting point needs num_queries")
-            if text_encoder is None:
-                raise ValueError("the direct route without stage 1 has no CLIP width to project to")
             enc = VLVEncoder.from_florence(encoder, num_queries, text_encoder.config.hidden_size)
         llm_local = require_local(llm, "caption LM")
         return cls(
@@ -113,9 +108,8 @@ class VLVCaptioner(torch.nn.Module):
     # ----------------------------------------------------------------------------- forward
 
     def caption_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """T(z): what psi reads (the frozen text encoder's output of the caption embeddings)."""
-        z = self.encoder(pixel_values)
-        return clip_text_from_embeddings(self.text_encoder, z) if self.text_encoder is not None else z
+        """T(z): what psi reads, the UNet's conditioning from the caption embeddings along the route."""
+        return unet_condition(self.text_encoder, self.encoder(pixel_values), self.route)
 
     def prefix(self, pixel_values: torch.Tensor | None = None, caption_input: torch.Tensor | None = None):
         h = self.caption_input(pixel_values) if caption_input is None else caption_input
@@ -194,8 +188,7 @@ class VLVCaptioner(torch.nn.Module):
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(out / "encoder")
-        if self.text_encoder is not None:
-            self.text_encoder.save_pretrained(out / "text_encoder")
+        self.text_encoder.save_pretrained(out / "text_encoder")
         llm = self.llm.merge_and_unload() if _has_lora(self.llm) else self.llm
         llm.save_pretrained(out / "llm")
         self.tokenizer.save_pretrained(out / "llm")
@@ -218,14 +211,9 @@ class VLVCaptioner(torch.nn.Module):
                 f"{path} is not a VLV captioner folder (no vlv_captioner.json); train one with the finetune_stage2 rule"
             )
         cfg = json.loads((path / "vlv_captioner.json").read_text())
-        te = (
-            CLIPTextModel.from_pretrained(path / "text_encoder", dtype=MASTER_DTYPE)
-            if cfg["route"] == "text_encoder"
-            else None
-        )
         cap = cls(
             VLVEncoder.from_pretrained(path / "encoder"),
-            te,
+            CLIPTextModel.from_pretrained(path / "text_encoder", dtype=MASTER_DTYPE),
             AutoModelForCausalLM.from_pretrained(path / "llm", dtype=dtype),
             AutoTokenizer.from_pretrained(path / "llm"),
             cfg["route"],

