@@ -12,7 +12,7 @@ from conftest import accelerate_launch, free_port, killed_at_step
 from safetensors.torch import load_file
 
 from vlv import distill_stage1, generate_shapes
-from vlv.models.frozen_decoder import FrozenT2IDecoder, clip_text_from_embeddings, unet_condition
+from vlv.models.frozen_decoder import FrozenT2IDecoder, clip_text_from_embeddings, encoder_route, unet_condition
 from vlv.models.hub import MissingModelError
 from vlv.models.vlv_encoder import PARTS, VLVEncoder
 
@@ -338,15 +338,34 @@ def test_hub_ids_fail_at_once_offline_saying_what_to_download():
         FrozenT2IDecoder("stabilityai/stable-diffusion-2-1-base")
 
 
+def test_an_encoder_folder_records_its_route_and_decoding_takes_it(tmp_path, root, toy_parts):
+    enc, dec = toy_parts
+    VLVEncoder.from_florence(
+        str(root / "models/toy/vision"), num_queries=8, clip_dim=dec.embed_dim, route="direct"
+    ).save_pretrained(tmp_path / "direct")
+    enc.save_pretrained(tmp_path / "unknown")  # no route, as folders saved before it was recorded
+    direct = VLVEncoder.from_pretrained(tmp_path / "direct")
+    assert json.loads((tmp_path / "direct/vlv_encoder.json").read_text())["route"] == "direct"
+    assert encoder_route(direct) == encoder_route(direct, "direct") == "direct"
+    with pytest.raises(ValueError, match="trained on route 'direct', not 'text_encoder'"):
+        encoder_route(direct, "text_encoder")
+    unknown = VLVEncoder.from_pretrained(tmp_path / "unknown")
+    assert encoder_route(unknown, "text_encoder") == "text_encoder"
+    with pytest.raises(ValueError, match="records no route"):
+        encoder_route(unknown)
+    with pytest.raises(ValueError, match="route must be one of"):
+        encoder_route(unknown, "straight")
+
+
 def test_vlv_reconstruct_command_writes_pngs_and_reports_a_bad_file(tmp_path, root, capsys):
     from PIL import Image
 
     from vlv.cli import main as vlv_main
 
     dec_dim = 128
-    VLVEncoder.from_florence(str(root / "models/toy/vision"), num_queries=8, clip_dim=dec_dim).save_pretrained(
-        tmp_path / "enc"
-    )
+    VLVEncoder.from_florence(
+        str(root / "models/toy/vision"), num_queries=8, clip_dim=dec_dim, route="direct"
+    ).save_pretrained(tmp_path / "enc")
     Image.fromarray(np.full((48, 40, 3), 128, np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"not a png")
     out = tmp_path / "out"
@@ -372,6 +391,11 @@ def test_vlv_reconstruct_command_writes_pngs_and_reports_a_bad_file(tmp_path, ro
     assert "b.png: cannot read image" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["a_recon_cfg1.png", "a_recon_cfg3.png"]
     assert Image.open(out / "a_recon_cfg3.png").size == (32, 32)
+    # the route is the encoder's: another one is refused before anything is decoded
+    with pytest.raises(SystemExit, match="trained on route 'direct', not 'text_encoder'"):
+        vlv_main(
+            ["reconstruct", str(tmp_path / "a.png"), "--encoder", str(tmp_path / "enc"), "--route", "text_encoder"]
+        )
 
 
 @pytest.mark.slow

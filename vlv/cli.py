@@ -90,6 +90,20 @@ def _detect(argv) -> int:
     return status
 
 
+def _encoder_and_decoder(args):
+    """The trained encoder (``--encoder``) and the frozen decoder (``--decoder``) along the route the
+    encoder was trained on (``--route``, when given, must be that one)."""
+    from .models.frozen_decoder import FrozenT2IDecoder, encoder_route
+    from .models.vlv_encoder import VLVEncoder
+
+    encoder = VLVEncoder.from_pretrained(args.encoder)
+    try:
+        route = encoder_route(encoder, args.route)
+    except ValueError as e:
+        raise SystemExit(f"{args.encoder}: {e}") from None
+    return encoder, FrozenT2IDecoder(args.decoder, route=route)
+
+
 def _reconstruct(argv) -> int:
     from pathlib import Path
 
@@ -97,6 +111,7 @@ def _reconstruct(argv) -> int:
     from PIL import Image
 
     from .config import ROOT, load_config
+    from .models import ROUTES
 
     cfg = load_config(ROOT / "config.yaml")
     p = argparse.ArgumentParser(
@@ -107,7 +122,7 @@ def _reconstruct(argv) -> int:
     p.add_argument(
         "--decoder", default=cfg["models"]["t2i"], help="the T2I pipeline folder or hub id it was trained with"
     )
-    p.add_argument("--route", default=cfg["stage1"]["route"], choices=["text_encoder", "direct"])
+    p.add_argument("--route", default=None, choices=ROUTES, help="default: the one the encoder was trained on")
     p.add_argument("--guidance", type=float, nargs="+", default=[2.0])
     p.add_argument("--steps", type=int, default=cfg["stage1"]["reconstruct_steps"])
     p.add_argument("--seed", type=int, default=0)
@@ -116,11 +131,7 @@ def _reconstruct(argv) -> int:
 
     import torch
 
-    from .models.frozen_decoder import FrozenT2IDecoder
-    from .models.vlv_encoder import VLVEncoder
-
-    encoder = VLVEncoder.from_pretrained(args.encoder)
-    dec = FrozenT2IDecoder(args.decoder, route=args.route)
+    encoder, dec = _encoder_and_decoder(args)
     side = dec.unet.config.sample_size * dec.pipe.vae_scale_factor
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,6 +157,7 @@ def _compose(argv) -> int:
     from PIL import Image
 
     from .config import ROOT, load_config
+    from .models import ROUTES
 
     cfg = load_config(ROOT / "config.yaml")
     p = argparse.ArgumentParser(
@@ -159,7 +171,7 @@ def _compose(argv) -> int:
     p.add_argument(
         "--decoder", default=cfg["models"]["t2i"], help="the T2I pipeline folder or hub id it was trained with"
     )
-    p.add_argument("--route", default=cfg["stage1"]["route"], choices=["text_encoder", "direct"])
+    p.add_argument("--route", default=None, choices=ROUTES, help="default: the one the encoder was trained on")
     p.add_argument("--tokens-from-a", type=int, nargs="+", default=None, help="K values (default: N_q/4, /2, 3/4)")
     p.add_argument("--guidance", type=float, default=cfg["ablations"]["compose"]["guidance"])
     p.add_argument("--steps", type=int, default=cfg["stage1"]["reconstruct_steps"])
@@ -168,15 +180,12 @@ def _compose(argv) -> int:
     args = p.parse_args(argv)
 
     from .compose import compose_images, token_counts
-    from .models.frozen_decoder import FrozenT2IDecoder
-    from .models.vlv_encoder import VLVEncoder
 
     pair = [img for _, img in read_images([args.a, args.b])]
     if len(pair) != 2 or any(img is None for img in pair):
         print("vlv compose takes two image files", file=sys.stderr)
         return 1
-    encoder = VLVEncoder.from_pretrained(args.encoder)
-    dec = FrozenT2IDecoder(args.decoder, route=args.route)
+    encoder, dec = _encoder_and_decoder(args)
     side = dec.unet.config.sample_size * dec.pipe.vae_scale_factor
     a, b = (np.asarray(img.convert("RGB").resize((side, side), Image.Resampling.BICUBIC))[None] for img in pair)
     n_q = encoder.config["num_queries"]

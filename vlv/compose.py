@@ -28,7 +28,7 @@ import torch
 from .cli_common import load_params, setup_logging, stage_parser
 from .data.shards import load_images
 from .manifest import build_manifest, write_manifest
-from .models.frozen_decoder import FrozenT2IDecoder
+from .models.frozen_decoder import FrozenT2IDecoder, encoder_route
 from .models.vlv_encoder import VLVEncoder
 from .reconstruct import embed_images
 from .training import pick_device
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     cfg = load_params(args.params)
     device = pick_device(args.device)
     encoder = VLVEncoder.from_pretrained(args.encoder).to(device)
-    dec = FrozenT2IDecoder(args.decoder, route=cfg["route"]).to(device)
+    dec = FrozenT2IDecoder(args.decoder, route=encoder_route(encoder, cfg["route"])).to(device)
     keys, images, metas = load_images(args.images)
     n = min(cfg["pairs"], len(images) // 2)
     if n == 0:

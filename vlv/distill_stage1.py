@@ -76,7 +76,7 @@ def build(params: dict, vision: str, decoder: str, device) -> tuple[VLVEncoder, 
         raise SystemExit(
             f"stage1.num_queries={params['num_queries']} exceeds the text encoder's {dec.max_tokens} positions"
         )
-    enc = VLVEncoder.from_florence(vision, params["num_queries"], dec.embed_dim)
+    enc = VLVEncoder.from_florence(vision, params["num_queries"], dec.embed_dim, route=params["route"])
     enc.set_trainable(params["trainable"])
     if params["gradient_checkpointing"]:
         enc.florence.gradient_checkpointing_enable()

@@ -28,7 +28,7 @@ from .cli_common import load_params, setup_logging, stage_parser
 from .data.shards import ShardIndex, encode_png, load_images, write_shard
 from .figures import save_image_grid
 from .manifest import build_manifest, write_manifest
-from .models.frozen_decoder import FrozenT2IDecoder
+from .models.frozen_decoder import FrozenT2IDecoder, encoder_route
 from .models.vlv_encoder import VLVEncoder
 from .training import pick_device
 
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     cfg = load_params(args.params)
     device = pick_device(args.device)
     encoder = VLVEncoder.from_pretrained(args.encoder).to(device)
-    dec = FrozenT2IDecoder(args.decoder, route=cfg["route"]).to(device)
+    dec = FrozenT2IDecoder(args.decoder, route=encoder_route(encoder, cfg["route"])).to(device)
     # only the first n_eval_images are decoded (the paper's evaluation split holds 30K at 512 px)
     keys, images, metas = load_images(args.images, ShardIndex(args.images).keys[: cfg["n_eval_images"]])
     captions = [m["captions"][0] if m.get("captions") else "" for m in metas]

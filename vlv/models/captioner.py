@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .frozen_decoder import ROUTES, unet_condition
+from .frozen_decoder import ROUTES, encoder_route, unet_condition
 from .hub import require_local
 from .vlv_encoder import MASTER_DTYPE, VLVEncoder
 
@@ -70,10 +70,11 @@ class VLVCaptioner(torch.nn.Module):
         text_encoder = CLIPTextModel.from_pretrained(t2i_local / "text_encoder", dtype=MASTER_DTYPE)
         if (Path(encoder) / "vlv_encoder.json").exists():
             enc = VLVEncoder.from_pretrained(encoder)
+            route = encoder_route(enc, route)  # psi must read what the UNet read in stage 1
         else:
             if num_queries is None:
                 raise ValueError("a Florence-2 starting point needs num_queries")
-            enc = VLVEncoder.from_florence(encoder, num_queries, text_encoder.config.hidden_size)
+            enc = VLVEncoder.from_florence(encoder, num_queries, text_encoder.config.hidden_size, route=route)
         llm_local = require_local(llm, "caption LM")
         return cls(
             enc,

@@ -15,11 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import pixel_autoencoder  # noqa: F401  (the toy VAE class must be importable by name)
+from . import ROUTES, pixel_autoencoder  # noqa: F401  (the toy VAE class must be importable by name)
 from .hub import require_local
 from .t2i import denoising_loss
-
-ROUTES = ("text_encoder", "direct")
 
 
 def clip_text_from_embeddings(text_encoder, inputs_embeds: torch.Tensor) -> torch.Tensor:
@@ -40,6 +38,25 @@ def unet_condition(text_encoder, z: torch.Tensor, route: str) -> torch.Tensor:
     if route == "direct":
         return text_encoder.final_layer_norm(z)
     raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+
+
+def encoder_route(encoder, route: str | None = None) -> str:
+    """The route along which ``encoder``'s embeddings must reach the UNet: the one stage 1 trained it
+    on (recorded in its folder). A ``route`` asked for as well must be that one; an encoder folder
+    that records none (saved before the route was recorded) needs ``route``."""
+    trained = encoder.config.get("route")
+    if route is not None and route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    if trained is None:
+        if route is None:
+            raise ValueError(f"the encoder folder records no route; give the one it was trained on ({ROUTES})")
+        return route
+    if route is not None and route != trained:
+        raise ValueError(
+            f"the encoder was trained on route {trained!r}, not {route!r}: its embeddings mean nothing to the UNet "
+            f"along another route (set stage1.route: {trained} or retrain stage 1)"
+        )
+    return trained
 
 
 class FrozenT2IDecoder(torch.nn.Module):

@@ -5,8 +5,8 @@ turn the image into visual tokens, which replace the image placeholders of the t
 BART language encoder reads the merged sequence; its BART decoder reads N_q learnable query
 embeddings (instead of token embeddings) with cross-attention to the encoder; the MLP phi maps the
 decoder states to the frozen CLIP text encoder's width. The saved folder is self-describing:
-``florence2/`` (model + processor, ``save_pretrained``), ``vlv_encoder.json`` and
-``vlv_head.safetensors`` (queries and phi).
+``florence2/`` (model + processor, ``save_pretrained``), ``vlv_encoder.json`` (sizes, prompt and the
+route to the UNet stage 1 trained it on) and ``vlv_head.safetensors`` (queries and phi).
 """
 
 from __future__ import annotations
@@ -36,7 +36,17 @@ def pixel_values(image_processor, images) -> torch.Tensor:
 
 
 class VLVEncoder(torch.nn.Module):
-    def __init__(self, florence, processor, num_queries: int, clip_dim: int, prompt: str = DEFAULT_PROMPT):
+    def __init__(
+        self,
+        florence,
+        processor,
+        num_queries: int,
+        clip_dim: int,
+        prompt: str = DEFAULT_PROMPT,
+        route: str | None = None,
+    ):
+        """``route``: how stage 1 sends these embeddings to the UNet (``frozen_decoder.ROUTES``), recorded
+        in the saved folder so that whoever decodes them takes the same route; None: not known."""
         super().__init__()
         self.florence = florence
         self.processor = processor
@@ -46,13 +56,15 @@ class VLVEncoder(torch.nn.Module):
         self.projection = torch.nn.Sequential(
             torch.nn.Linear(d, clip_dim), torch.nn.GELU(), torch.nn.Linear(clip_dim, clip_dim)
         )
-        self.config = {"num_queries": num_queries, "clip_dim": clip_dim, "prompt": prompt, "d_model": d}
+        self.config = {"num_queries": num_queries, "clip_dim": clip_dim, "prompt": prompt, "d_model": d, "route": route}
         # The prompt's token ids (image placeholders included) are the same for every image.
         ids = processor(text=[prompt], images=[_blank(processor)], return_tensors="pt")["input_ids"]
         self.register_buffer("prompt_ids", ids, persistent=False)
 
     @classmethod
-    def from_florence(cls, path: str, num_queries: int, clip_dim: int, prompt: str = DEFAULT_PROMPT) -> VLVEncoder:
+    def from_florence(
+        cls, path: str, num_queries: int, clip_dim: int, prompt: str = DEFAULT_PROMPT, route: str | None = None
+    ) -> VLVEncoder:
         """A fresh encoder around a pretrained Florence-2 folder or hub id (queries and phi random)."""
         from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
@@ -63,6 +75,7 @@ class VLVEncoder(torch.nn.Module):
             num_queries,
             clip_dim,
             prompt,
+            route,
         )
 
     # ----------------------------------------------------------------------------- structure
@@ -160,6 +173,7 @@ class VLVEncoder(torch.nn.Module):
             cfg["num_queries"],
             cfg["clip_dim"],
             cfg["prompt"],
+            cfg.get("route"),  # folders saved before the route was recorded have none
         )
         head = load_file(str(path / "vlv_head.safetensors"))
         with torch.no_grad():
