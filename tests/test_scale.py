@@ -230,7 +230,11 @@ def test_gradient_accumulation_gives_the_one_pass_update_in_both_stages(micro_co
     one, acc = _weights(tmp_path / "one"), _weights(tmp_path / "acc")
     init = {k: v for k, v in _weights_init(root).items() if k in one and not torch.equal(one[k], v)}
     rel, size = _relative_update_difference(one, acc, init)
-    assert size > 1e-3 and rel < 1e-4, rel
+    # AdamW divides each update by its gradient's size, so weights with near-zero gradients turn the
+    # summation order's float noise into visible update differences (1.3e-4 with the width-128 toy
+    # BART, under 1e-4 at width 64). The check is for accumulation mistakes: a micro batch dropped or
+    # counted twice changes the gradient by a quarter of the batch, not in its last bits.
+    assert size > 1e-3 and rel < 1e-3, rel
     assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "acc"), rel=1e-5)  # scaled, not summed
 
     pairs, caps = _pairs(micro_config, tmp_path)
