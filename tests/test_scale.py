@@ -221,8 +221,10 @@ def test_gradient_accumulation_gives_the_one_pass_update_in_both_stages(micro_co
 
     pool, subset = _data(micro_config, tmp_path)
     vision, t2i = root / "models/toy/vision", root / "models/toy/t2i"
-    for name, micro in (("one", None), ("acc", 1)):  # 4 images per step: one pass, or four of one image
-        params = _micro_stage1(micro_config, steps=2, checkpoint_every=100, micro_batch_size=micro)
+    # 4 images per step, each noised twice: one pass, or four of one image (and its two draws); and one
+    # pass with one draw per image
+    for name, micro, draws in (("one", None, 2), ("acc", 1, 2), ("single", None, 1)):
+        params = _micro_stage1(micro_config, steps=2, checkpoint_every=100, micro_batch_size=micro, noise_draws=draws)
         assert (
             distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / name, tmp_path / f"w{name}"))
             == 0
@@ -236,6 +238,8 @@ def test_gradient_accumulation_gives_the_one_pass_update_in_both_stages(micro_co
     # counted twice changes the gradient by a quarter of the batch, not in its last bits.
     assert size > 1e-3 and rel < 1e-3, rel
     assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "acc"), rel=1e-5)  # scaled, not summed
+    # the second draw is used: the first step's loss is the mean over both draws, not the first's alone
+    assert _losses(tmp_path / "single")[0] != pytest.approx(_losses(tmp_path / "one")[0], rel=1e-3)
 
     pairs, caps = _pairs(micro_config, tmp_path)
     for name, micro in (("one2", None), ("acc2", 3)):  # 8 captions per step: one pass, or passes of 3, 3, 2

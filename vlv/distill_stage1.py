@@ -2,7 +2,8 @@
 
 Each step: encode a batch of images into N_q caption embeddings, condition the frozen decoder on
 them (through its frozen CLIP text encoder, or directly, by ``route``), and minimise the denoising
-MSE on the images' own latents at uniform random timesteps. accelerate handles devices and
+MSE on the images' own latents at uniform random timesteps (``noise_draws`` timestep-and-noise draws per
+image, the encoder run once for them; the paper: one). accelerate handles devices and
 processes (the global batch is split across processes; each step's images, noise and timesteps are
 a pure function of (seed, step), so 1 and N processes see the same global batch). AdamW with the
 configured betas and weight decay, a warmup + cosine schedule over the *whole* run, fp32 or bf16,
@@ -104,6 +105,7 @@ def main(argv=None) -> int:
     per_proc = cfg["batch_size"] // world
     chunks = micro_batches(per_proc, cfg["micro_batch_size"])
     seed = int(cfg["seed"])
+    draws = int(cfg["noise_draws"])
     seed_everything(seed)  # the same initial queries and phi on every process
 
     enc, dec = build(cfg, args.vision, args.decoder, acc.device)
@@ -191,7 +193,10 @@ def main(argv=None) -> int:
     loaded = loader(batches) if reads_images else itertools.repeat((None, None))
     for step, (images, pixel_values) in zip(bar, loaded, strict=reads_images):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        timesteps = torch.randint(0, dec.noise_scheduler.config.num_train_timesteps, (cfg["batch_size"],), generator=g)
+        # draws x global batch: each image is noised `noise_draws` times (the encoder runs once for them)
+        timesteps = torch.randint(
+            0, dec.noise_scheduler.config.num_train_timesteps, (draws, cfg["batch_size"]), generator=g
+        )
         noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
         mine = slice(rank * per_proc, (rank + 1) * per_proc)
         with torch.no_grad():
@@ -206,8 +211,8 @@ def main(argv=None) -> int:
             latents = dist.sample(generator=torch.Generator(device=acc.device).manual_seed(noise_seed + rank)) * scaling
         # noise for the whole global batch, then this process's slice: same draws for any world size
         gen = torch.Generator().manual_seed(noise_seed)
-        noise = torch.randn((cfg["batch_size"], *latents.shape[1:]), generator=gen)[mine]
-        t_mine = timesteps[mine]
+        noise = torch.randn((draws, cfg["batch_size"], *latents.shape[1:]), generator=gen)[:, mine]
+        t_mine = timesteps[:, mine]
 
         feats = None if vision_cached is None else gather(vision_cached, batches.mine(step))
 
@@ -217,8 +222,13 @@ def main(argv=None) -> int:
                     z = enc_ddp(pixel_values[c].to(acc.device))
                 else:
                     z = enc_ddp(image_features=feats[c].to(acc.device))
-                cond = dec.condition(z)
-                loss = dec.diffusion_loss(latents[c], cond, noise[c], t_mine[c])
+                cond, n = dec.condition(z), c.stop - c.start
+                loss = dec.diffusion_loss(  # the mean over every (image, draw) pair of this micro batch
+                    latents[c].repeat(draws, 1, 1, 1),
+                    cond.repeat(draws, 1, 1),
+                    noise[:, c].reshape(draws * n, *noise.shape[2:]),
+                    t_mine[:, c].reshape(draws * n),
+                )
             return loss if len(chunks) == 1 else loss * ((c.stop - c.start) / per_proc)
 
         loss = accumulate(acc, enc_ddp, chunks, loss_fn)
