@@ -67,12 +67,38 @@ def run_snakemake(workdir: Path, *args: str, configfiles=(ROOT / "config.yaml", 
 
 
 @pytest.fixture(scope="session")
-def micro_all(tmp_path_factory) -> Path:
-    """A scratch directory in which `snakemake --cores 2 all` has run on the micro config (once per
-    session: under pytest-xdist once per worker that runs a test using it; the tests that extend it
-    with more targets then run one after the other in that worker)."""
-    wd = workflow_dir(tmp_path_factory.mktemp("micro_all"))
-    run_snakemake(wd, "--cores", "2", "all")
+def micro_all(tmp_path_factory, worker_id) -> Path:
+    """A scratch directory in which `snakemake --cores 2 all` has run on the micro config, built once
+    per test session and shared by every pytest-xdist worker (the first to ask builds it under a file
+    lock; the others wait for it). Read it only: a test that runs more targets there takes
+    ``micro_all_copy``."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # the workers' base folders share this parent
+        shared = shared.parent
+    wd, failed = shared / "micro_all", shared / "micro_all.failed"
+    with FileLock(str(shared / "micro_all.lock")):
+        if failed.exists():
+            pytest.fail(f"the micro `all` run failed in another worker:\n{failed.read_text()}")
+        if not (wd / ".built").exists():
+            shutil.rmtree(wd, ignore_errors=True)
+            wd.mkdir()
+            try:
+                run_snakemake(workflow_dir(wd), "--cores", "2", "all")
+            except AssertionError as e:
+                failed.write_text(str(e))
+                raise
+            (wd / ".built").touch()
+    return wd
+
+
+@pytest.fixture
+def micro_all_copy(micro_all, tmp_path) -> Path:
+    """This test's own copy of ``micro_all`` (file times and Snakemake's records kept, so it is just as
+    up to date), for tests that run more targets in it."""
+    wd = tmp_path / "micro_all"
+    shutil.copytree(micro_all, wd, symlinks=True)
     return wd
 
 

@@ -81,8 +81,8 @@ def test_ablation_rows_name_the_setting_from_each_artefacts_manifest(tmp_path):
         captioner_rows("x", [str(fid)], [str(tmp_path / "ft" / "other")], None, "toy", "S", str)
 
 
-def test_micro_ablations_target_adds_variants_without_retraining_the_main_run(micro_all):
-    wd = micro_all
+def test_micro_ablations_target_adds_variants_without_retraining_the_main_run(micro_all_copy):
+    wd = micro_all_copy
     main_encoder = (wd / "results/distill_stage1/encoder/vlv_encoder.json").stat().st_mtime_ns
     main_captioner = (wd / "results/finetune_stage2/vlv_pairs100/manifest.json").stat().st_mtime_ns
     run_snakemake(wd, "--cores", "2", "ablations")

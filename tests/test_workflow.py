@@ -68,8 +68,8 @@ def test_bad_config_stops_before_any_job_naming_the_key(tmp_path):
     assert "unknown config key 'subset.top_m'" in res.stdout + res.stderr
 
 
-def test_micro_all_end_to_end_then_nothing_to_do(micro_all):
-    wd = micro_all
+def test_micro_all_end_to_end_then_nothing_to_do(micro_all_copy):
+    wd = micro_all_copy
     res = json.loads((wd / "results/subset/subset.json").read_text())
     assert res["counts"]["kept"] == 48
     metrics = json.loads((wd / "results/reconstruct/encoder/metrics.json").read_text())
