@@ -189,11 +189,13 @@ class FeatureCache:
             with torch.no_grad():
                 values = fn(next(iter(loader_for([first])))).float().cpu().numpy()
             self.dir.mkdir(parents=True, exist_ok=True)
-            array = np.lib.format.open_memmap(
-                self.array_path, mode="w+", dtype=np.float32, shape=(n, *values.shape[1:])
-            )
+            # made under another name and moved into place whole: another process that looks for the
+            # file now must not find it before its header is written (it would open an empty file)
+            partial = self.dir / "features.partial.npy"
+            array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, *values.shape[1:]))
             array[first[0] : first[-1] + 1] = values
             array.flush()
+            partial.replace(self.array_path)  # the mapping stays on the same file
             self._write_json(self.meta_path, {"fingerprint": self.fingerprint, "n": n})
             done, todo = done + 1, todo[1:]
             self._write_json(done_path, {"chunks": done})
