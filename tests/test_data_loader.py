@@ -155,3 +155,28 @@ def test_feature_cache_is_filled_by_all_processes_together(pool, tmp_path):
     assert fns[0].seen + fns[1].seen == n and min(fns[0].seen, fns[1].seen) > 0  # shared, no chunk twice
     want = np.stack([data[i] for i in range(n)]).astype(np.float32).mean(axis=3)
     assert np.array_equal(results[0], want) and np.array_equal(results[1], want)
+
+
+def test_feature_cache_file_is_never_seen_half_made(pool, tmp_path, monkeypatch):
+    """Another process looks for ``features.npy`` while rank 0 creates it; it must find either nothing
+    or a readable array. numpy's ``open_memmap(mode="w+")`` creates its file empty and writes the
+    header afterwards: stop in that window and look as the other process would."""
+    data = ShardImages(ShardIndex(pool))
+    cache = FeatureCache(tmp_path / "c", "inputs", chunk=16)
+    create, seen = np.lib.format.open_memmap, []
+
+    def create_with_a_look_inside(filename, mode="r+", *args, **kwargs):
+        if mode == "w+":
+            open(filename, "wb").close()  # the file as numpy first makes it: no header yet
+            if cache.array_path.exists():
+                try:
+                    np.load(cache.array_path, mmap_mode="r")
+                    seen.append("readable")
+                except ValueError as e:  # EOF: reading magic string
+                    seen.append(f"half made: {e}")
+        return create(filename, mode, *args, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", create_with_a_look_inside)
+    rows = cache.build(len(data), _loader_for(data), _Features(), "test")
+    assert seen == []  # the name the others look for did not exist yet
+    assert cache.array_path.exists() and rows.shape[0] == len(data)

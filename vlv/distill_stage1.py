@@ -229,7 +229,7 @@ def main(argv=None) -> int:
                     noise[:, c].reshape(draws * n, *noise.shape[2:]),
                     t_mine[:, c].reshape(draws * n),
                 )
-            return loss if len(chunks) == 1 else loss * ((c.stop - c.start) / per_proc)
+            return loss if len(chunks) == 1 else loss * (n / per_proc)
 
         loss = accumulate(acc, enc_ddp, chunks, loss_fn)
         finish_step(
