@@ -168,7 +168,7 @@ def test_coco_table_names_metric_dataset_and_profile(tmp_path):
 
 def test_spatial_table_rows_from_the_reconstruction_scores(tmp_path):
     det = {"colour_shape_recall": 0.4, "cell_accuracy_of_matched": 0.5, "size_accuracy_of_matched": 0.6}
-    det.update(mean_center_error_px=3.25, mean_scale_error=0.05)
+    det.update(mean_center_error_px=3.25, mean_scale_error=0.05, mean_scale_bias=-0.02)
     floor = {**det, "mean_center_error_px": None}
     metrics = {"images": 8, "detector": {"recon cfg2": det, "caption cfg2": det, "empty caption": floor}}
     (tmp_path / "m.json").write_text(json.dumps(metrics))
@@ -179,6 +179,7 @@ def test_spatial_table_rows_from_the_reconstruction_scores(tmp_path):
         ("decoder from empty caption (floor)", "1"),
     ]
     assert rows[0]["mean centre error (px)"] == 3.25 and rows[2]["mean centre error (px)"] is None
+    assert rows[0]["mean scale bias (drawn minus true, share of image side)"] == -0.02
     (tmp_path / "bad.json").write_text(json.dumps({"images": 8}))
     with pytest.raises(SystemExit, match="no detector scores"):
         spatial_rows(str(tmp_path / "bad.json"), "paper", "COCO")

@@ -94,6 +94,27 @@ def test_detector_recovers_ground_truth_renders():
     assert m["cell_accuracy_of_matched"] == 1.0 and m["size_accuracy_of_matched"] == 1.0
     assert m["mean_center_error_px"] < 1.0
     assert m["extra_detections_per_image"] == 0.0
+    assert abs(m["mean_scale_bias"]) < 0.01 and m["mean_scale_error"] < 0.02
+
+
+def test_detector_scale_bias_says_objects_are_drawn_larger():
+    """Renders whose small objects are drawn at the large size: the signed bias is the size gap, the
+    unsigned error the same; drawn smaller, the bias turns negative."""
+    import dataclasses
+
+    scenes = [s for s in sample_scenes(SPEC, 5, 200) if all(o.size == "small" for o in s.objects)][:20]
+    big = SPEC.sizes["large"] * SPEC.image_size
+    drawn = [
+        dataclasses.replace(s, objects=[dataclasses.replace(o, size="large", extent=big) for o in s.objects])
+        for s in scenes
+    ]
+    m = summarise([score_scene(s, detect(im, SPEC), SPEC) for s, im in zip(scenes, render_array(drawn, SPEC))])
+    gap = SPEC.sizes["large"] - SPEC.sizes["small"]
+    assert m["colour_shape_recall"] > 0.9 and m["size_accuracy_of_matched"] < 0.1
+    assert m["mean_scale_bias"] == pytest.approx(gap, abs=0.03)
+    assert m["mean_scale_error"] == pytest.approx(m["mean_scale_bias"])
+    m = summarise([score_scene(d, detect(im, SPEC), SPEC) for d, im in zip(drawn, render_array(scenes, SPEC))])
+    assert m["mean_scale_bias"] == pytest.approx(-gap, abs=0.03)
 
 
 def test_detector_sees_a_moved_object_in_its_new_cell_and_ignores_noise():

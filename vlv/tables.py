@@ -8,8 +8,8 @@ reference-based caption metrics; every row names the data set, profile and metri
 in-context examples: accuracy overall and per question kind, the share answered "unknown", the reader
 and the metric.
 ``spatial.csv`` (Table 6): position and scale errors of the objects in stage-1 reconstructions (toy:
-the Shapes detector against the scene graph), per guidance scale, beside the decoder's bound (true
-caption) and floor (empty caption).
+the Shapes detector against the scene graph; the scale error also signed, as a bias), per guidance
+scale, beside the decoder's bound (true caption) and floor (empty caption).
 ``ablations.csv`` (Table 4): the number of learnable queries by reconstruction distance, the stage-2
 trainable set by caption -> image distance; ``scaling.csv`` (Table 5): the stage-1 data share by
 reconstruction distance, the LM decoder by caption -> image distance; ``no_stage1.csv`` (Table 7):
@@ -63,6 +63,7 @@ SPATIAL_COLUMNS = {
     "size_accuracy_of_matched": "right size (of found)",
     "mean_center_error_px": "mean centre error (px)",
     "mean_scale_error": "mean scale error (share of image side)",
+    "mean_scale_bias": "mean scale bias (drawn minus true, share of image side)",
 }
 
 

@@ -79,7 +79,7 @@ class SceneScore:
     cell_hits: int  # of the colour+shape hits, those in the right cell
     size_hits: int  # of the colour+shape hits, those of the right size
     center_err_px: list[float]  # of the colour+shape hits
-    scale_err: list[float]  # |extent - true extent| / image size, of the colour+shape hits
+    scale_diff: list[float]  # (extent - true extent) / image size, of the colour+shape hits
     extra: int  # detections left unmatched
 
 
@@ -87,7 +87,7 @@ def score_scene(scene: Scene, dets: list[Detection], spec: WorldSpec) -> SceneSc
     unused = list(range(len(dets)))
     colour_hits = cs_hits = cell_hits = size_hits = 0
     center_err: list[float] = []
-    scale_err: list[float] = []
+    scale_diff: list[float] = []
     for o in scene.objects:
         if any(d.colour == o.colour for d in dets):
             colour_hits += 1
@@ -100,9 +100,9 @@ def score_scene(scene: Scene, dets: list[Detection], spec: WorldSpec) -> SceneSc
         cell_hits += int((d.row, d.col) == (o.row, o.col))
         size_hits += int(d.size == o.size)
         center_err.append(float(np.hypot(d.center[0] - o.center[0], d.center[1] - o.center[1])))
-        scale_err.append(abs(d.extent - o.extent) / spec.image_size)
+        scale_diff.append((d.extent - o.extent) / spec.image_size)
     extra = sum(1 for i in unused if not any(o.colour == dets[i].colour for o in scene.objects))
-    return SceneScore(len(scene.objects), colour_hits, cs_hits, cell_hits, size_hits, center_err, scale_err, extra)
+    return SceneScore(len(scene.objects), colour_hits, cs_hits, cell_hits, size_hits, center_err, scale_diff, extra)
 
 
 def summarise(scores: list[SceneScore]) -> dict[str, float]:
@@ -110,7 +110,7 @@ def summarise(scores: list[SceneScore]) -> dict[str, float]:
     n = sum(s.n_objects for s in scores)
     cs = sum(s.colour_shape_hits for s in scores)
     errs = [e for s in scores for e in s.center_err_px]
-    scale = [e for s in scores for e in s.scale_err]
+    scale = [e for s in scores for e in s.scale_diff]
     return {
         "objects": n,
         "colour_recall": sum(s.colour_hits for s in scores) / max(n, 1),
@@ -120,6 +120,8 @@ def summarise(scores: list[SceneScore]) -> dict[str, float]:
         "colour_shape_cell_recall": sum(s.cell_hits for s in scores) / max(n, 1),
         # None (JSON null), not NaN, when nothing matched: the reports must stay valid JSON.
         "mean_center_error_px": float(np.mean(errs)) if errs else None,
-        "mean_scale_error": float(np.mean(scale)) if scale else None,
+        "mean_scale_error": float(np.mean(np.abs(scale))) if scale else None,
+        # signed: above 0 when objects are drawn larger than they are (guidance can inflate them)
+        "mean_scale_bias": float(np.mean(scale)) if scale else None,
         "extra_detections_per_image": sum(s.extra for s in scores) / max(len(scores), 1),
     }
