@@ -359,7 +359,8 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     """The paper profile (config/paper.yaml) with tiny random-weight models of its classes and tiny
     local data: downloads (file:// URLs, pinned SHA-256), COCO, VQAv2 and OK-VQA into shards, LAION through
     img2dataset, the subset, stage 2's pairs, stage 1 and both stage-2 captioners through the
-    committed accelerate config with 2 processes, the local VLM teacher, every captioner, Table 3 and
+    committed accelerate config with 2 processes, the local VLM teacher (Qwen2.5-VL's class, the
+    profile's default), every captioner, Table 3 and
     Table 1's renders and their FID, and the cost report."""
     from vlv import paper_tiny
 
@@ -374,6 +375,8 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     for name in ("distill_stage1/encoder", "finetune_stage2/vlv_pairs100", "finetune_stage2/no_stage1_pairs100"):
         assert json.loads((res / name / "manifest.json").read_text())["processes"] == 2  # one DDP group of 2
     assert all(json.loads(p.read_text())["sha256_pinned"] for p in (wd / "data" / "download").glob("*.json"))
+    teacher = json.loads((res / "synthesize_captions/manifest.json").read_text())  # the profile's teacher class
+    assert teacher["config"]["model"] == str(tmp_path / "pt/models/qwen25vl") and teacher["captions"] == 24
     pool = json.loads((res / "download_laion/pool/downloads.json").read_text())
     assert (
         pool["downloaded"] == 40
@@ -383,11 +386,12 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     _, images, metas = load_images(res / "prepare_coco/eval")
     assert images.shape[1:] == (32, 32, 3) and all(len(m["captions"]) == 5 for m in metas)
     rows = list(csv.DictReader((res / "tables/vqa.csv").open()))
-    names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100", "florence2_large", "llava15_7b"]
+    names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100", "florence2_large", "qwen25vl_7b"]
+    names += ["llava15_7b"]
     vqav2 = [r for r in rows if r["dataset"].startswith("VQAv2 val")]
     okvqa = [r for r in rows if r["dataset"] == "OK-VQA val on the evaluation images"]
     assert len(vqav2) + len(okvqa) == len(rows)
-    for part in (vqav2, okvqa):  # qwen25vl_7b left out (null)
+    for part in (vqav2, okvqa):
         assert [r["captioner"] for r in part] == [n for n in names for _ in (0, 2)]
     assert {r["metric"] for r in rows} == {"vqa_accuracy"} and {r["questions"] for r in vqav2} == {"16"}
     on_split = sum(int(k) % 2 for k in json.loads((res / "prepare_coco/eval/images.json").read_text()))

@@ -218,6 +218,38 @@ def test_local_chat_vlm_captions_with_the_prompt_and_returns_only_new_text(root,
     assert all(len(vlm.processor.tokenizer(c).input_ids) <= 10 for c in caps)
 
 
+def test_qwen25vl_folder_of_the_hub_layout_captions_without_torchvision(root, tmp_path):
+    """The paper profile's teacher class: AutoProcessor cannot build Qwen2.5-VL's processor here (its
+    video processor needs torchvision); LocalVLM loads the same class without it and captions."""
+    from transformers import AutoProcessor, Qwen2_5_VLProcessor
+
+    from vlv.captioners import PAPER_PROMPT, LocalVLM
+    from vlv.models.paper_sized import build_tiny_qwen25vl
+
+    folder = build_tiny_qwen25vl(root / "models/toy/lm", tmp_path / "qwen25vl")
+    assert json.loads((folder / "preprocessor_config.json").read_text())["processor_class"] == "Qwen2_5_VLProcessor"
+    with pytest.raises(ImportError, match="(?i)torchvision"):
+        AutoProcessor.from_pretrained(folder)
+    vlm = LocalVLM(str(folder), PAPER_PROMPT, 6, torch.device("cpu"), batch_size=3)
+    assert isinstance(vlm.processor, Qwen2_5_VLProcessor) and not hasattr(vlm.processor, "video_processor")
+    text = vlm._text(PAPER_PROMPT)
+    assert text.startswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>")
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    from PIL import Image
+
+    inputs = vlm.processor(text=[text], images=[Image.fromarray(images[0])], return_tensors="pt")
+    pad = vlm.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert inputs["image_grid_thw"].tolist() == [[1, 4, 4]]  # 56 x 56 px: 4 x 4 patches
+    assert int((inputs["input_ids"] == pad).sum()) == 4  # merged 2 x 2 into 4 image tokens
+    caps = vlm.caption(images)
+    assert len(caps) == 3 and not any("perceptive" in c for c in caps)  # only the new text
+    assert all(len(vlm.processor.tokenizer(c).input_ids) <= 8 for c in caps)
+    prompts = [PAPER_PROMPT, "Hi.", "Describe it."]  # prompts of other lengths: the batch is left-padded
+    batched = vlm.generate(images, prompts)
+    vlm.batch_size = 1
+    assert vlm.generate(images, prompts) == batched  # as one image at a time
+
+
 def test_api_teacher_retries_rate_limits_and_reports_failures(monkeypatch):
     calls = []
 

@@ -90,14 +90,43 @@ class VLVCaptionerBackend:
         return out
 
 
+def load_vlm_processor(local, model_type: str):
+    """The folder's processor through ``AutoProcessor``; for the Qwen2-VL family without torchvision, the
+    same processor class without its video processor.
+
+    Qwen2-VL's and Qwen2.5-VL's processors hold a video processor that transformers builds only with
+    torchvision, which this project cannot install beside its torch; captioning passes images only,
+    so the image processor (its PIL backend), the tokenizer and the chat template are all it needs.
+    """
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(local)
+    except ImportError as e:
+        if "torchvision" not in str(e).lower() or model_type not in ("qwen2_vl", "qwen2_5_vl"):
+            raise
+        from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+
+        base = Qwen2_5_VLProcessor if model_type == "qwen2_5_vl" else Qwen2VLProcessor
+
+        class ImagesOnly(base):
+            # the sub-processors come from __init__'s parameters: without video_processor, none is loaded
+            def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+                super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+        logging.getLogger("vlv").info("%s: %s without its video processor (no torchvision)", local, base.__name__)
+        return ImagesOnly.from_pretrained(local)
+
+
 class LocalVLM:
     """An open VLM from a local folder or cached hub id, run through transformers (no remote code)."""
 
     def __init__(self, model: str, prompt: str, max_new_tokens: int, device, num_beams: int = 1, batch_size: int = 8):
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
 
         local = require_local(model, "captioning VLM")
-        self.florence = AutoConfig.from_pretrained(local).model_type == "florence2"
+        model_type = AutoConfig.from_pretrained(local).model_type
+        self.florence = model_type == "florence2"
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
         if self.florence:
             from transformers import Florence2ForConditionalGeneration
@@ -111,7 +140,7 @@ class LocalVLM:
             self.model = AutoModelForImageTextToText.from_pretrained(local, dtype=dtype)
             self.prompt = prompt
         self.model.to(device).eval()
-        self.processor = AutoProcessor.from_pretrained(local)
+        self.processor = load_vlm_processor(local, model_type)
         if not self.florence and getattr(self.processor, "tokenizer", None) is not None:
             self.processor.tokenizer.padding_side = "left"  # batched generation of a decoder-only LM
         self.device, self.dtype = device, dtype

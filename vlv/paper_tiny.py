@@ -4,8 +4,10 @@ tiny local stand-in, so that the paper profile's own rules run end to end on a C
 ``python -m vlv.paper_tiny --out DIR`` writes
   DIR/models/  tiny folders of the paper profile's classes (Florence-2, an SD-2-style
                ``StableDiffusionPipeline`` with a KL VAE, ``CLIPModel``, ``Qwen2ForCausalLM`` as the
-               caption decoder and the VQA reader, ``LlavaForConditionalGeneration`` as the teacher
-               and an open captioner) and a TorchScript Inception of the real one's interface;
+               caption decoder and the VQA reader, ``Qwen2_5_VLForConditionalGeneration`` in the hub's
+               layout as the teacher and the open captioner Qwen2.5-VL, ``LlavaForConditionalGeneration``
+               as the other open captioner and the arena judge) and a TorchScript Inception of the
+               real one's interface;
   DIR/data/    an MS-COCO-2014-val-style image zip and caption annotations, VQAv2-style question and
                answer zips, and LAION-style metadata (parquet) whose URLs point at local JPEGs
                (``file://``), two of them dead and one above the watermark limit;
@@ -13,9 +15,8 @@ tiny local stand-in, so that the paper profile's own rules run end to end on a C
                (data URLs are ``file://`` with their SHA-256 pinned; training through the committed
                accelerate config with 2 processes; a few steps everywhere).
 
-What it cannot stand in for (stated in the overlay): the teacher and open captioner Qwen2.5-VL (its
-processor needs torchvision, which this project does not install). Table 1's Inception-v3 is a tiny
-random TorchScript module of the real file's interface, fetched by rule download like it. Its targets
+Table 1's Inception-v3 is a tiny random TorchScript module of the real file's interface, fetched by
+rule download like it. Its targets
 are the paper profile's rules up to Table 3 (``vqa.csv``), the stage-1 reconstructions and Table 1's
 renders (a tiny ``StableDiffusion3Pipeline``, the class of SD-3.5-medium) and their FID.
 """
@@ -41,7 +42,13 @@ from .config import ROOT
 def build_models(out: Path, seed: int = 0) -> dict[str, Path]:
     from transformers import AutoTokenizer, CLIPProcessor, CLIPTokenizer
 
-    from .models.paper_sized import build_stage1_stack, build_tiny_inception, build_tiny_llava, build_tiny_sd3
+    from .models.paper_sized import (
+        build_stage1_stack,
+        build_tiny_inception,
+        build_tiny_llava,
+        build_tiny_qwen25vl,
+        build_tiny_sd3,
+    )
     from .models.toy import build_clip, build_qwen2, clip_image_processor
 
     florence, sd, side = build_stage1_stack(out, "tiny", seed)
@@ -63,11 +70,12 @@ def build_models(out: Path, seed: int = 0) -> dict[str, Path]:
     llm.save_pretrained(out / "llm")
     ltok.save_pretrained(out / "llm")
     llava = build_tiny_llava(out / "llm", out / "llava", side, seed)
+    qwen25vl = build_tiny_qwen25vl(out / "llm", out / "qwen25vl", seed)
     sd3 = build_tiny_sd3(sd / "tokenizer", out / "sd3", side, seed)
     inception = build_tiny_inception(out / "inception-2015-12-05.pt", seed=seed)
     return {
         "florence": florence, "sd": sd, "sd3": sd3, "clip": out / "clip", "llm": out / "llm", "llava": llava,
-        "inception": inception, "side": side,
+        "qwen25vl": qwen25vl, "inception": inception, "side": side,
     }  # fmt: skip
 
 
@@ -206,8 +214,7 @@ def overlay(models: dict, data: dict, img2dataset: str) -> dict:
             "num_queries": 8,
             "reconstruct_guidance": [1.0, 3.0],
         },  # fmt: skip
-        # Qwen2.5-VL's processor needs torchvision (not installed here): a tiny LLaVA is the teacher
-        "teacher": {"model": m["llava"], "batch_size": 4, "max_new_tokens": 8},
+        "teacher": {"model": m["qwen25vl"], "batch_size": 4, "max_new_tokens": 8},  # the paper profile's class
         "stage2": {
             "steps": 2,
             "batch_size": 4,
@@ -218,7 +225,11 @@ def overlay(models: dict, data: dict, img2dataset: str) -> dict:
             "max_new_tokens": 8,
             "num_beams": 1,
             "caption_batch_size": 4,
-            "open_captioners": {"florence2_large": m["florence"], "qwen25vl_7b": None, "llava15_7b": m["llava"]},
+            "open_captioners": {
+                "florence2_large": m["florence"],
+                "qwen25vl_7b": m["qwen25vl"],
+                "llava15_7b": m["llava"],
+            },
         },  # fmt: skip
         "evaluation": {"n_images": 8, "renderer_steps": 2, "renderer_guidance": [1.0, 3.0]},
         "arena": {"model": m["llava"], "n_images": 4, "batch_size": 4, "max_new_tokens": 8},

@@ -22,6 +22,7 @@ vocabulary is smaller than the real ones; it changes only the embedding tables).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -347,6 +348,55 @@ def build_tiny_llava(lm_folder: str | Path, out: str | Path, image_size: int = 3
         vision_feature_select_strategy="default",
         chat_template=template,
     ).save_pretrained(out)
+    return out
+
+
+QWEN_VL_TEMPLATE = (  # Qwen2.5-VL's chat format, images as <|vision_start|><|image_pad|><|vision_end|>
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen25vl(lm_folder: str | Path, out: str | Path, seed: int = 0) -> Path:
+    """A random ``Qwen2_5_VLForConditionalGeneration``, tiny, on the tokenizer of ``lm_folder``, saved in
+    the layout of the hub's Qwen/Qwen2.5-VL-7B-Instruct: ``preprocessor_config.json`` naming
+    ``Qwen2VLImageProcessor`` and ``Qwen2_5_VLProcessor``, ``chat_template.json``, the tokenizer files.
+    Written file by file: the processor class itself cannot be built without torchvision."""
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tok = AutoTokenizer.from_pretrained(lm_folder)
+    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    config = Qwen2_5_VLConfig(
+        vision_config={
+            "depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 32,
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
+            "fullatt_block_indexes": [0],
+        },
+        text_config={
+            "vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "bos_token_id": None,
+            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    out = Path(out)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    # the smallest input the real processor allows (56 x 56 px: 16 patches, 4 tokens after merging)
+    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56).save_pretrained(out)
+    pre = json.loads((out / "preprocessor_config.json").read_text())
+    pre.update(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2_5_VLProcessor")
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    (out / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_VL_TEMPLATE}))
     return out
 
 
