@@ -140,9 +140,13 @@ def run_stage(module: str, argv: list[str]) -> str | None:
 
 
 def write_report(path: str, report: dict) -> None:
-    """A benchmark's JSON report, with the device and torch it ran on."""
+    """A benchmark's JSON report, with the device and torch it ran on and the manifests' ``run`` record
+    (git revision, platform, CPU, time)."""
+    from .manifest import build_manifest
+
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    Path(path).write_text(json.dumps({**report, "device_name": device, "torch": torch.__version__}, indent=2) + "\n")
+    machine = {"device_name": device, "torch": torch.__version__, "run": build_manifest("benchmark", {}, None)["run"]}
+    Path(path).write_text(json.dumps({**report, **machine}, indent=2) + "\n")
 
 
 def free_device_memory() -> None:
