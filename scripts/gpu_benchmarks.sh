@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Stage-1 and stage-2 training speed at the paper's sizes (random weights) on one GPU, in one go:
-# the figures of the stage-1 and scale-out issues. Writes JSON reports and logs to OUT (default
-# gpu_benchmarks/) and prints the two tables last. Needs the project's Python packages; no weights,
+# Stage-1 and stage-2 training speed and the teacher's captioning speed at the paper's sizes
+# (random weights) on one GPU, in one go: the figures of the stage-1 and scale-out issues. Writes
+# JSON reports and logs to OUT (default gpu_benchmarks/) and prints the three summaries last. Needs the project's Python packages; no weights,
 # no network (the models are built here at random).
 #   scripts/gpu_benchmarks.sh [OUT]
 # Settings by environment: PRESET (paper; tiny for a CPU dry run), STEPS1 (12), STEPS2 (4),
 # BATCH1 (32), LARGE1 (128), WORKERS (8), MODELS (folder for the built models), PARAMS1/PARAMS2
-# (stage params as JSON; default: python -m vlv.config with config/paper.yaml).
+# (stage params as JSON; default: python -m vlv.config with config/paper.yaml), TEACHER (1; 0 skips
+# the teacher, whose bf16 folder is 16.6 GB), TEACHER_IMAGES (80), TEACHER_BATCH (16).
 set -uo pipefail
 OUT=${1:-gpu_benchmarks}
 mkdir -p "$OUT"
@@ -33,7 +34,17 @@ $PY -m vlv.benchmark_stage2_training --params "$P2" --paper-sized "$PRESET" --mo
   --out "$OUT/stage2_train_speed.json" >"$OUT/stage2.log" 2>&1
 echo "stage 2 benchmark: exit $?, $(($(date +%s) - t0)) s" | tee -a "$OUT/environment.txt"
 quiet <"$OUT/stage2.log"
+if [ "${TEACHER:-1}" = 1 ]; then
+  t0=$(date +%s)
+  $PY -m vlv.benchmark_teacher --paper-sized "$PRESET" --models "$MODELS" --n-images "${TEACHER_IMAGES:-80}" \
+    --batch-size "${TEACHER_BATCH:-16}" --out "$OUT/teacher_speed.json" >"$OUT/teacher.log" 2>&1
+  echo "teacher benchmark: exit $?, $(($(date +%s) - t0)) s" | tee -a "$OUT/environment.txt"
+fi
 echo "== stage 1"
 grep -A12 "^model FLOPs per training image" "$OUT/stage1.log" || tail -20 "$OUT/stage1.log"
 echo "== stage 2"
 grep -A6 "^model FLOPs per training sample" "$OUT/stage2.log" || tail -20 "$OUT/stage2.log"
+if [ "${TEACHER:-1}" = 1 ]; then
+  echo "== teacher"
+  grep -A1 "^teacher " "$OUT/teacher.log" || tail -20 "$OUT/teacher.log"
+fi

@@ -224,9 +224,9 @@ def test_qwen25vl_folder_of_the_hub_layout_captions_without_torchvision(root, tm
     from transformers import AutoProcessor, Qwen2_5_VLProcessor
 
     from vlv.captioners import PAPER_PROMPT, LocalVLM
-    from vlv.models.paper_sized import build_tiny_qwen25vl
+    from vlv.models.paper_sized import build_qwen25vl
 
-    folder = build_tiny_qwen25vl(root / "models/toy/lm", tmp_path / "qwen25vl")
+    folder = build_qwen25vl(root / "models/toy/lm", tmp_path / "qwen25vl", "tiny")
     assert json.loads((folder / "preprocessor_config.json").read_text())["processor_class"] == "Qwen2_5_VLProcessor"
     with pytest.raises(ImportError, match="(?i)torchvision"):
         AutoProcessor.from_pretrained(folder)
@@ -248,6 +248,24 @@ def test_qwen25vl_folder_of_the_hub_layout_captions_without_torchvision(root, tm
     batched = vlm.generate(images, prompts)
     vlm.batch_size = 1
     assert vlm.generate(images, prompts) == batched  # as one image at a time
+
+
+def test_teacher_benchmark_times_full_length_captions_after_a_warm_up_batch(tmp_path, capsys):
+    from vlv import benchmark_teacher
+
+    with pytest.raises(SystemExit, match="two batches"):
+        benchmark_teacher.main(["--paper-sized", "tiny", "--n-images", "3", "--batch-size", "2"])
+    out = tmp_path / "teacher.json"
+    args = ["--paper-sized", "tiny", "--models", str(tmp_path / "m"), "--n-images", "6", "--batch-size", "2"]
+    assert benchmark_teacher.main([*args, "--max-new-tokens", "5", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["teacher"]
+    assert row["images_timed"] == 4 and row["new_tokens_per_caption"] == 5 and row["empty_captions"] == 0
+    assert row["images_per_second"] > 0 and row["generated_tokens_per_second"] == pytest.approx(
+        5 * row["images_per_second"], rel=0.01
+    )
+    assert row["device_hours_for_6M_captions"] == pytest.approx(6e6 / row["images_per_second"] / 3600, rel=0.01)
+    assert "6M teacher captions" in capsys.readouterr().out
+    assert (tmp_path / "m" / "qwen25vl_tiny" / "chat_template.json").exists()  # kept for reuse
 
 
 def test_api_teacher_retries_rate_limits_and_reports_failures(monkeypatch):

@@ -43,10 +43,10 @@ def build_models(out: Path, seed: int = 0) -> dict[str, Path]:
     from transformers import AutoTokenizer, CLIPProcessor, CLIPTokenizer
 
     from .models.paper_sized import (
+        build_qwen25vl,
         build_stage1_stack,
         build_tiny_inception,
         build_tiny_llava,
-        build_tiny_qwen25vl,
         build_tiny_sd3,
     )
     from .models.toy import build_clip, build_qwen2, clip_image_processor
@@ -70,7 +70,7 @@ def build_models(out: Path, seed: int = 0) -> dict[str, Path]:
     llm.save_pretrained(out / "llm")
     ltok.save_pretrained(out / "llm")
     llava = build_tiny_llava(out / "llm", out / "llava", side, seed)
-    qwen25vl = build_tiny_qwen25vl(out / "llm", out / "qwen25vl", seed)
+    qwen25vl = build_qwen25vl(out / "llm", out / "qwen25vl", "tiny", seed=seed)
     sd3 = build_tiny_sd3(sd / "tokenizer", out / "sd3", side, seed)
     inception = build_tiny_inception(out / "inception-2015-12-05.pt", seed=seed)
     return {

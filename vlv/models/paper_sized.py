@@ -358,41 +358,74 @@ QWEN_VL_TEMPLATE = (  # Qwen2.5-VL's chat format, images as <|vision_start|><|im
 )
 
 
-def build_tiny_qwen25vl(lm_folder: str | Path, out: str | Path, seed: int = 0) -> Path:
-    """A random ``Qwen2_5_VLForConditionalGeneration``, tiny, on the tokenizer of ``lm_folder``, saved in
-    the layout of the hub's Qwen/Qwen2.5-VL-7B-Instruct: ``preprocessor_config.json`` naming
-    ``Qwen2VLImageProcessor`` and ``Qwen2_5_VLProcessor``, ``chat_template.json``, the tokenizer files.
-    Written file by file: the processor class itself cannot be built without torchvision."""
+QWEN25VL = {  # Qwen2.5-VL-7B-Instruct's published config.json at "paper"; the full vocabulary there
+    "tiny": {
+        "vision": {
+            "depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 32,
+            "window_size": 56, "fullatt_block_indexes": [0],
+        },
+        "text": {
+            "vocab_size": None, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "mrope_section": [2, 3, 3],
+        },
+        # the smallest input the real processor allows (56 x 56 px: 16 patches, 4 tokens after merging)
+        "pixels": (56 * 56, 56 * 56),
+    },
+    "paper": {
+        "vision": {
+            "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 3584,
+            "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+        },
+        "text": {
+            "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+            "num_attention_heads": 28, "num_key_value_heads": 4, "mrope_section": [16, 24, 24],
+            "rope_theta": 1000000.0, "max_position_embeddings": 128000,
+        },
+        "pixels": (3136, 12845056),  # the hub processor's min_pixels / max_pixels
+    },
+}  # fmt: skip
+
+
+def build_qwen25vl(
+    lm_folder: str | Path, out: str | Path, preset: str = "tiny", device: str = "cpu", seed: int = 0
+) -> Path:
+    """A random ``Qwen2_5_VLForConditionalGeneration`` (the paper profile's teacher class) at the preset's
+    size, on the tokenizer of ``lm_folder``, saved in the layout of the hub's Qwen/Qwen2.5-VL-7B-Instruct:
+    ``preprocessor_config.json`` naming ``Qwen2VLImageProcessor`` and ``Qwen2_5_VLProcessor``,
+    ``chat_template.json``, the tokenizer files. Written file by file: the processor class itself cannot
+    be built without torchvision. At ``paper`` the weights are built on ``device`` and saved in bf16
+    (16.6 GB), the precision the teacher runs in on a GPU."""
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    p = QWEN25VL[preset]
     tok = AutoTokenizer.from_pretrained(lm_folder)
     specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tok.add_special_tokens({"additional_special_tokens": specials})
     ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    text = dict(p["text"])
+    mrope = text.pop("mrope_section")
     config = Qwen2_5_VLConfig(
-        vision_config={
-            "depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 32,
-            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
-            "fullatt_block_indexes": [0],
-        },
+        vision_config={**p["vision"], "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
         text_config={
-            "vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "bos_token_id": None,
+            **text, "vocab_size": text["vocab_size"] or len(tok), "bos_token_id": None,
             "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
-            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+            "rope_scaling": {"type": "mrope", "mrope_section": mrope},
         },
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )  # fmt: skip
     torch.manual_seed(seed)
     out = Path(out)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    with torch.device(device):  # 8.3B parameters at "paper": seconds on a GPU
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    if preset != "tiny":
+        model = model.to(torch.bfloat16)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
+    del model
     tok.save_pretrained(out)
-    # the smallest input the real processor allows (56 x 56 px: 16 patches, 4 tokens after merging)
-    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56).save_pretrained(out)
+    Qwen2VLImageProcessorPil(min_pixels=p["pixels"][0], max_pixels=p["pixels"][1]).save_pretrained(out)
     pre = json.loads((out / "preprocessor_config.json").read_text())
     pre.update(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2_5_VLProcessor")
     (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
