@@ -12,18 +12,15 @@ side; the `mean_scale_bias` of `metrics.json`). Prints one table; about a minute
 from __future__ import annotations
 
 import argparse
-import io
-import tarfile
 
 import numpy as np
-from PIL import Image
 
 from vlv.config import load_config
-from vlv.data.shards import ShardIndex, load_images
+from vlv.data.shards import ShardIndex, decode_image, iter_shard, load_images
 from vlv.evaluate_fid import feature_space, frechet_distance
 from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
 from vlv.models.vlv_encoder import VLVEncoder
-from vlv.reconstruct import detector_scores
+from vlv.reconstruct import detector_scores, sample_all
 from vlv.shapes.world import Scene, WorldSpec
 
 
@@ -46,8 +43,9 @@ def main() -> None:
     keys, images, metas = load_images(a.images, ShardIndex(a.images).keys[: s1["n_eval_images"]])
     scenes = [Scene.from_json(m["scene"]) for m in metas]
     caption_cond = dec.encode_text([m["captions"][0] for m in metas])
-    with tarfile.open(f"{a.reconstruct}/reconstructions.tar") as t:
-        recon = {m.name[:-4]: np.array(Image.open(io.BytesIO(t.extractfile(m).read())).convert("RGB")) for m in t}
+    recon = {
+        k: np.asarray(decode_image(parts["png"])) for k, parts in iter_shard(f"{a.reconstruct}/reconstructions.tar")
+    }
     _, feature = feature_space("toy", cfg["models"]["clip"], None)
     seed = int(s1["seed"])
 
@@ -57,12 +55,7 @@ def main() -> None:
     )
     for g in s1["reconstruct_guidance"]:
         r = np.stack([recon[f"{k}-cfg{g:g}".replace(".", "p")] for k in keys])
-        b = np.concatenate(
-            [
-                dec.sample(caption_cond[i : i + 64], g, s1["reconstruct_steps"], seed + i)
-                for i in range(0, len(images), 64)
-            ]
-        )
+        b = sample_all(dec, caption_cond, g, s1["reconstruct_steps"], seed)
         fd = [frechet_distance(feature, images, x) for x in (r, b)]
         area = [object_area(x, spec.background) for x in (r, b)]
         bias = [detector_scores(scenes, x, spec)["mean_scale_bias"] for x in (r, b)]

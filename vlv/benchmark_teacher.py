@@ -9,7 +9,7 @@ rendered at ``--image-size`` (the paper profile's 512 px: 18 x 18 merged tokens,
 prompt is the paper's, tokenized by the toy tokenizer (no Qwen tokenizer offline), which makes it
 longer than Qwen's would (about 400 tokens against roughly 100), so the prefill is overcounted.
 The first batch is a warm-up and is not timed. Prints images/s, generated tokens/s, peak memory and
-the device-hours the paper's 6M teacher captions would take at that rate.
+the device-hours the paper profile's teacher captions (``data.pairs``, 6M) would take at that rate.
 
 Examples:
     # the paper's size, on a GPU (builds a 16.6 GB bf16 folder under --models first, or reuses it)
@@ -34,7 +34,12 @@ from .models.paper_sized import TOY_LM, build_qwen25vl
 from .shapes.world import WorldSpec, render_array, sample_scenes
 from .training import pick_device
 
-PAPER_TEACHER_IMAGES = 6_000_000  # the paper's stage-2 pairs, each captioned once by the teacher
+
+def paper_pairs() -> int:
+    """The paper profile's ``data.pairs``: the stage-2 images, each captioned once by the teacher."""
+    from .config import ROOT, load_config
+
+    return int(load_config(ROOT / "config.yaml", ROOT / "config" / "paper.yaml")["data"]["pairs"])
 
 
 def main(argv=None) -> int:
@@ -45,6 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="the paper profile's teacher.batch_size")
     p.add_argument("--max-new-tokens", type=int, default=300, help="the paper profile's teacher.max_new_tokens")
     p.add_argument("--image-size", type=int, default=None, help="default: 512 (paper), 32 (tiny)")
+    p.add_argument("--pairs", type=int, default=None, help="captions to project to (default: the paper profile's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="optional JSON report")
     args = p.parse_args(argv)
@@ -61,7 +67,8 @@ def main(argv=None) -> int:
             print(f"built {folder} in {time.perf_counter() - t0:.0f} s")
         vlm = LocalVLM(str(folder), PAPER_PROMPT, args.max_new_tokens, device, batch_size=args.batch_size)
         vlm.model.generation_config.min_new_tokens = args.max_new_tokens  # every caption full length
-        images = render_array(sample_scenes(WorldSpec(image_size=side), 0, args.n_images), WorldSpec(image_size=side))
+        spec = WorldSpec(image_size=side)
+        images = render_array(sample_scenes(spec, 0, args.n_images), spec)
         prompt_tokens = int(
             vlm.processor(text=[vlm._text(PAPER_PROMPT)], images=[images[0]], return_tensors="pt")["input_ids"].shape[1]
         )
@@ -79,7 +86,8 @@ def main(argv=None) -> int:
     rate = len(timed) / seconds
     tokens = len(timed) * args.max_new_tokens / seconds
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    hours = PAPER_TEACHER_IMAGES / rate / 3600
+    pairs = args.pairs or paper_pairs()
+    hours = pairs / rate / 3600
     row = {
         "model": f"Qwen2_5_VLForConditionalGeneration ({args.paper_sized}, random weights)",
         "parameters": sum(x.numel() for x in vlm.model.parameters()),
@@ -94,7 +102,8 @@ def main(argv=None) -> int:
         "images_per_second": round(rate, 3),
         "generated_tokens_per_second": round(tokens, 1),
         "peak_memory_gib": round(peak, 2) if peak is not None else None,
-        "device_hours_for_6M_captions": round(hours, 1),
+        "captions_projected": pairs,
+        "device_hours_for_the_captions": round(hours, 1),
         "empty_captions": sum(not c for c in captions),
     }
     print(
@@ -104,7 +113,7 @@ def main(argv=None) -> int:
     print(
         f"{len(timed)} images in {seconds:.1f} s: {rate:.2f} images/s, {tokens:.0f} generated tokens/s"
         + (f", peak {peak:.1f} GiB" if peak is not None else "")
-        + f"; 6M teacher captions: {hours:.0f} device-hours at this rate"
+        + f"; {pairs:,} teacher captions: {hours:.0f} device-hours at this rate"
     )
     if args.out:
         write_report(args.out, {"teacher": row, "captions_sample": captions[:2]})

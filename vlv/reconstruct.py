@@ -41,6 +41,14 @@ def embed_images(encoder: VLVEncoder, images: np.ndarray, device, batch: int = 6
 
 
 @torch.no_grad()
+def sample_all(dec: FrozenT2IDecoder, cond: torch.Tensor, guidance: float, steps: int, seed: int, batch: int = 64):
+    """Renders of every conditioning row, in batches whose noise is seeded by their first row's index
+    (so a row gets the same noise whatever else is sampled)."""
+    return np.concatenate(
+        [dec.sample(cond[i : i + batch], guidance, steps, seed + i) for i in range(0, len(cond), batch)]
+    )
+
+
 def denoising_losses(
     dec: FrozenT2IDecoder, images: np.ndarray, conds: dict[str, torch.Tensor], timesteps: list[int], seed: int
 ) -> dict:
@@ -115,21 +123,9 @@ def main(argv=None) -> int:
     renders: dict[str, np.ndarray] = {}
     for g in cfg["reconstruct_guidance"]:
         log.info("sampling %d reconstructions and bounds at guidance %g", len(images), g)
-        renders[f"recon cfg{g:g}"] = np.concatenate(
-            [
-                dec.sample(recon_cond[i : i + 64], g, cfg["reconstruct_steps"], seed + i)
-                for i in range(0, len(images), 64)
-            ]
-        )
-        renders[f"caption cfg{g:g}"] = np.concatenate(
-            [
-                dec.sample(caption_cond[i : i + 64], g, cfg["reconstruct_steps"], seed + i)
-                for i in range(0, len(images), 64)
-            ]
-        )
-    renders["empty caption"] = np.concatenate(
-        [dec.sample(empty_cond[i : i + 64], 1.0, cfg["reconstruct_steps"], seed + i) for i in range(0, len(images), 64)]
-    )
+        renders[f"recon cfg{g:g}"] = sample_all(dec, recon_cond, g, cfg["reconstruct_steps"], seed)
+        renders[f"caption cfg{g:g}"] = sample_all(dec, caption_cond, g, cfg["reconstruct_steps"], seed)
+    renders["empty caption"] = sample_all(dec, empty_cond, 1.0, cfg["reconstruct_steps"], seed)
 
     if args.shapes:
         from .shapes.world import Scene, WorldSpec
