@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Stage-1 and stage-2 training speed and the teacher's captioning speed at the paper's sizes
-# (random weights) on one GPU, in one go: the figures of the stage-1 and scale-out issues. Writes
+# Stage-1 and stage-2 training speed (stage 2 also through the FSDP config, one process) and the
+# teacher's captioning speed at the paper's sizes (random weights) on one GPU, in one go: the figures of the stage-1 and scale-out issues. Writes
 # JSON reports and logs to OUT (default gpu_benchmarks/) and prints the three summaries last. Needs the project's Python packages; no weights,
 # no network (the models are built here at random).
 #   scripts/gpu_benchmarks.sh [OUT]
@@ -30,7 +30,7 @@ echo "stage 1 benchmark: exit $?, $(($(date +%s) - t0)) s" | tee -a "$OUT/enviro
 quiet <"$OUT/stage1.log"
 t0=$(date +%s)
 $PY -m vlv.benchmark_stage2_training --params "$P2" --paper-sized "$PRESET" --models "$MODELS" \
-  --steps "${STEPS2:-4}" --micro-b "${MICRO2:-8}" --workers "${WORKERS:-8}" \
+  --steps "${STEPS2:-4}" --micro-b "${MICRO2:-8}" --workers "${WORKERS:-8}" --fsdp config/accelerate/fsdp.yaml \
   --out "$OUT/stage2_train_speed.json" >"$OUT/stage2.log" 2>&1
 echo "stage 2 benchmark: exit $?, $(($(date +%s) - t0)) s" | tee -a "$OUT/environment.txt"
 quiet <"$OUT/stage2.log"

@@ -109,20 +109,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_launch(module: str, args: list[str], processes: int = 2, port: int | None = None, **kw):
-    """``accelerate launch`` of a stage through the committed config (config/accelerate/ddp.yaml), as
-    the training rules do, with ``processes`` CPU processes over gloo (one thread each)."""
+def accelerate_launch(
+    module: str,
+    args: list[str],
+    processes: int = 2,
+    port: int | None = None,
+    config: str = "ddp",
+    env_extra: dict | None = None,
+    **kw,
+):
+    """``accelerate launch`` of a stage through a committed config (``config/accelerate/<config>.yaml``),
+    as the training rules do, with ``processes`` CPU processes over gloo (one thread each). With the
+    FSDP config the stage runs through ``fsdp_on_cpu.py``, which lets accelerate shard on a CPU."""
     port = port or free_port()
     cmd = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(ROOT / "config/accelerate/ddp.yaml"),
+        str(ROOT / f"config/accelerate/{config}.yaml"),
     ]
-    cmd += ["--num_processes", str(processes), "--main_process_port", str(port), "-m", module, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT, **kw)
+    cmd += ["--num_processes", str(processes), "--main_process_port", str(port)]
+    cmd += [str(ROOT / "tests/fsdp_on_cpu.py"), module] if config == "fsdp" else ["-m", module]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT, **kw)
 
 
 TABLE_FILES = [

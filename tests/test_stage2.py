@@ -384,7 +384,9 @@ def test_batched_generation_gives_the_captions_of_one_at_a_time(root, tmp_path, 
 
 def test_stage2_training_benchmark_runs_on_paper_classes_at_tiny_size(micro_config, root, tmp_path, capsys):
     """Teacher-length captions (every sample max_caption_tokens long), the configured setting and one
-    without checkpointing, each through finetune_stage2 in its own process."""
+    without checkpointing, each through finetune_stage2 in its own process, and the configured setting
+    launched through the committed FSDP config (on this CPU accelerate runs it unsharded; the manifest
+    says which it was)."""
     from transformers import AutoTokenizer
 
     from vlv import benchmark_stage2_training
@@ -396,8 +398,11 @@ def test_stage2_training_benchmark_runs_on_paper_classes_at_tiny_size(micro_conf
     params.update(micro_batch_size=2, gradient_checkpointing=True)
     out = tmp_path / "speed.json"
     args = ["--params", json.dumps(params), "--paper-sized", "tiny", "--models", str(tmp_path / "m"), "--n-images", "8"]
-    assert benchmark_stage2_training.main([*args, "--steps", "3", "--micro-b", "4", "--out", str(out)]) == 0
+    fsdp = ["--fsdp", str(root / "config/accelerate/fsdp.yaml")]
+    assert benchmark_stage2_training.main([*args, "--steps", "3", "--micro-b", "4", *fsdp, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
+    c = report["settings"]["c_fsdp"]
+    assert c["samples_per_second"] > 0 and c["distributed_type"] == ("FSDP" if torch.cuda.is_available() else "NO")
     assert report["tokens_per_sample"] == 77 + 40 and report["tflops_per_sample"] > 0
     a, b = report["settings"]["a_config"], report["settings"]["b_no_checkpointing"]
     assert a["gradient_checkpointing"] and not b["gradient_checkpointing"] and b["micro_batch_size"] == 4

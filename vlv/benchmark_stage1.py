@@ -125,13 +125,22 @@ def step_flops(cfg: dict, vision: str, decoder: str, batch: int) -> tuple[float,
     return counter.get_total_flops() / batch, vision_flops / batch
 
 
-def run_stage(module: str, argv: list[str]) -> str | None:
+def run_stage(module: str, argv: list[str], accelerate_config: str | None = None) -> str | None:
     """Run a stage in its own process (its own accelerate state, precision and device memory, as a
-    workflow job has); None when it succeeded, else the last lines of its output."""
+    workflow job has), or through ``accelerate launch`` with ``accelerate_config`` (one process); None
+    when it succeeded, else the last lines of its output."""
+    import socket
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True)
+    launch = []
+    if accelerate_config:
+        with socket.socket() as s:  # a free port for the launcher's rendezvous
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        launch = ["-m", "accelerate.commands.launch", "--config_file", accelerate_config, "--num_processes", "1",
+                  "--main_process_port", str(port)]  # fmt: skip
+    done = subprocess.run([sys.executable, *launch, "-m", module, *argv], capture_output=True, text=True)
     sys.stderr.write(done.stderr[-4000:])
     if done.returncode == 0:
         return None

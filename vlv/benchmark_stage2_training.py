@@ -8,7 +8,10 @@ case), then runs the real ``vlv.finetune_stage2`` for ``--steps`` steps per sett
 
 - ``a_config``: the stage-2 params as given (paper: bf16 autocast, gradient checkpointing on, the
   encoder trained too, micro batches of 8 accumulated to the global batch);
-- ``b_no_checkpointing``: the same without gradient checkpointing, micro batch ``--micro-b``.
+- ``b_no_checkpointing``: the same without gradient checkpointing, micro batch ``--micro-b``;
+- with ``--fsdp CONFIG`` also ``c_fsdp``: ``a_config`` launched through that accelerate config
+  (``config/accelerate/fsdp.yaml``) as one process, which on a GPU runs the sharded code path (the
+  full-state gathers of the checkpoint and the saved folder) at paper size.
 
 Reports samples/s and tokens/s after the first step (start-up left out), peak memory on CUDA and
 the achieved model FLOP/s (FLOPs of one sample's forward and backward counted with
@@ -95,6 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--micro-b", type=int, default=16, help="micro batch of b_no_checkpointing")
     p.add_argument("--workers", type=int, default=0, help="loader workers per process")
     p.add_argument("--route", default="text_encoder")
+    p.add_argument("--fsdp", default=None, metavar="CONFIG", help="also run a_config through this accelerate config")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     setup_logging()
@@ -103,6 +107,8 @@ def main(argv=None) -> int:
         "a_config": {},
         "b_no_checkpointing": {"gradient_checkpointing": False, "micro_batch_size": args.micro_b},
     }
+    if args.fsdp:
+        runs["c_fsdp"] = {}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         encoder, t2i, llm, images, captions = inputs(
@@ -110,18 +116,21 @@ def main(argv=None) -> int:
         )
         flops, tokens = sample_flops(cfg, encoder, t2i, llm, images, captions)
         for name, over in runs.items():
-            params = {**cfg, **over, "steps": args.steps, "warmup_steps": 0, "checkpoint_every": 10**9, "log_every": 1}
+            # c_fsdp checkpoints once, halfway: the gather of the whole trainable state is part of the path
+            every = max(1, args.steps // 2) if name == "c_fsdp" else 10**9
+            params = {**cfg, **over, "steps": args.steps, "warmup_steps": 0, "checkpoint_every": every, "log_every": 1}
             out = Path(tmp) / name
             argv = ["--params", json.dumps(params), "--init", "vlv", "--encoder", encoder, "--t2i", t2i, "--llm", llm,
                     "--images", images, "--captions", captions, "--out", str(out), "--work", str(Path(tmp) / f"w_{name}"),
                     "--workers", str(args.workers)]  # fmt: skip
-            error = run_stage("vlv.finetune_stage2", argv)
+            error = run_stage("vlv.finetune_stage2", argv, args.fsdp if name == "c_fsdp" else None)
             if error:  # e.g. too large for this device: say so, go on
                 rows[name] = {"micro_batch_size": params["micro_batch_size"], "error": error}
                 continue
             man = json.loads((out / "manifest.json").read_text())
             rate = steady_rate(out / "loss.csv", params["batch_size"])
             rows[name] = {
+                "distributed_type": man.get("distributed_type"),
                 "precision": params["precision"],
                 "gradient_checkpointing": params["gradient_checkpointing"],
                 "trainable": params["trainable"],

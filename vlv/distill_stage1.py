@@ -53,6 +53,7 @@ from .training import (
     resume_trainable,
     seed_everything,
     warmup_cosine,
+    whole_model,
 )
 
 
@@ -172,9 +173,10 @@ def main(argv=None) -> int:
         opt, lambda s: warmup_cosine(s, steps, cfg["warmup_steps"], cfg["final_lr_ratio"])
     )
     enc_ddp, opt = acc.prepare(enc, opt)  # the scheduler stays unprepared: one step per global step
+    trainable = [p for p in enc_ddp.parameters() if p.requires_grad]  # FSDP puts sharded ones in their place
 
     ckpt = Checkpointer(args.work, fingerprint=fingerprint({**cfg, "world_size": world}))
-    start = resume_trainable(ckpt, acc.unwrap_model(enc_ddp), opt, sched, args.work)
+    start = resume_trainable(ckpt, enc_ddp, opt, sched, args.work)
     out = Path(args.out)
     loss_log = LossLog(out / "loss.csv", resume_step=start) if acc.is_main_process else None
     scaling = dec.vae.config.scaling_factor
@@ -239,8 +241,8 @@ def main(argv=None) -> int:
     seconds = time.time() - t0
 
     acc.wait_for_everyone()
+    final = whole_model(acc, enc_ddp, lambda: build(cfg, args.vision, args.decoder, "cpu")[0])
     if acc.is_main_process:
-        final = acc.unwrap_model(enc_ddp).cpu().eval()
         final.save_pretrained(out)
         plot_loss(out / "loss.csv", out / "loss.png", f"stage 1 ({steps} steps, route {cfg['route']})")
         n_img = (steps - start) * cfg["batch_size"]
@@ -253,6 +255,7 @@ def main(argv=None) -> int:
                 device=str(acc.device),
                 precision=cfg["precision"],
                 processes=world,
+                distributed_type=acc.distributed_type.value,
                 training_images=len(index),
                 loader_workers=args.workers,
                 train_seconds_this_run=round(seconds, 1),

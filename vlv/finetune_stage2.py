@@ -50,6 +50,7 @@ from .training import (
     plot_loss,
     resume_trainable,
     seed_everything,
+    whole_model,
 )
 
 
@@ -157,9 +158,10 @@ def main(argv=None) -> int:
         opt, lambda s: lr_multiplier(cfg["lr_schedule"], s, steps, cfg["warmup_steps"], cfg["final_lr_ratio"])
     )
     model, opt = acc.prepare(cap, opt)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # FSDP puts sharded ones in their place
     settings = {**cfg, "world_size": world, "init": args.init, "pairs": len(keys)}
     ckpt = Checkpointer(args.work, fingerprint=fingerprint(settings))
-    start = resume_trainable(ckpt, acc.unwrap_model(model), opt, sched, args.work)
+    start = resume_trainable(ckpt, model, opt, sched, args.work)
     out = Path(args.out)
     loss_log = LossLog(out / "loss.csv", resume_step=start) if acc.is_main_process else None
     t0 = time.time()
@@ -200,8 +202,8 @@ def main(argv=None) -> int:
     seconds = time.time() - t0
 
     acc.wait_for_everyone()
+    final = whole_model(acc, model, lambda: build(cfg, args.init, args.encoder, args.t2i, args.llm))
     if acc.is_main_process:
-        final = acc.unwrap_model(model).cpu().eval()
         final.save_pretrained(out)
         plot_loss(out / "loss.csv", out / "loss.png", f"stage 2 ({args.init}, {len(keys)} pairs, {steps} steps)")
         n = (steps - start) * cfg["batch_size"]
@@ -214,6 +216,7 @@ def main(argv=None) -> int:
                 device=str(acc.device),
                 precision=cfg["precision"],
                 processes=world,
+                distributed_type=acc.distributed_type.value,
                 init=args.init,
                 encoder=args.encoder,
                 t2i=args.t2i,

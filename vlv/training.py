@@ -51,32 +51,65 @@ def lr_multiplier(schedule: str, step: int, total: int, warmup: int, final_ratio
     raise ValueError(f"unknown learning-rate schedule {schedule!r} (cosine, linear, constant)")
 
 
-def save_trainable(ckpt: Checkpointer, step: int, model: torch.nn.Module, optimizer, scheduler) -> Path:
-    """A checkpoint of the trainable tensors only (frozen ones come from the starting folders)."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return ckpt.save(
-        step,
-        {
-            "trainable": {n: t for n, t in model.state_dict().items() if n in names},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-        },
-    )
+def sharded(acc) -> bool:
+    """Whether accelerate split the model across the processes (FSDP): then saving it takes every process."""
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.FSDP
 
 
-def resume_trainable(ckpt: Checkpointer, model: torch.nn.Module, optimizer, scheduler, work: str) -> int:
-    """Load the newest matching checkpoint into model, optimizer and schedule; the step to go on from."""
+def save_trainable(acc, ckpt: Checkpointer, step: int, model, optimizer, scheduler) -> None:
+    """A checkpoint of the trainable tensors and the optimizer's state, whole (frozen tensors come from
+    the starting folders), written by the main process. torch's state-dict API gathers them from every
+    process's shard under FSDP, so every process calls this; under DDP or alone it reads them as they are."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    trainable, optim = get_state_dict(model, optimizer.optimizer, options=options)
+    if acc.is_main_process:
+        ckpt.save(step, {"trainable": trainable, "optimizer": optim, "scheduler": scheduler.state_dict()})
+
+
+def resume_trainable(ckpt: Checkpointer, model, optimizer, scheduler, work: str) -> int:
+    """Load the newest matching checkpoint into model, optimizer and schedule (under FSDP, each process
+    keeps its shard of the whole tensors); the step to go on from."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
     state = ckpt.load_latest()
     if state is None:
         return 0
     # the checkpoint holds the trainable tensors only; anything else in it is a config mismatch
-    unexpected = model.load_state_dict(state["trainable"], strict=False).unexpected_keys
+    try:
+        unexpected = set_state_dict(
+            model,
+            optimizer.optimizer,
+            model_state_dict=state["trainable"],
+            optim_state_dict=state["optimizer"],
+            options=StateDictOptions(full_state_dict=True, strict=False),
+        ).unexpected_keys
+    except (KeyError, RuntimeError, ValueError) as e:
+        unexpected = [str(e)]
     if unexpected:
         raise SystemExit(f"checkpoint {ckpt.latest()} does not match this model ({unexpected[:3]}...); delete {work}")
-    optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     logging.getLogger("vlv").info("resumed from %s at step %d", ckpt.latest(), int(state["step"]))
     return int(state["step"])
+
+
+def whole_model(acc, model, rebuild):
+    """The trained model, whole, on the CPU in eval mode, on the main process (None on the others).
+    Under FSDP every process calls this: the full state dict is gathered from the shards and loaded
+    into ``rebuild()``, a fresh copy made from the starting folders; otherwise it is the unwrapped model."""
+    if not sharded(acc):
+        return acc.unwrap_model(model).cpu().eval() if acc.is_main_process else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not acc.is_main_process:
+        return None
+    fresh = rebuild()
+    fresh.load_state_dict(state)
+    return fresh.eval()
 
 
 def make_accelerator(cpu: bool, precision: str):
@@ -132,8 +165,8 @@ def finish_step(acc, loss, model, trainable, opt, sched, *, step, steps, cfg, ck
     if acc.is_main_process and ((step + 1) % cfg["log_every"] == 0 or step + 1 == steps):
         loss_log.append(step + 1, lv, sched.get_last_lr()[0], time.time() - t0)
         bar.set_postfix(loss=f"{lv:.4f}")
-    if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < steps and acc.is_main_process:
-        save_trainable(ckpt, step + 1, acc.unwrap_model(model), opt, sched)
+    if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < steps:
+        save_trainable(acc, ckpt, step + 1, model, opt, sched)
     acc.wait_for_everyone()
     return lv
 
@@ -158,6 +191,10 @@ class Checkpointer:
     previous one intact. Loading uses ``weights_only=True``.
     """
 
+    # What the stages store changed (2: the optimizer's state keyed by parameter name, by torch's
+    # state-dict API, the same under FSDP; before: by position): older checkpoints are discarded.
+    FORMAT = 2
+
     def __init__(self, directory: str | os.PathLike, keep: int = 2, fingerprint: str | None = None):
         self.dir = Path(directory)
         self.keep = keep
@@ -178,7 +215,7 @@ class Checkpointer:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"step-{step:08d}.pt"
         tmp = path.with_suffix(".tmp")
-        torch.save({"step": step, "fingerprint": self.fingerprint, **state}, tmp)
+        torch.save({"step": step, "fingerprint": self.fingerprint, "format": self.FORMAT, **state}, tmp)
         tmp.replace(path)
         for old in self._all()[: -self.keep]:
             old.unlink()
@@ -189,7 +226,7 @@ class Checkpointer:
         if path is None:
             return None
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") != self.fingerprint:
+        if state.get("fingerprint") != self.fingerprint or state.get("format") != self.FORMAT:
             logging.getLogger("vlv").warning("ignoring checkpoints in %s: they were made with other settings", self.dir)
             self.clear()
             return None
