@@ -24,7 +24,7 @@ P2=${PARAMS2:-$($PY -m vlv.config stage2 --configfile config.yaml config/paper.y
 quiet() { grep -E --line-buffered "INFO saved|Error|error|Traceback|Killed" || true; }
 t0=$(date +%s)
 $PY -m vlv.benchmark_stage1 --params "$P1" --paper-sized "$PRESET" --models "$MODELS" \
-  --batch-size "${BATCH1:-32}" --large-batch "${LARGE1:-128}" --steps "${STEPS1:-12}" \
+  --batch-size "${BATCH1:-32}" --large-batch "${LARGE1:-128}" --tuned --steps "${STEPS1:-12}" \
   --out "$OUT/stage1_speed.json" >"$OUT/stage1.log" 2>&1
 echo "stage 1 benchmark: exit $?, $(($(date +%s) - t0)) s" | tee -a "$OUT/environment.txt"
 quiet <"$OUT/stage1.log"
@@ -41,7 +41,7 @@ if [ "${TEACHER:-1}" = 1 ]; then
   echo "teacher benchmark: exit $?, $(($(date +%s) - t0)) s" | tee -a "$OUT/environment.txt"
 fi
 echo "== stage 1"
-grep -A12 "^model FLOPs per training image" "$OUT/stage1.log" || tail -20 "$OUT/stage1.log"
+grep -A13 "^model FLOPs per training image" "$OUT/stage1.log" || tail -20 "$OUT/stage1.log"
 echo "== stage 2"
 grep -A6 "^model FLOPs per training sample" "$OUT/stage2.log" || tail -20 "$OUT/stage2.log"
 if [ "${TEACHER:-1}" = 1 ]; then

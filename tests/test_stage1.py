@@ -1,5 +1,6 @@
 """Stage 1: the VLV encoder, the frozen decoder and the distill_stage1 trainer."""
 
+import csv
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import accelerate_launch, free_port, killed_at_step
+from conftest import ROOT, accelerate_launch, free_port, killed_at_step
 from safetensors.torch import load_file
 
 from vlv import distill_stage1, generate_shapes
@@ -270,6 +271,44 @@ def test_stage1_benchmark_runs_on_paper_classes_at_tiny_size(micro_config, tmp_p
     assert all(r["images_per_second"] > 0 and r["peak_memory_gib"] is None for r in rows)
     assert report["settings"]["c_ours_vision_cached_b8"]["batch_size"] == 8
     assert "ratio b/a" in capsys.readouterr().out
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """A stage run in this process with another precision needs accelerate's process-wide state
+    cleared before, and after for the tests that follow."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield lambda: AcceleratorState._reset_state(True)
+    AcceleratorState._reset_state(True)
+
+
+def test_unet_speed_settings_store_it_in_bf16_channels_last_compiled_and_compute_the_same_loss(
+    micro_config, tmp_path, fresh_accelerate_state
+):
+    """frozen_bf16 and channels_last change the frozen UNet's storage, not what it computes: the first
+    step's loss (before any update) is the plain bf16 run's to rounding. compile_unet compiles it in
+    place (run here it took 70 s of compiling for the micro UNet, so this test only builds it)."""
+    pool, subset = _data(micro_config, tmp_path)
+    vision, t2i = ROOT / "models/toy/vision", ROOT / "models/toy/t2i"
+    tuned = {"frozen_bf16": True, "channels_last": True}
+    params = _micro_stage1(micro_config, precision="bf16", **tuned, compile_unet=True)
+    _, dec = distill_stage1.build(params, str(vision), str(t2i), "cpu")
+    conv = dec.unet.conv_in.weight
+    assert conv.dtype == torch.bfloat16 and conv.is_contiguous(memory_format=torch.channels_last)
+    assert dec.unet._compiled_call_impl is not None and dec.text_encoder.dtype == torch.float32
+    with pytest.raises(SystemExit, match="needs precision bf16"):
+        distill_stage1.build({**params, "precision": "fp32"}, str(vision), str(t2i), "cpu")
+    first = {}
+    for name, over in (("plain", {}), ("tuned", tuned)):
+        fresh_accelerate_state()
+        p = _micro_stage1(micro_config, steps=1, precision="bf16", **over)
+        assert (
+            distill_stage1.main(_stage1_args(p, pool, subset, vision, t2i, tmp_path / name, tmp_path / f"w{name}")) == 0
+        )
+        first[name] = float(next(csv.DictReader((tmp_path / name / "loss.csv").open()))["loss"])
+    assert first["tuned"] == pytest.approx(first["plain"], rel=2e-2) and first["tuned"] != first["plain"]
 
 
 def test_cached_vision_features_train_like_the_vision_tower_run_each_step(micro_config, tmp_path):

@@ -7,7 +7,8 @@ image, the encoder run once for them; the paper: one). accelerate handles device
 processes (the global batch is split across processes; each step's images, noise and timesteps are
 a pure function of (seed, step), so 1 and N processes see the same global batch). AdamW with the
 configured betas and weight decay, a warmup + cosine schedule over the *whole* run, fp32 or bf16,
-optional gradient checkpointing, optional cached VAE latent distributions and (with the vision tower
+optional gradient checkpointing, optional speed settings for the frozen UNet (bf16 storage,
+channels_last, ``torch.compile``), optional cached VAE latent distributions and (with the vision tower
 frozen) cached vision-tower features, each computed once into ``--work``. Checkpoints go to
 ``--work`` (kept when a run fails) and the newest is resumed automatically.
 
@@ -74,6 +75,14 @@ def training_keys(subset_json: str, data_percent: float = 100, seed: int = 0) ->
 
 def build(params: dict, vision: str, decoder: str, device) -> tuple[VLVEncoder, FrozenT2IDecoder]:
     dec = FrozenT2IDecoder(decoder, route=params["route"]).to(device)
+    if params["frozen_bf16"]:  # it never trains: stored in the precision autocast computes it in
+        if params["precision"] != "bf16":
+            raise SystemExit("stage1.frozen_bf16 stores the frozen UNet in bf16: it needs precision bf16")
+        dec.unet.to(torch.bfloat16)
+    if params["channels_last"]:
+        dec.unet.to(memory_format=torch.channels_last)
+    if params["compile_unet"]:
+        dec.unet.compile()  # in place: the same module, its forward compiled on the first call
     if params["num_queries"] > dec.max_tokens and params["route"] == "text_encoder":
         raise SystemExit(
             f"stage1.num_queries={params['num_queries']} exceeds the text encoder's {dec.max_tokens} positions"
