@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     trainable = [p for p in enc_ddp.parameters() if p.requires_grad]  # FSDP puts sharded ones in their place
 
     ckpt = Checkpointer(args.work, fingerprint=fingerprint({**cfg, "world_size": world}))
-    start = resume_trainable(ckpt, enc_ddp, opt, sched, args.work)
+    start = resume_trainable(acc, ckpt, enc_ddp, opt, sched, args.work)
     out = Path(args.out)
     loss_log = LossLog(out / "loss.csv", resume_step=start) if acc.is_main_process else None
     scaling = dec.vae.config.scaling_factor

@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     trainable = [p for p in model.parameters() if p.requires_grad]  # FSDP puts sharded ones in their place
     settings = {**cfg, "world_size": world, "init": args.init, "pairs": len(keys)}
     ckpt = Checkpointer(args.work, fingerprint=fingerprint(settings))
-    start = resume_trainable(ckpt, model, opt, sched, args.work)
+    start = resume_trainable(acc, ckpt, model, opt, sched, args.work)
     out = Path(args.out)
     loss_log = LossLog(out / "loss.csv", resume_step=start) if acc.is_main_process else None
     t0 = time.time()

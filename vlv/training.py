@@ -70,12 +70,20 @@ def save_trainable(acc, ckpt: Checkpointer, step: int, model, optimizer, schedul
         ckpt.save(step, {"trainable": trainable, "optimizer": optim, "scheduler": scheduler.state_dict()})
 
 
-def resume_trainable(ckpt: Checkpointer, model, optimizer, scheduler, work: str) -> int:
-    """Load the newest matching checkpoint into model, optimizer and schedule (under FSDP, each process
-    keeps its shard of the whole tensors); the step to go on from."""
+def resume_trainable(acc, ckpt: Checkpointer, model, optimizer, scheduler, work: str) -> int:
+    """Load the newest matching checkpoint into model, optimizer and schedule; the step to go on from.
+    Under FSDP only the main process reads it and the tensors go from there to every process's shard
+    (one whole copy of the trainable state in host memory, not one per process)."""
+    from accelerate.utils import broadcast_object_list
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    state = ckpt.load_latest()
+    one_reader = sharded(acc)
+    state = ckpt.load_latest() if acc.is_main_process or not one_reader else None
+    if one_reader:  # the others learn from the main process whether there is one, its step and schedule
+        head = [None if state is None else {"step": state["step"], "scheduler": state["scheduler"]}]
+        broadcast_object_list(head)
+        if head[0] is not None and state is None:
+            state = {**head[0], "trainable": {}, "optimizer": {}}
     if state is None:
         return 0
     # the checkpoint holds the trainable tensors only; anything else in it is a config mismatch
@@ -85,7 +93,7 @@ def resume_trainable(ckpt: Checkpointer, model, optimizer, scheduler, work: str)
             optimizer.optimizer,
             model_state_dict=state["trainable"],
             optim_state_dict=state["optimizer"],
-            options=StateDictOptions(full_state_dict=True, strict=False),
+            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=one_reader, strict=False),
         ).unexpected_keys
     except (KeyError, RuntimeError, ValueError) as e:
         unexpected = [str(e)]
@@ -227,7 +235,9 @@ class Checkpointer:
             return None
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("fingerprint") != self.fingerprint or state.get("format") != self.FORMAT:
-            logging.getLogger("vlv").warning("ignoring checkpoints in %s: they were made with other settings", self.dir)
+            logging.getLogger("vlv").warning(
+                "ignoring checkpoints in %s: they were made with other settings or an older format", self.dir
+            )
             self.clear()
             return None
         return state
