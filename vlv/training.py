@@ -75,7 +75,11 @@ def resume_trainable(acc, ckpt: Checkpointer, model, optimizer, scheduler, work:
     Under FSDP only the main process reads it and the tensors go from there to every process's shard
     (one whole copy of the trainable state in host memory, not one per process)."""
     from accelerate.utils import broadcast_object_list
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     one_reader = sharded(acc)
     state = ckpt.load_latest() if acc.is_main_process or not one_reader else None
@@ -87,14 +91,11 @@ def resume_trainable(acc, ckpt: Checkpointer, model, optimizer, scheduler, work:
     if state is None:
         return 0
     # the checkpoint holds the trainable tensors only; anything else in it is a config mismatch
+    # (model and optimizer apart: set_state_dict would skip the model on a process given an empty one)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=one_reader, strict=False)
     try:
-        unexpected = set_state_dict(
-            model,
-            optimizer.optimizer,
-            model_state_dict=state["trainable"],
-            optim_state_dict=state["optimizer"],
-            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=one_reader, strict=False),
-        ).unexpected_keys
+        unexpected = set_model_state_dict(model, state["trainable"], options=options).unexpected_keys
+        set_optimizer_state_dict(model, optimizer.optimizer, state["optimizer"], options=options)
     except (KeyError, RuntimeError, ValueError) as e:
         unexpected = [str(e)]
     if unexpected:
