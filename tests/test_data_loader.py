@@ -140,10 +140,11 @@ def test_feature_cache_is_filled_by_all_processes_together(pool, tmp_path):
     barrier = threading.Barrier(2)
     fns, results, errors = [_Features(), _Features()], [None, None], []
 
-    def process(rank):
+    def process(rank):  # a thread standing for a process: its own dataset, so its own open shard files
         try:
             cache = FeatureCache(tmp_path / "c", "inputs", rank=rank, world=2, barrier=barrier.wait, chunk=8)
-            results[rank] = np.asarray(cache.build(n, _loader_for(data), fns[rank], "test"))
+            mine = ShardImages(ShardIndex(pool))
+            results[rank] = np.asarray(cache.build(n, _loader_for(mine), fns[rank], "test"))
         except Exception as e:  # reported below
             errors.append(e)
             barrier.abort()
