@@ -25,35 +25,13 @@ from vlv.data.shards import decode_image, iter_dir, iter_shard, load_images
 
 
 @pytest.mark.slow
-def test_two_process_stage2_through_the_committed_accelerate_config_matches_one_process(micro_config, root, tmp_path):
-    pairs, caps = _pairs(micro_config, tmp_path)
-    over = {"steps": 2, "batch_size": 8, "checkpoint_every": 100}
-    assert (
-        finetune_stage2.main(_stage2_args(micro_config, root, pairs, caps, tmp_path / "one", tmp_path / "w1", **over))
-        == 0
-    )
-    res = accelerate_launch(
-        "vlv.finetune_stage2", _stage2_args(micro_config, root, pairs, caps, tmp_path / "two", tmp_path / "w2", **over)
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads((tmp_path / "two/manifest.json").read_text())["processes"] == 2
-    one, two = _captioner_weights(tmp_path / "one"), _captioner_weights(tmp_path / "two")
-    init = {f"llm.{k}": v for k, v in load_file(str(root / "models/toy/lm/model.safetensors")).items()}
-    # the LLM's updates agree to float rounding: each process divides its token-loss sum by its share
-    # of the global batch's tokens (a per-process token mean gave 21 % here: Adam's first steps flip
-    # the sign of small gradient entries that differ by a few percent)
-    rel, size = _relative_update_difference(one, two, init)
-    assert size > 1e-3 and rel < 1e-4, rel
-
-
-@pytest.mark.slow
-def test_two_process_stage2_sharded_by_the_committed_fsdp_config_resumes_and_matches_one_process(
-    micro_config, root, tmp_path
-):
-    """FSDP (torch's fully_shard over gloo; accelerate's GPU-only gate lifted by tests/fsdp_on_cpu.py):
-    the LM's decoder layers sharded over 2 processes, stopped after a gathered checkpoint and resumed
-    from it; the folder it saves is gathered whole and holds what one process trains. The paper
-    profile's stage-2 setting: encoder, psi and LM trained, gradient checkpointing (fp32 here)."""
+@pytest.mark.parametrize(("config", "distributed"), [("fsdp", "FSDP"), ("ddp", "MULTI_CPU")])
+def test_two_process_stage2_stopped_and_resumed_matches_one_process(config, distributed, micro_config, root, tmp_path):
+    """Through each committed accelerate config, 2 processes over gloo: FSDP (torch's fully_shard;
+    accelerate's GPU-only gate lifted by tests/fsdp_on_cpu.py) shards the LM's decoder layers, DDP
+    replicates. Stopped after a checkpoint (gathered whole under FSDP) and resumed from it; the folder
+    it saves holds what one process trains. The paper profile's stage-2 setting: encoder, psi and LM
+    trained, gradient checkpointing (fp32 here)."""
     pairs, caps = _pairs(micro_config, tmp_path)
     over = {"steps": 3, "batch_size": 8, "checkpoint_every": 1, "log_every": 1}
     over |= {"trainable": "mlp_llm_encoder", "gradient_checkpointing": True}
@@ -62,18 +40,21 @@ def test_two_process_stage2_sharded_by_the_committed_fsdp_config_resumes_and_mat
         == 0
     )
     args = _stage2_args(micro_config, root, pairs, caps, tmp_path / "two", tmp_path / "w2", **over)
-    stopped = accelerate_launch("vlv.finetune_stage2", args, config="fsdp", env_extra={"VLV_TEST_STOP_AT_STEP": "2"})
+    stopped = accelerate_launch("vlv.finetune_stage2", args, config=config, env_extra={"VLV_TEST_STOP_AT_STEP": "2"})
     assert stopped.returncode != 0 and "stopped at step 2" in stopped.stderr, stopped.stderr[-3000:]
     assert [p.name for p in (tmp_path / "w2").glob("step-*.pt")] == ["step-00000001.pt"]
-    res = accelerate_launch("vlv.finetune_stage2", args, config="fsdp")
+    res = accelerate_launch("vlv.finetune_stage2", args, config=config)
     assert res.returncode == 0, res.stderr[-3000:]
     manifest = json.loads((tmp_path / "two/manifest.json").read_text())
-    assert (manifest["processes"], manifest["distributed_type"], manifest["resumed_from_step"]) == (2, "FSDP", 1)
+    assert (manifest["processes"], manifest["distributed_type"], manifest["resumed_from_step"]) == (2, distributed, 1)
     one, two = _captioner_weights(tmp_path / "one"), _captioner_weights(tmp_path / "two")
     assert one.keys() == two.keys()
     for prefix, folder in (("llm.", "models/toy/lm"), ("enc.", "models/toy/vision")):  # both trained
         init = {f"{prefix}{k}": v for k, v in load_file(str(root / folder / "model.safetensors")).items()}
         init = {k: v for k, v in init.items() if k in one and not torch.equal(v, one[k])}
+        # the updates agree to float rounding: each process divides its token-loss sum by its share of
+        # the global batch's tokens (a per-process token mean gave 21 % here: Adam's first steps flip
+        # the sign of small gradient entries that differ by a few percent)
         rel, size = _relative_update_difference(one, two, init)
         assert size > 1e-3 and rel < 1e-4, (prefix, rel)
 
