@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Stage-1 and stage-2 training speed (stage 2 also through the FSDP config, one process) and the
-# teacher's captioning speed at the paper's sizes (random weights) on one GPU, in one go: the figures of the stage-1 and scale-out issues. Writes
-# JSON reports and logs to OUT (default gpu_benchmarks/) and prints the three summaries last. Needs the project's Python packages; no weights,
-# no network (the models are built here at random).
+# Stage-1 training speed (with the UNet's speed settings as row d), stage-2 training speed (also
+# through the FSDP config, one process) and the teacher's captioning speed at the paper's sizes
+# (random weights) on one GPU, in one go: the figures of the stage-1 and scale-out issues. Writes
+# JSON reports and logs to OUT (default gpu_benchmarks/) and prints the three summaries last. Needs
+# the project's Python packages; no weights, no network (the models are built here at random).
 #   scripts/gpu_benchmarks.sh [OUT]
 # Settings by environment: PRESET (paper; tiny for a CPU dry run), STEPS1 (12), STEPS2 (4),
 # BATCH1 (32), LARGE1 (128), WORKERS (8), MODELS (folder for the built models), PARAMS1/PARAMS2

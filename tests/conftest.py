@@ -121,7 +121,7 @@ def accelerate_launch(
     """``accelerate launch`` of a stage through a committed config (``config/accelerate/<config>.yaml``),
     as the training rules do, with ``processes`` CPU processes over gloo (one thread each). With the
     FSDP config, or a stop asked for (``VLV_TEST_STOP_AT_STEP``), the stage runs through
-    ``fsdp_on_cpu.py``, which lets accelerate shard on a CPU and stops the run."""
+    ``launch_on_cpu.py``, which lets accelerate shard on a CPU and can stop the run."""
     port = port or free_port()
     cmd = [
         sys.executable,
@@ -132,7 +132,7 @@ def accelerate_launch(
     ]
     cmd += ["--num_processes", str(processes), "--main_process_port", str(port)]
     through_launcher = config == "fsdp" or "VLV_TEST_STOP_AT_STEP" in (env_extra or {})
-    cmd += [str(ROOT / "tests/fsdp_on_cpu.py"), module] if through_launcher else ["-m", module]
+    cmd += [str(ROOT / "tests/launch_on_cpu.py"), module] if through_launcher else ["-m", module]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT, **kw)
 

@@ -28,7 +28,7 @@ from vlv.data.shards import decode_image, iter_dir, iter_shard, load_images
 @pytest.mark.parametrize(("config", "distributed"), [("fsdp", "FSDP"), ("ddp", "MULTI_CPU")])
 def test_two_process_stage2_stopped_and_resumed_matches_one_process(config, distributed, micro_config, root, tmp_path):
     """Through each committed accelerate config, 2 processes over gloo: FSDP (torch's fully_shard;
-    accelerate's GPU-only gate lifted by tests/fsdp_on_cpu.py) shards the LM's decoder layers, DDP
+    accelerate's GPU-only gate lifted by tests/launch_on_cpu.py) shards the LM's decoder layers, DDP
     replicates. Stopped after a checkpoint (gathered whole under FSDP) and resumed from it; the folder
     it saves holds what one process trains. The paper profile's stage-2 setting: encoder, psi and LM
     trained, gradient checkpointing (fp32 here)."""

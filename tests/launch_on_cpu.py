@@ -1,13 +1,15 @@
-"""Run a training stage under accelerate's FSDP on the CPU (tests only).
+"""Launch a training stage on CPU processes for the multi-process tests (tests only).
 
 accelerate builds its FSDP plugin from the launch config on any machine, but switches the
 distributed type to FSDP only for GPU-type devices: on a CPU the processes would train as plain
 data-parallel copies and the sharding would go untested. This lifts that one gate, so that torch's
-``fully_shard`` runs over gloo here; the stage itself is the product's module, unchanged.
+``fully_shard`` runs over gloo here; under the DDP config it changes nothing. The stage itself is
+the product's module, unchanged.
 
-    accelerate launch --config_file config/accelerate/fsdp.yaml tests/fsdp_on_cpu.py vlv.finetune_stage2 ARGS
+    accelerate launch --config_file config/accelerate/fsdp.yaml tests/launch_on_cpu.py vlv.finetune_stage2 ARGS
 
-With ``VLV_TEST_STOP_AT_STEP=k`` the main process dies when it logs step k (a preempted job).
+With ``VLV_TEST_STOP_AT_STEP=k`` the main process dies when it logs step k (a preempted job), under
+either config.
 """
 
 import os
