@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from . import distill_stage1
-from .cli_common import load_params, setup_logging, stage_parser
+from vlv import distill_stage1
+from vlv.cli_common import load_params, setup_logging, stage_parser
 
 SETTINGS = {
     "a_official_style": {
@@ -84,8 +84,8 @@ def steady_rate(loss_csv: Path, batch: int) -> float | None:
 
 def write_shapes_images(folder: Path, side: int, n: int) -> list[str]:
     """``n`` Shapes images of ``side`` px as one tar shard in ``folder``; their keys."""
-    from .data.shards import encode_png, write_shard
-    from .shapes.world import WorldSpec, render, sample_scenes
+    from vlv.data.shards import encode_png, write_shard
+    from vlv.shapes.world import WorldSpec, render, sample_scenes
 
     spec = WorldSpec(image_size=side)
     scenes = sample_scenes(spec, 0, n)
@@ -97,7 +97,7 @@ def write_shapes_images(folder: Path, side: int, n: int) -> list[str]:
 def paper_sized_inputs(tmp: Path, preset: str, n_images: int, models: str | None = None):
     """Random-weight paper-class folders (built in ``models``, or reused from there) and Shapes images
     at their resolution: (images, subset, vision, decoder, image side)."""
-    from .models.paper_sized import stage1_stack
+    from vlv.models.paper_sized import stage1_stack
 
     vision, decoder, side = stage1_stack(Path(models) if models else tmp / "models", preset)
     keys = write_shapes_images(tmp / "images", side, n_images)
@@ -156,7 +156,7 @@ def run_stage(module: str, argv: list[str], accelerate_config: str | None = None
 def write_report(path: str, report: dict) -> None:
     """A benchmark's JSON report, with the device and torch it ran on and the manifests' ``run`` record
     (git revision, platform, CPU, time)."""
-    from .manifest import build_manifest
+    from vlv.manifest import build_manifest
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     machine = {"device_name": device, "torch": torch.__version__, "run": build_manifest("benchmark", {}, None)["run"]}

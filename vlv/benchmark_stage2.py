@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from .data.shards import load_images
-from .manifest import build_manifest, write_manifest
-from .models.captioner import VLVCaptioner
-from .training import pick_device
+from vlv.data.shards import load_images
+from vlv.manifest import build_manifest, write_manifest
+from vlv.models.captioner import VLVCaptioner
+from vlv.training import pick_device
 
 
 def timed_captions(model: VLVCaptioner, images, batch: int, device, num_beams: int, max_new_tokens: int):

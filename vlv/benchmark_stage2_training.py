@@ -32,15 +32,15 @@ from pathlib import Path
 
 import torch
 
-from . import finetune_stage2
-from .benchmark_stage1 import free_device_memory, run_stage, steady_rate, write_report, write_shapes_images
-from .cli_common import load_params, setup_logging, stage_parser
+from vlv import finetune_stage2
+from vlv.benchmark_stage1 import free_device_memory, run_stage, steady_rate, write_report, write_shapes_images
+from vlv.cli_common import load_params, setup_logging, stage_parser
 
 
 def long_captions(tokenizer, n: int, min_tokens: int, seed: int = 0) -> list[str]:
     """``n`` captions of at least ``min_tokens`` tokens: Shapes scene captions joined."""
-    from .shapes.captions import teacher_caption
-    from .shapes.world import WorldSpec, sample_scenes
+    from vlv.shapes.captions import teacher_caption
+    from vlv.shapes.world import WorldSpec, sample_scenes
 
     spec = WorldSpec()
     scenes = iter(sample_scenes(spec, seed + 1, 100 * n + 1000))
@@ -57,7 +57,7 @@ def inputs(tmp: Path, preset: str, n_images: int, models: str | None, max_tokens
     """(encoder, t2i, llm, images folder, captions JSONL) for the benchmark."""
     from transformers import AutoTokenizer
 
-    from .models.paper_sized import build_stage2_stack
+    from vlv.models.paper_sized import build_stage2_stack
 
     encoder, t2i, llm, side = build_stage2_stack(Path(models) if models else tmp / "models", preset)
     keys = write_shapes_images(tmp / "images", side, n_images)
@@ -71,7 +71,7 @@ def sample_flops(cfg: dict, encoder: str, t2i: str, llm: str, images: str, capti
     """Model FLOPs of one sample's training forward and backward, and its tokens (prefix + caption)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .data.shards import iter_batches
+    from vlv.data.shards import iter_batches
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cap = finetune_stage2.build({**cfg, "gradient_checkpointing": False}, "vlv", encoder, t2i, llm).to(device)

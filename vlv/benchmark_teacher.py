@@ -28,16 +28,16 @@ from pathlib import Path
 
 import torch
 
-from .benchmark_stage1 import write_report
-from .captioners import PAPER_PROMPT, LocalVLM
-from .models.paper_sized import TOY_LM, build_qwen25vl
-from .shapes.world import WorldSpec, render_array, sample_scenes
-from .training import pick_device
+from vlv.benchmark_stage1 import write_report
+from vlv.captioners import PAPER_PROMPT, LocalVLM
+from vlv.models.paper_sized import TOY_LM, build_qwen25vl
+from vlv.shapes.world import WorldSpec, render_array, sample_scenes
+from vlv.training import pick_device
 
 
 def paper_pairs() -> int:
     """The paper profile's ``data.pairs``: the stage-2 images, each captioned once by the teacher."""
-    from .config import ROOT, load_config
+    from vlv.config import ROOT, load_config
 
     return int(load_config(ROOT / "config.yaml", ROOT / "config" / "paper.yaml")["data"]["pairs"])
 

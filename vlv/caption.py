@@ -21,11 +21,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .captioners import PAPER_PROMPT, LocalVLM, References, VLVCaptionerBackend, make_teacher
-from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import ShardIndex, iter_batches
-from .manifest import build_manifest, write_manifest
-from .training import pick_device
+from vlv.captioners import PAPER_PROMPT, LocalVLM, References, VLVCaptionerBackend, make_teacher
+from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.data.shards import ShardIndex, iter_batches
+from vlv.manifest import build_manifest, write_manifest
+from vlv.training import pick_device
 
 # Images decoded at once (at 512 px about 0.8 GB), rounded up to whole captioner batches.
 CHUNK_IMAGES = 1024

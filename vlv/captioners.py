@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .models.hub import require_local
+from vlv.models.hub import require_local
 
 log = logging.getLogger("vlv")
 
@@ -51,13 +51,13 @@ class ShapesOracle:
     name = "shapes_oracle"
 
     def __init__(self, shapes_cfg: dict):
-        from .shapes.world import WorldSpec
+        from vlv.shapes.world import WorldSpec
 
         self.spec = WorldSpec.from_config(shapes_cfg)
 
     def caption(self, images: np.ndarray, metas: list[dict]) -> list[str]:
-        from .shapes.captions import teacher_caption
-        from .shapes.world import Scene
+        from vlv.shapes.captions import teacher_caption
+        from vlv.shapes.world import Scene
 
         if any("scene" not in m for m in metas):
             raise ValueError("the Shapes oracle needs scene graphs beside the images (Shapes shards)")
@@ -75,7 +75,7 @@ class References:
 
 class VLVCaptionerBackend:
     def __init__(self, path: str, num_beams: int, max_new_tokens: int, device, batch_size: int = 32):
-        from .models.captioner import VLVCaptioner
+        from vlv.models.captioner import VLVCaptioner
 
         self.model = VLVCaptioner.from_pretrained(path).to(device)
         self.device = device

@@ -45,7 +45,7 @@ def read_images(paths: list[str]):
     cannot be read is reported on stderr and skipped. The last value of ``status`` is 1 if any failed."""
     from pathlib import Path
 
-    from .data.shards import BadImage, decode_image
+    from vlv.data.shards import BadImage, decode_image
 
     files: list[Path] = []
     for p in map(Path, paths):
@@ -60,7 +60,7 @@ def read_images(paths: list[str]):
 
 
 def _parse_caption(argv) -> int:
-    from .shapes.parse import parse_caption
+    from vlv.shapes.parse import parse_caption
 
     p = argparse.ArgumentParser(prog="vlv parse-caption")
     p.add_argument("text")
@@ -72,9 +72,9 @@ def _parse_caption(argv) -> int:
 def _detect(argv) -> int:
     import numpy as np
 
-    from .config import ROOT, load_config
-    from .shapes.detect import detect
-    from .shapes.world import WorldSpec
+    from vlv.config import ROOT, load_config
+    from vlv.shapes.detect import detect
+    from vlv.shapes.world import WorldSpec
 
     p = argparse.ArgumentParser(prog="vlv detect")
     p.add_argument("images", nargs="+")
@@ -93,8 +93,8 @@ def _detect(argv) -> int:
 def _encoder_and_decoder(args):
     """The trained encoder (``--encoder``) and the frozen decoder (``--decoder``) along the route the
     encoder was trained on (``--route``, when given, must be that one)."""
-    from .models.frozen_decoder import FrozenT2IDecoder, encoder_route
-    from .models.vlv_encoder import VLVEncoder
+    from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
+    from vlv.models.vlv_encoder import VLVEncoder
 
     encoder = VLVEncoder.from_pretrained(args.encoder)
     try:
@@ -110,8 +110,8 @@ def _reconstruct(argv) -> int:
     import numpy as np
     from PIL import Image
 
-    from .config import ROOT, load_config
-    from .models import ROUTES
+    from vlv.config import ROOT, load_config
+    from vlv.models import ROUTES
 
     cfg = load_config(ROOT / "config.yaml")
     p = argparse.ArgumentParser(
@@ -156,8 +156,8 @@ def _compose(argv) -> int:
     import numpy as np
     from PIL import Image
 
-    from .config import ROOT, load_config
-    from .models import ROUTES
+    from vlv.config import ROOT, load_config
+    from vlv.models import ROUTES
 
     cfg = load_config(ROOT / "config.yaml")
     p = argparse.ArgumentParser(
@@ -179,7 +179,7 @@ def _compose(argv) -> int:
     p.add_argument("--out", default="compositions", help="output folder (one PNG per K)")
     args = p.parse_args(argv)
 
-    from .compose import compose_images, token_counts
+    from vlv.compose import compose_images, token_counts
 
     pair = [img for _, img in read_images([args.a, args.b])]
     if len(pair) != 2 or any(img is None for img in pair):
@@ -215,8 +215,8 @@ def _caption(argv) -> int:
     p.add_argument("--out", default=None, help="JSONL output ({image, caption} per line); default: print")
     args = p.parse_args(argv)
 
-    from .captioners import VLVCaptionerBackend
-    from .training import pick_device
+    from vlv.captioners import VLVCaptionerBackend
+    from vlv.training import pick_device
 
     backend = VLVCaptionerBackend(
         args.captioner, args.num_beams, args.max_new_tokens, pick_device(args.device), args.batch_size
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "config":
-        from .config import main as config_main
+        from vlv.config import main as config_main
 
         return config_main(rest)
     if cmd == "parse-caption":
@@ -259,11 +259,11 @@ def main(argv=None) -> int:
     if cmd == "compose":
         return _compose(rest)
     if cmd == "doctor":
-        from .doctor import main as doctor_main
+        from vlv.doctor import main as doctor_main
 
         return doctor_main(rest)
     if cmd == "pull":
-        from .dvc_pull import main as pull_main
+        from vlv.dvc_pull import main as pull_main
 
         return pull_main(rest)
     if cmd in STAGES:

@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import load_images
-from .manifest import build_manifest, write_manifest
-from .models.frozen_decoder import FrozenT2IDecoder, encoder_route
-from .models.vlv_encoder import VLVEncoder
-from .reconstruct import embed_images
-from .training import pick_device
+from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.data.shards import load_images
+from vlv.manifest import build_manifest, write_manifest
+from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
+from vlv.models.vlv_encoder import VLVEncoder
+from vlv.reconstruct import embed_images
+from vlv.training import pick_device
 
 
 def compose_embeddings(z_a: torch.Tensor, z_b: torch.Tensor, k: int) -> torch.Tensor:
@@ -87,8 +87,8 @@ def main(argv=None) -> int:
     renders = compose_images(encoder, dec, a, b, ks, cfg["guidance"], cfg["steps"], cfg["seed"], device)
     result: dict = {"pairs": n, "num_queries": n_q, "guidance": cfg["guidance"], "steps": cfg["steps"], "by_k": {}}
     if args.shapes:
-        from .reconstruct import detector_scores
-        from .shapes.world import Scene, WorldSpec
+        from vlv.reconstruct import detector_scores
+        from vlv.shapes.world import Scene, WorldSpec
 
         spec = WorldSpec.from_config(json.loads(args.shapes))
         scenes = [Scene.from_json(m["scene"]) for m in metas[: 2 * n]]
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compose.json").write_text(json.dumps(result, indent=2) + "\n")
-    from .figures import save_image_grid
+    from vlv.figures import save_image_grid
 
     rows = {"A": a, "B": b, **{f"{k} of A + {n_q - k} of B": renders[k] for k in ks}}
     save_image_grid(out / "grid.png", rows, title="composition: the first k tokens of A, then B's")

@@ -23,7 +23,7 @@ import csv
 import json
 from pathlib import Path
 
-from .manifest import build_manifest, write_manifest
+from vlv.manifest import build_manifest, write_manifest
 
 COLUMNS = [
     "stage", "what", "measured_on", "measured_processes", "measured_items", "measured_seconds",

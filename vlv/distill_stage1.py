@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cli_common import load_params, setup_logging, stage_parser
-from .data.loader import Collate, FeatureCache, ShardImages, StepBatches, gather, make_loader, path_stamp
-from .data.shards import ShardIndex
-from .manifest import build_manifest, write_manifest
-from .models.frozen_decoder import FrozenT2IDecoder
-from .models.vlv_encoder import VLVEncoder
-from .training import (
+from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.data.loader import Collate, FeatureCache, ShardImages, StepBatches, gather, make_loader, path_stamp
+from vlv.data.shards import ShardIndex
+from vlv.manifest import build_manifest, write_manifest
+from vlv.models.frozen_decoder import FrozenT2IDecoder
+from vlv.models.vlv_encoder import VLVEncoder
+from vlv.training import (
     Checkpointer,
     LossLog,
     accumulate,

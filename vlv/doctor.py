@@ -22,8 +22,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ROOT, ConfigError, load_config, validate_config
-from .models.hub import is_local_model
+from vlv.config import ROOT, ConfigError, load_config, validate_config
+from vlv.models.hub import is_local_model
 
 PROFILES = {"toy": ["config.yaml"], "paper": ["config.yaml", "config/paper.yaml"]}
 

@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from .cli_common import load_params, setup_logging, stage_parser
+from vlv.cli_common import load_params, setup_logging, stage_parser
 
 log = logging.getLogger("vlv.download")
 

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_common import load_params
-from .data.shards import iter_dir
-from .evaluate_captions_shapes import read_captions
-from .manifest import build_manifest, write_manifest
-from .shapes.judge import RUBRIC, arena_rating, score_caption
-from .shapes.world import Scene
-from .training import pick_device
+from vlv.cli_common import load_params
+from vlv.data.shards import iter_dir
+from vlv.evaluate_captions_shapes import read_captions
+from vlv.manifest import build_manifest, write_manifest
+from vlv.shapes.judge import RUBRIC, arena_rating, score_caption
+from vlv.shapes.world import Scene
+from vlv.training import pick_device
 
 JUDGE_PROMPT = """You are rating how well a caption describes this image.
 
@@ -58,7 +58,7 @@ def parse_rating(reply: str) -> int | None:
 
 def make_judge(cfg: dict, device):
     """The VLM judge of ``arena.judge`` local or api: ``ask(images, prompts) -> replies``."""
-    from .captioners import APICaptioner, LocalVLM, api_settings
+    from vlv.captioners import APICaptioner, LocalVLM, api_settings
 
     if cfg["judge"] == "local":
         vlm = LocalVLM(cfg["model"], "", cfg["max_new_tokens"], device, batch_size=cfg["batch_size"])
@@ -83,8 +83,8 @@ def vlm_ratings(cfg: dict, images_dir: str, caps: dict[str, str], device) -> tup
     """(judge name, key -> rating, key -> reply) from a VLM judge."""
     from tqdm import tqdm
 
-    from .data.loader import ShardImages
-    from .data.shards import ShardIndex
+    from vlv.data.loader import ShardImages
+    from vlv.data.shards import ShardIndex
 
     keys = rated_keys(caps, cfg["n_images"], cfg["seed"])
     index = ShardIndex(images_dir, keys)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .data.shards import iter_batches
-from .evaluate_captions_shapes import read_captions
-from .manifest import build_manifest, write_manifest
+from vlv.data.shards import iter_batches
+from vlv.evaluate_captions_shapes import read_captions
+from vlv.manifest import build_manifest, write_manifest
 
 CLIP_W = 2.5
 
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--exclude-first-reference", action="store_true", help="for the reference captioner itself")
     args = p.parse_args(argv)
-    from .models.clip_features import ClipFeatures
+    from vlv.models.clip_features import ClipFeatures
 
     cands = read_captions(args.captions)
     clip = ClipFeatures(args.clip)

@@ -18,11 +18,11 @@ import csv
 import json
 from pathlib import Path
 
-from .data.shards import iter_dir, load_images
-from .figures import save_captions_figure
-from .manifest import build_manifest, write_manifest
-from .shapes.judge import score_captions
-from .shapes.world import Scene
+from vlv.data.shards import iter_dir, load_images
+from vlv.figures import save_captions_figure
+from vlv.manifest import build_manifest, write_manifest
+from vlv.shapes.judge import score_captions
+from vlv.shapes.world import Scene
 
 COLUMNS = [
     "captioner",

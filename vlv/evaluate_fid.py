@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import ShardIndex, decode_image, iter_batches, iter_shard
-from .manifest import build_manifest, write_manifest
-from .render_captions import render_key
-from .training import pick_device
+from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.data.shards import ShardIndex, decode_image, iter_batches, iter_shard
+from vlv.manifest import build_manifest, write_manifest
+from vlv.render_captions import render_key
+from vlv.training import pick_device
 
 BATCH = 256  # images per feature batch (the toy's 200 evaluation images: one)
 
@@ -49,10 +49,10 @@ def feature_space(
 ) -> tuple[str, torch.nn.Module]:
     """(name of the metric, feature module) for the profile."""
     if profile == "toy":
-        from .models.clip_features import ClipFeatures
+        from vlv.models.clip_features import ClipFeatures
 
         return "FD-toyCLIP", ClipFeatures(clip)
-    from .models.inception import InceptionFeatures
+    from vlv.models.inception import InceptionFeatures
 
     if not inception_weights:
         raise SystemExit("the paper profile's FID needs --inception-weights (config models.inception)")

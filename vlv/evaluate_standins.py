@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli_common import load_params, setup_logging, stage_parser
-from .figures import save_image_grid
-from .shapes.captions import short_caption
-from .shapes.detect import detect, score_scene, summarise
-from .shapes.splits import split_scenes
-from .shapes.world import WorldSpec, render_array
-from .training import pick_device
+from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.figures import save_image_grid
+from vlv.shapes.captions import short_caption
+from vlv.shapes.detect import detect, score_scene, summarise
+from vlv.shapes.splits import split_scenes
+from vlv.shapes.world import WorldSpec, render_array
+from vlv.training import pick_device
 
 
 def eval_captions(scenes, seed: int) -> list[str]:
@@ -37,7 +37,7 @@ def eval_captions(scenes, seed: int) -> list[str]:
 def t2i_report(
     path: str, scenes, captions, spec: WorldSpec, guidances, steps: int, seed: int, device
 ) -> tuple[dict, dict]:
-    from .models.t2i import load_t2i_pipeline, render_captions
+    from vlv.models.t2i import load_t2i_pipeline, render_captions
 
     pipe = load_t2i_pipeline(path, device)
     report, renders = {}, {}
@@ -55,8 +55,8 @@ def t2i_report(
 def clip_retrieval(path: str, scenes, spec: WorldSpec, device) -> dict:
     from transformers import AutoProcessor, CLIPModel
 
-    from .models.hub import require_local
-    from .shapes.captions import teacher_caption
+    from vlv.models.hub import require_local
+    from vlv.shapes.captions import teacher_caption
 
     path = require_local(path, "CLIP model")
     model = CLIPModel.from_pretrained(path).to(device).eval()

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .evaluate_captions_shapes import read_captions
-from .manifest import build_manifest, write_manifest
-from .shapes.questions import UNKNOWN
-from .vqa import make_reader, normalize_answer, pick_exemplars, score
+from vlv.evaluate_captions_shapes import read_captions
+from vlv.manifest import build_manifest, write_manifest
+from vlv.shapes.questions import UNKNOWN
+from vlv.vqa import make_reader, normalize_answer, pick_exemplars, score
 
 
 def read_questions(path: str | Path) -> list[dict]:

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import encode_png, write_shard
-from .manifest import build_manifest, write_manifest
-from .shapes.captions import reference_captions, relation_words, teacher_caption
-from .shapes.splits import SPLITS, split_scenes
-from .shapes.world import WorldSpec, render
+from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.data.shards import encode_png, write_shard
+from vlv.manifest import build_manifest, write_manifest
+from vlv.shapes.captions import reference_captions, relation_words, teacher_caption
+from vlv.shapes.splits import SPLITS, split_scenes
+from vlv.shapes.world import WorldSpec, render
 
 
 def sample_key(scene_id: int) -> str:

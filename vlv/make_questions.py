@@ -15,10 +15,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .data.shards import iter_dir
-from .manifest import build_manifest, write_manifest
-from .shapes.questions import make_questions
-from .shapes.world import Scene
+from vlv.data.shards import iter_dir
+from vlv.manifest import build_manifest, write_manifest
+from vlv.shapes.questions import make_questions
+from vlv.shapes.world import Scene
 
 
 def main(argv=None) -> int:

@@ -36,20 +36,20 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from .config import ROOT
+from vlv.config import ROOT
 
 
 def build_models(out: Path, seed: int = 0) -> dict[str, Path]:
     from transformers import AutoTokenizer, CLIPProcessor, CLIPTokenizer
 
-    from .models.paper_sized import (
+    from vlv.models.paper_sized import (
         build_qwen25vl,
         build_stage1_stack,
         build_tiny_inception,
         build_tiny_llava,
         build_tiny_sd3,
     )
-    from .models.toy import build_clip, build_qwen2, clip_image_processor
+    from vlv.models.toy import build_clip, build_qwen2, clip_image_processor
 
     florence, sd, side = build_stage1_stack(out, "tiny", seed)
     torch.manual_seed(seed)

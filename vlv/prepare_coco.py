@@ -36,10 +36,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
-from .cli_common import load_params, setup_logging
-from .data.shards import BadImage, decode_image, encode_png, square_crop, write_shard
-from .download import read_zip_json, safe_zip_members
-from .manifest import build_manifest, write_manifest
+from vlv.cli_common import load_params, setup_logging
+from vlv.data.shards import BadImage, decode_image, encode_png, square_crop, write_shard
+from vlv.download import read_zip_json, safe_zip_members
+from vlv.manifest import build_manifest, write_manifest
 
 log = logging.getLogger("vlv.prepare_coco")
 

@@ -137,7 +137,7 @@ def run(cfg: dict, metadata: str, work: Path, out: Path) -> dict:
 
 
 def fetch_metadata(urls: list[str], out: Path) -> list[str]:
-    from .download import fetch
+    from vlv.download import fetch
 
     if not urls:
         raise SystemExit(
@@ -157,7 +157,7 @@ def select_pairs(images: str, subset: str, n: int, seed: int, out: Path, shard_s
     """A seeded sample of ``n`` kept keys of the subset, copied (bytes unchanged) into new shards."""
     import numpy as np
 
-    from .data.shards import iter_dir, write_shard
+    from vlv.data.shards import iter_dir, write_shard
 
     kept = sorted(r["key"] for r in json.loads(Path(subset).read_text())["kept"])
     chosen = set(kept) if n >= len(kept) else {kept[i] for i in np.random.default_rng(seed).permutation(len(kept))[:n]}

@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .models.toy import build_clip, clip_image_processor, shapes_corpus, train_clip_tokenizer
-from .shapes.captions import short_caption, teacher_caption
-from .shapes.world import WorldSpec
-from .standin_training import StandinTrainer, standin_args
+from vlv.models.toy import build_clip, clip_image_processor, shapes_corpus, train_clip_tokenizer
+from vlv.shapes.captions import short_caption, teacher_caption
+from vlv.shapes.world import WorldSpec
+from vlv.standin_training import StandinTrainer, standin_args
 
 
 def main(argv=None) -> int:

@@ -16,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .models.toy import build_qwen2, shapes_corpus, train_lm_tokenizer
-from .shapes.captions import short_caption, teacher_caption
-from .shapes.world import WorldSpec, sample_scenes
-from .standin_training import StandinTrainer, standin_args
+from vlv.models.toy import build_qwen2, shapes_corpus, train_lm_tokenizer
+from vlv.shapes.captions import short_caption, teacher_caption
+from vlv.shapes.world import WorldSpec, sample_scenes
+from vlv.standin_training import StandinTrainer, standin_args
 
 
 def lm_batch(texts: list[str], tokenizer, max_length: int) -> dict[str, torch.Tensor]:

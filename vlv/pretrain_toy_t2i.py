@@ -20,12 +20,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .models.pixel_autoencoder import PixelUnshuffleAutoencoder
-from .models.t2i import denoising_loss
-from .models.toy import build_scheduler, build_text_encoder, build_unet, shapes_corpus, train_clip_tokenizer
-from .shapes.captions import short_caption, teacher_caption
-from .shapes.world import WorldSpec
-from .standin_training import StandinTrainer, standin_args
+from vlv.models.pixel_autoencoder import PixelUnshuffleAutoencoder
+from vlv.models.t2i import denoising_loss
+from vlv.models.toy import build_scheduler, build_text_encoder, build_unet, shapes_corpus, train_clip_tokenizer
+from vlv.shapes.captions import short_caption, teacher_caption
+from vlv.shapes.world import WorldSpec
+from vlv.standin_training import StandinTrainer, standin_args
 
 
 def batch_captions(

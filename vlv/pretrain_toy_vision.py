@@ -19,15 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models.toy import (
+from vlv.models.toy import (
     build_florence2,
     florence2_image_tokens,
     florence2_processor,
     shapes_corpus,
     train_bart_tokenizer,
 )
-from .shapes.world import Scene, WorldSpec
-from .standin_training import StandinTrainer, standin_args
+from vlv.shapes.world import Scene, WorldSpec
+from vlv.standin_training import StandinTrainer, standin_args
 
 
 def attribute_targets(scenes: list[Scene], spec: WorldSpec) -> torch.Tensor:

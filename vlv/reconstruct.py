@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import ShardIndex, encode_png, load_images, write_shard
-from .figures import save_image_grid
-from .manifest import build_manifest, write_manifest
-from .models.frozen_decoder import FrozenT2IDecoder, encoder_route
-from .models.vlv_encoder import VLVEncoder
-from .training import pick_device
+from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.data.shards import ShardIndex, encode_png, load_images, write_shard
+from vlv.figures import save_image_grid
+from vlv.manifest import build_manifest, write_manifest
+from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
+from vlv.models.vlv_encoder import VLVEncoder
+from vlv.training import pick_device
 
 
 @torch.no_grad()
@@ -75,7 +75,7 @@ def denoising_losses(
 
 
 def detector_scores(scenes, renders: np.ndarray, spec) -> dict:
-    from .shapes.detect import detect, score_scene, summarise
+    from vlv.shapes.detect import detect, score_scene, summarise
 
     return summarise([score_scene(s, detect(im, spec), spec) for s, im in zip(scenes, renders)])
 
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     renders["empty caption"] = sample_all(dec, empty_cond, 1.0, cfg["reconstruct_steps"], seed)
 
     if args.shapes:
-        from .shapes.world import Scene, WorldSpec
+        from vlv.shapes.world import Scene, WorldSpec
 
         spec = WorldSpec.from_config(json.loads(args.shapes))
         scenes = [Scene.from_json(m["scene"]) for m in metas]

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import encode_png, write_shard
-from .manifest import build_manifest, write_manifest
-from .models.t2i import iter_renders, load_t2i_pipeline
-from .training import pick_device
+from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.data.shards import encode_png, write_shard
+from vlv.manifest import build_manifest, write_manifest
+from vlv.models.t2i import iter_renders, load_t2i_pipeline
+from vlv.training import pick_device
 
 
 def render_key(key: str, guidance: float) -> str:

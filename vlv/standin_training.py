@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cli_common import load_params, setup_logging, stage_parser
-from .manifest import build_manifest, write_manifest
-from .models.toy import images_to_tensor
-from .shapes.world import WorldSpec, render_array, sample_scenes
-from .training import (
+from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.manifest import build_manifest, write_manifest
+from vlv.models.toy import images_to_tensor
+from vlv.shapes.world import WorldSpec, render_array, sample_scenes
+from vlv.training import (
     Checkpointer,
     LossLog,
     fingerprint,

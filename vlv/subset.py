@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import BadImage, decode_image, image_bytes, iter_shard, shard_paths
-from .manifest import build_manifest, write_manifest
-from .training import fingerprint, pick_device
+from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.data.shards import BadImage, decode_image, image_bytes, iter_shard, shard_paths
+from vlv.manifest import build_manifest, write_manifest
+from vlv.training import fingerprint, pick_device
 
 log = logging.getLogger("vlv.subset")
 
@@ -70,7 +70,7 @@ class ClipScorer:
     def __init__(self, path: str, prompt: str, device):
         from transformers import AutoProcessor, CLIPModel
 
-        from .models.hub import require_local
+        from vlv.models.hub import require_local
 
         self.name = str(path)
         path = require_local(path, "CLIP model")

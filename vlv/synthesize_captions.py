@@ -26,11 +26,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .captioners import CaptionFailure, make_teacher
-from .cli_common import load_params, setup_logging, stage_parser
-from .data.shards import ShardIndex, iter_batches
-from .manifest import build_manifest, write_manifest
-from .training import pick_device
+from vlv.captioners import CaptionFailure, make_teacher
+from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.data.shards import ShardIndex, iter_batches
+from vlv.manifest import build_manifest, write_manifest
+from vlv.training import pick_device
 
 
 def read_done(path: Path) -> dict[str, str]:

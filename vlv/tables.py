@@ -31,7 +31,7 @@ import csv
 import json
 from pathlib import Path
 
-from .manifest import build_manifest, write_manifest
+from vlv.manifest import build_manifest, write_manifest
 
 CAPTION_METRICS = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CLIPScore", "RefCLIPScore"]
 

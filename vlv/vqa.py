@@ -27,9 +27,9 @@ import re
 import numpy as np
 import torch
 
-from .captioners import ChatAPI, api_settings
-from .models.hub import require_local
-from .shapes.questions import answer_from_caption
+from vlv.captioners import ChatAPI, api_settings
+from vlv.models.hub import require_local
+from vlv.shapes.questions import answer_from_caption
 
 log = logging.getLogger("vlv")
 
