@@ -36,7 +36,7 @@ rule evaluate_reconstruction_fid:
 
 rule compose:
     input:
-        code=code("compose", "models/vlv_encoder", "models/frozen_decoder", "shapes/detect"),
+        code=code("stages/compose", "models/vlv_encoder", "models/frozen_decoder", "shapes/detect"),
         encoder="<results>/distill_stage1/encoder",
         images=split_dir("eval"),
         t2i=model_input("t2i"),
@@ -59,13 +59,13 @@ rule compose:
         t2i=model_arg("t2i"),
         out=subpath(output.json, parent=True),
     shell:
-        "python -m vlv.compose --params {params.cfg:q} --encoder {input.encoder} --decoder {params.t2i} "
+        "python -m vlv.stages.compose --params {params.cfg:q} --encoder {input.encoder} --decoder {params.t2i} "
         "--images {input.images} {params.shapes} --out {params.out} > {log} 2>&1"
 
 
 rule table_ablations:
     input:
-        code=code("tables"),
+        code=code("stages/tables"),
         recon=expand(
             "<results>/evaluate/reconstruction_fid/{s1}.json",
             s1=ablation_stage1()["num_queries"],
@@ -101,14 +101,14 @@ rule table_ablations:
         dataset=evaluation_dataset(),
         judge=judge_arg,
     shell:
-        "python -m vlv.tables ablations --profile {params.profile} --dataset {params.dataset:q} "
+        "python -m vlv.stages.tables ablations --profile {params.profile} --dataset {params.dataset:q} "
         "--reconstruction-fid {input.recon} --reconstruct {input.recon_metrics} --fid {input.fid} "
         "--finetune {input.finetune} {params.judge} --out {output.table} --figure {output.figure} > {log} 2>&1"
 
 
 rule table_scaling:
     input:
-        code=code("tables"),
+        code=code("stages/tables"),
         recon=expand(
             "<results>/evaluate/reconstruction_fid/{s1}.json", s1=ablation_stage1()["data"]
         ),
@@ -143,6 +143,6 @@ rule table_scaling:
         dataset=evaluation_dataset(),
         judge=judge_arg,
     shell:
-        "python -m vlv.tables scaling --profile {params.profile} --dataset {params.dataset:q} "
+        "python -m vlv.stages.tables scaling --profile {params.profile} --dataset {params.dataset:q} "
         "--reconstruction-fid {input.recon} --reconstruct {input.recon_metrics} --fid {input.fid} "
         "--finetune {input.finetune} {params.judge} --out {output.table} --figure {output.figure} > {log} 2>&1"

@@ -4,7 +4,7 @@
 
 rule caption:
     input:
-        code=code("caption", "captioners", "models/captioner"),
+        code=code("stages/caption", "captioners", "models/captioner"),
         images=split_dir("eval"),
         model=captioner_inputs,
     output:
@@ -26,5 +26,5 @@ rule caption:
         captioner=captioner_args,
         n_images=config["evaluation"]["n_images"],
     shell:
-        "python -m vlv.caption --params {params.cfg:q} --teacher {params.teacher:q} {params.captioner} "
+        "python -m vlv.stages.caption --params {params.cfg:q} --teacher {params.teacher:q} {params.captioner} "
         "{params.shapes} --images {input.images} --n-images {params.n_images} --out {output} > {log} 2>&1"

@@ -9,7 +9,7 @@ rule distill_stage1:
         accelerate=launch_input("stage1"),
         launch_code=launch_code("stage1"),
         code=code(
-            "distill_stage1",
+            "stages/distill_stage1",
             "models/vlv_encoder",
             "models/frozen_decoder",
             "data/loader",
@@ -45,14 +45,16 @@ rule distill_stage1:
         workers=config["data"]["loader_workers"],
         work=lambda wildcards: work_dir(f"distill_stage1/{wildcards.s1}"),
     shell:
-        "{params.launch} vlv.distill_stage1 --params {params.cfg:q} --images {input.images} "
+        "{params.launch} vlv.stages.distill_stage1 --params {params.cfg:q} --images {input.images} "
         "--subset {input.subset} --vision {params.vision_encoder} --decoder {params.t2i} "
         "--out {output} --work {params.work} --workers {params.workers} > {log} 2>&1"
 
 
 rule reconstruct:
     input:
-        code=code("reconstruct", "models/vlv_encoder", "models/frozen_decoder", "shapes/detect"),
+        code=code(
+            "stages/reconstruct", "models/vlv_encoder", "models/frozen_decoder", "shapes/detect"
+        ),
         encoder="<results>/distill_stage1/{s1}",
         images=split_dir("eval"),
         t2i=model_input("t2i"),
@@ -76,6 +78,6 @@ rule reconstruct:
         t2i=model_arg("t2i"),
         out=subpath(output.metrics, parent=True),
     shell:
-        "python -m vlv.reconstruct --params {params.cfg:q} --encoder {input.encoder} "
+        "python -m vlv.stages.reconstruct --params {params.cfg:q} --encoder {input.encoder} "
         "--decoder {params.t2i} --images {input.images} {params.shapes} "
         "--out {params.out} > {log} 2>&1"

@@ -9,7 +9,7 @@ rule finetune_stage2:
         accelerate=launch_input("stage2"),
         launch_code=launch_code("stage2"),
         code=code(
-            "finetune_stage2",
+            "stages/finetune_stage2",
             "models/captioner",
             "models/vlv_encoder",
             "data/loader",
@@ -49,7 +49,7 @@ rule finetune_stage2:
         workers=config["data"]["loader_workers"],
         work=lambda wildcards: work_dir(f"finetune_stage2/{wildcards.name}"),
     shell:
-        "{params.launch} vlv.finetune_stage2 --params {params.cfg:q} --init {params.init} "
+        "{params.launch} vlv.stages.finetune_stage2 --params {params.cfg:q} --init {params.init} "
         "--encoder {params.encoder} --t2i {params.t2i} --llm {params.llm} --images {input.images} "
         "--captions {input.captions} --pairs-fraction {params.fraction} --out {output} "
         "--work {params.work} --workers {params.workers} > {log} 2>&1"

@@ -4,7 +4,11 @@
 rule generate_shapes:
     input:
         code=code(
-            "generate_shapes", "shapes/world", "shapes/captions", "shapes/splits", "data/shards"
+            "stages/generate_shapes",
+            "shapes/world",
+            "shapes/captions",
+            "shapes/splits",
+            "data/shards",
         ),
     output:
         directory("<results>/generate_shapes/{split}"),
@@ -21,4 +25,4 @@ rule generate_shapes:
     params:
         cfg=cfg_json("shapes"),
     shell:
-        "python -m vlv.generate_shapes --params {params.cfg:q} --split {wildcards.split} --out {output} > {log} 2>&1"
+        "python -m vlv.stages.generate_shapes --params {params.cfg:q} --split {wildcards.split} --out {output} > {log} 2>&1"

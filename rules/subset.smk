@@ -4,7 +4,7 @@
 
 rule subset:
     input:
-        code=code("subset", "data/shards"),
+        code=code("stages/subset", "data/shards"),
         images=split_dir("pool"),
         clip=model_input("clip"),
     output:
@@ -26,5 +26,5 @@ rule subset:
         out=subpath(output.subset, parent=True),
         work=work_dir("subset"),
     shell:
-        "python -m vlv.subset --params {params.cfg:q} --images {input.images} --clip {params.clip} "
+        "python -m vlv.stages.subset --params {params.cfg:q} --images {input.images} --clip {params.clip} "
         "--out {params.out} --work {params.work} > {log} 2>&1"

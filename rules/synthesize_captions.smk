@@ -4,7 +4,7 @@
 
 rule synthesize_captions:
     input:
-        code=code("synthesize_captions", "captioners", "data/shards"),
+        code=code("stages/synthesize_captions", "captioners", "data/shards"),
         images=split_dir("pairs"),
         teacher=local_model_input("teacher", "backend"),
     output:
@@ -25,5 +25,5 @@ rule synthesize_captions:
         shapes=cfg_json("shapes"),
         work=os.path.join(work_dir("synthesize_captions"), "captions.jsonl"),
     shell:
-        "python -m vlv.synthesize_captions --params {params.cfg:q} --shapes {params.shapes:q} "
+        "python -m vlv.stages.synthesize_captions --params {params.cfg:q} --shapes {params.shapes:q} "
         "--images {input.images} --out {output.captions} --work {params.work} > {log} 2>&1"

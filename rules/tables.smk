@@ -3,7 +3,7 @@
 
 rule table_coco:
     input:
-        code=code("tables"),
+        code=code("stages/tables"),
         fid=expand("<results>/evaluate/fid/{captioner}.json", captioner=captioners()),
         metrics=expand(
             "<results>/evaluate/caption_metrics/{captioner}.json", captioner=captioners()
@@ -27,13 +27,13 @@ rule table_coco:
         profile=config["profile"],
         dataset=evaluation_dataset(),
     shell:
-        "python -m vlv.tables coco --profile {params.profile} --dataset {params.dataset:q} --fid {input.fid} "
+        "python -m vlv.stages.tables coco --profile {params.profile} --dataset {params.dataset:q} --fid {input.fid} "
         "--caption-metrics {input.metrics} --out {output.table} --figure {output.figure} > {log} 2>&1"
 
 
 rule table_spatial:
     input:
-        code=code("tables"),
+        code=code("stages/tables"),
         reconstruct="<results>/reconstruct/encoder/metrics.json",
     output:
         table=report("<results>/tables/spatial.csv", category="Tables"),
@@ -52,13 +52,13 @@ rule table_spatial:
         profile=config["profile"],
         dataset=evaluation_dataset(),
     shell:
-        "python -m vlv.tables spatial --profile {params.profile} --dataset {params.dataset:q} "
+        "python -m vlv.stages.tables spatial --profile {params.profile} --dataset {params.dataset:q} "
         "--reconstruct {input.reconstruct} --out {output.table} > {log} 2>&1"
 
 
 rule table_arena:
     input:
-        code=code("tables"),
+        code=code("stages/tables"),
         arena=expand("<results>/evaluate/arena/{captioner}.json", captioner=captioners()),
     output:
         table=report("<results>/tables/arena.csv", category="Tables"),
@@ -77,13 +77,13 @@ rule table_arena:
         profile=config["profile"],
         dataset=evaluation_dataset(),
     shell:
-        "python -m vlv.tables arena --profile {params.profile} --dataset {params.dataset:q} "
+        "python -m vlv.stages.tables arena --profile {params.profile} --dataset {params.dataset:q} "
         "--arena {input.arena} --out {output.table} > {log} 2>&1"
 
 
 rule table_vqa:
     input:
-        code=code("tables"),
+        code=code("stages/tables"),
         vqa=expand("<results>/evaluate/vqa/{captioner}.json", captioner=captioners()),
         more=expand(
             "<results>/evaluate/vqa/{vqa_set}/{captioner}.json",
@@ -107,13 +107,13 @@ rule table_vqa:
         profile=config["profile"],
         dataset=vqa_dataset(),
     shell:
-        "python -m vlv.tables vqa --profile {params.profile} --dataset {params.dataset:q} "
+        "python -m vlv.stages.tables vqa --profile {params.profile} --dataset {params.dataset:q} "
         "--vqa {input.vqa} {input.more} --out {output.table} > {log} 2>&1"
 
 
 rule table_no_stage1:
     input:
-        code=code("tables"),
+        code=code("stages/tables"),
         fid=expand(
             "<results>/evaluate/fid/{captioner}.json",
             captioner=["vlv_pairs100", "no_stage1_pairs100"],
@@ -141,7 +141,7 @@ rule table_no_stage1:
         dataset=evaluation_dataset(),
         judge=judge_arg,
     shell:
-        "python -m vlv.tables no_stage1 --profile {params.profile} --dataset {params.dataset:q} "
+        "python -m vlv.stages.tables no_stage1 --profile {params.profile} --dataset {params.dataset:q} "
         "--fid {input.fid} --finetune {input.finetune} {params.judge} --out {output.table} > {log} 2>&1"
 
 
@@ -149,7 +149,7 @@ rule table_no_stage1:
 # against the paper's budget (outside `all`: it reads timings, which differ from run to run).
 rule cost_report:
     input:
-        code=code("cost_report"),
+        code=code("stages/cost_report"),
         subset="<results>/subset/subset.json",
         teacher="<results>/synthesize_captions/manifest.json",
         stage1="<results>/distill_stage1/encoder",
@@ -173,5 +173,5 @@ rule cost_report:
         cfg=cost_json(),
         manifests=cost_manifests,
     shell:
-        "python -m vlv.cost_report --params {params.cfg:q} --manifest {params.manifests} "
+        "python -m vlv.stages.cost_report --params {params.cfg:q} --manifest {params.manifests} "
         "--out {output.table} > {log} 2>&1"

@@ -20,8 +20,8 @@ from vlv.data.shards import ShardIndex, decode_image, iter_shard, load_images
 from vlv.evaluate_fid import feature_space, frechet_distance
 from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
 from vlv.models.vlv_encoder import VLVEncoder
-from vlv.reconstruct import detector_scores, sample_all
 from vlv.shapes.world import Scene, WorldSpec
+from vlv.stages.reconstruct import detector_scores, sample_all
 
 
 def object_area(images: np.ndarray, background) -> float:

@@ -6,7 +6,7 @@ data-parallel copies and the sharding would go untested. This lifts that one gat
 ``fully_shard`` runs over gloo here; under the DDP config it changes nothing. The stage itself is
 the product's module, unchanged.
 
-    accelerate launch --config_file config/accelerate/fsdp.yaml tests/launch_on_cpu.py vlv.finetune_stage2 ARGS
+    accelerate launch --config_file config/accelerate/fsdp.yaml tests/launch_on_cpu.py vlv.stages.finetune_stage2 ARGS
 
 With ``VLV_TEST_STOP_AT_STEP=k`` the main process dies when it logs step k (a preempted job), under
 either config.

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import run_snakemake
 
-from vlv.compose import compose_embeddings, token_counts
-from vlv.distill_stage1 import training_keys
-from vlv.tables import captioner_rows, reconstruction_rows
+from vlv.stages.compose import compose_embeddings, token_counts
+from vlv.stages.distill_stage1 import training_keys
+from vlv.stages.tables import captioner_rows, reconstruction_rows
 from vlv.variants import captioner_name, parse_captioner, stage1_overrides
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from vlv import generate_shapes
 from vlv.data.loader import (
     Collate,
     FeatureCache,
@@ -18,6 +17,7 @@ from vlv.data.loader import (
     make_loader,
 )
 from vlv.data.shards import BadImage, ShardIndex, encode_png, iter_batches, load_images, write_shard
+from vlv.stages import generate_shapes
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from vlv.evaluate_fid import frechet_distance
 from vlv.models.clip_features import ClipFeatures
 from vlv.shapes.judge import RUBRIC
 from vlv.shapes.world import WorldSpec, render_array, sample_scenes
-from vlv.tables import coco_rows, spatial_rows, write_table
+from vlv.stages.tables import coco_rows, spatial_rows, write_table
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,7 @@ def test_judge_rating_is_the_last_level_standing_alone_in_the_reply():
 
 
 def _arena_split(micro_config, tmp_path):
-    from vlv import generate_shapes
+    from vlv.stages import generate_shapes
 
     ev = tmp_path / "eval"
     assert (

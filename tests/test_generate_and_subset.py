@@ -3,8 +3,8 @@ import tarfile
 
 import pytest
 
-from vlv import generate_shapes, subset
 from vlv.data.shards import BadImage, decode_image, encode_png, iter_dir, iter_shard, write_shard
+from vlv.stages import generate_shapes, subset
 
 
 def _generate(micro_config, split, out):

@@ -19,9 +19,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_stage2 import _captioner_weights, _pairs, _stage2_args
 
-from vlv import doctor, finetune_stage2, generate_shapes, prepare_laion
+from vlv import doctor, prepare_laion
 from vlv.config import load_config, validate_config
 from vlv.data.shards import decode_image, iter_dir, iter_shard, load_images
+from vlv.stages import finetune_stage2, generate_shapes
 
 
 @pytest.mark.slow
@@ -40,10 +41,12 @@ def test_two_process_stage2_stopped_and_resumed_matches_one_process(config, dist
         == 0
     )
     args = _stage2_args(micro_config, root, pairs, caps, tmp_path / "two", tmp_path / "w2", **over)
-    stopped = accelerate_launch("vlv.finetune_stage2", args, config=config, env_extra={"VLV_TEST_STOP_AT_STEP": "2"})
+    stopped = accelerate_launch(
+        "vlv.stages.finetune_stage2", args, config=config, env_extra={"VLV_TEST_STOP_AT_STEP": "2"}
+    )
     assert stopped.returncode != 0 and "stopped at step 2" in stopped.stderr, stopped.stderr[-3000:]
     assert [p.name for p in (tmp_path / "w2").glob("step-*.pt")] == ["step-00000001.pt"]
-    res = accelerate_launch("vlv.finetune_stage2", args, config=config)
+    res = accelerate_launch("vlv.stages.finetune_stage2", args, config=config)
     assert res.returncode == 0, res.stderr[-3000:]
     manifest = json.loads((tmp_path / "two/manifest.json").read_text())
     assert (manifest["processes"], manifest["distributed_type"], manifest["resumed_from_step"]) == (2, distributed, 1)
@@ -230,7 +233,7 @@ def _losses(folder: Path) -> list[float]:
 def test_gradient_accumulation_gives_the_one_pass_update_in_both_stages(micro_config, root, tmp_path):
     from test_stage1 import _data, _micro_stage1, _stage1_args, _weights, _weights_init
 
-    from vlv import distill_stage1
+    from vlv.stages import distill_stage1
 
     pool, subset = _data(micro_config, tmp_path)
     vision, t2i = root / "models/toy/vision", root / "models/toy/t2i"
@@ -267,7 +270,7 @@ def test_gradient_accumulation_gives_the_one_pass_update_in_both_stages(micro_co
 
 
 def test_cost_report_projects_device_hours_from_measured_rates(tmp_path):
-    from vlv import cost_report
+    from vlv.stages import cost_report
 
     def man(name, **fields):
         path = tmp_path / f"{name}.json"
@@ -346,13 +349,13 @@ def test_a_stage_on_two_machines_is_planned_as_one_job_starting_a_launcher_per_m
     assert "vlv/launch.py" in distill[: distill.index("output:")]  # the launcher is an input
     assert (
         "srun --nodes=2 --ntasks-per-node=1 python -m vlv.launch --config config/accelerate/ddp.yaml "
-        "--processes 8 --machines 2 -m vlv.distill_stage1" in out
+        "--processes 8 --machines 2 -m vlv.stages.distill_stage1" in out
     )
 
 
 def test_subset_judges_a_resized_pool_image_by_its_original_size():
     from vlv.data.shards import encode_png
-    from vlv.subset import check_image
+    from vlv.stages.subset import check_image
 
     cfg = {"min_side": 512, "min_aspect": 0.5, "max_aspect": 2.0}
     png = encode_png(np.zeros((32, 32, 3), np.uint8))

@@ -12,10 +12,10 @@ import torch
 from conftest import ROOT, accelerate_launch, free_port, killed_at_step
 from safetensors.torch import load_file
 
-from vlv import distill_stage1, generate_shapes
 from vlv.models.frozen_decoder import FrozenT2IDecoder, clip_text_from_embeddings, encoder_route, unet_condition
 from vlv.models.hub import MissingModelError
 from vlv.models.vlv_encoder import PARTS, VLVEncoder
+from vlv.stages import distill_stage1, generate_shapes
 
 PAPER_TRAINABLE = ["language_encoder", "language_decoder", "queries", "projection"]
 
@@ -183,7 +183,7 @@ def test_two_processes_match_one_process(micro_config, tmp_path, root):
     two = _stage1_args(
         params, pool, subset, root / "models/toy/vision", root / "models/toy/t2i", tmp_path / "two", tmp_path / "w2"
     )
-    res = accelerate_launch("vlv.distill_stage1", two)  # through the committed config, as the rule does
+    res = accelerate_launch("vlv.stages.distill_stage1", two)  # through the committed config, as the rule does
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
     one, two_w = _weights(tmp_path / "one"), _weights(tmp_path / "two")
@@ -447,7 +447,17 @@ def test_two_machines_started_from_one_job_train_as_one_group(micro_config, tmp_
     assert distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "one", tmp_path / "w1")) == 0
     args = _stage1_args(params, pool, subset, vision, t2i, tmp_path / "two", tmp_path / "w2")
     launch = [sys.executable, "-m", "vlv.launch", "--config", str(root / "config/accelerate/ddp.yaml")]
-    launch += ["--processes", "1", "--machines", "2", "--port", str(free_port()), "-m", "vlv.distill_stage1", *args]
+    launch += [
+        "--processes",
+        "1",
+        "--machines",
+        "2",
+        "--port",
+        str(free_port()),
+        "-m",
+        "vlv.stages.distill_stage1",
+        *args,
+    ]
     machines = [
         subprocess.Popen(
             launch,
@@ -478,11 +488,11 @@ def test_launch_finds_its_machine_under_slurm_and_refuses_without_a_scheduler(tm
     env = {"SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242"}
     assert launch.placement(env) == (1, "gpu07")
     assert launch.main_port(env, None) == 29500 + 242 and launch.main_port(env, 30000) == 30000
-    cmd = launch.command("c.yaml", 8, 2, 1, "gpu07", 29742, ["-m", "vlv.finetune_stage2", "--x"])
+    cmd = launch.command("c.yaml", 8, 2, 1, "gpu07", 29742, ["-m", "vlv.stages.finetune_stage2", "--x"])
     assert cmd[cmd.index("--num_processes") + 1] == "16" and cmd[cmd.index("--machine_rank") + 1] == "1"
-    assert cmd[-3:] == ["-m", "vlv.finetune_stage2", "--x"]
+    assert cmd[-3:] == ["-m", "vlv.stages.finetune_stage2", "--x"]
     with pytest.raises(SystemExit, match="VLV_MACHINE_RANK"):
         launch.placement({})
     monkeypatch.setenv("VLV_MACHINE_RANK", "2")
     with pytest.raises(SystemExit, match="outside 0..1"):
-        launch.main(["--config", "c.yaml", "--processes", "1", "--machines", "2", "-m", "vlv.distill_stage1"])
+        launch.main(["--config", "c.yaml", "--processes", "1", "--machines", "2", "-m", "vlv.stages.distill_stage1"])

@@ -8,12 +8,12 @@ import torch
 from conftest import chat_server, killed_at_step
 from safetensors.torch import load_file
 
-from vlv import caption, finetune_stage2, generate_shapes, synthesize_captions
 from vlv.captioners import APICaptioner, APISettings, CaptionFailure
 from vlv.models.captioner import TRAINABLE, VLVCaptioner
 from vlv.models.paper_sized import build_tiny_llava
 from vlv.shapes.judge import score_caption
 from vlv.shapes.world import Scene, ShapeObject
+from vlv.stages import caption, finetune_stage2, generate_shapes, synthesize_captions
 
 
 @pytest.fixture(scope="module")

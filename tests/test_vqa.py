@@ -9,7 +9,7 @@ from vlv.evaluate_vqa import evaluate
 from vlv.shapes.captions import teacher_caption
 from vlv.shapes.questions import answer_from_caption, make_questions
 from vlv.shapes.world import Scene, WorldSpec, sample_scenes
-from vlv.tables import vqa_rows, write_table
+from vlv.stages.tables import vqa_rows, write_table
 from vlv.vqa import LocalLLMReader, build_prompt, make_reader, normalize_answer, pick_exemplars, score
 
 

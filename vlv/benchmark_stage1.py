@@ -6,7 +6,7 @@ latent distributions cached once, no gradient checkpointing, SDPA attention (the
 (c) ours with the frozen vision tower's features cached too (``stage1.cache_vision_features``);
 ``--large-batch N`` adds (c) at batch N; ``--tuned`` adds (d): (c) at that batch with the frozen
 UNet stored in bf16 (CUDA), laid out channels_last and compiled (``torch.compile``; its compiling
-falls in the first step, which the rate leaves out). Each runs the real ``vlv.distill_stage1`` in its own
+falls in the first step, which the rate leaves out). Each runs the real ``vlv.stages.distill_stage1`` in its own
 process (as a workflow job does) for ``--steps`` steps on the same data; the table gives images/s
 after the first step (kernel selection and allocator growth left out; the whole-run rate is in the
 JSON), the speed-up over (a) and the ratio b/a.
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from vlv import distill_stage1
 from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.stages import distill_stage1
 
 SETTINGS = {
     "a_official_style": {
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
             out = Path(tmp) / name
             args_run = ["--params", json.dumps(params), "--images", images, "--subset", subset, "--vision", vision,
                         "--decoder", decoder, "--out", str(out), "--work", str(Path(tmp) / f"w_{name}")]  # fmt: skip
-            error = run_stage("vlv.distill_stage1", args_run)
+            error = run_stage("vlv.stages.distill_stage1", args_run)
             if error:  # e.g. a setting too large for this device: say so, go on
                 rows[name] = {**over, "batch_size": batch, "error": error}
                 continue

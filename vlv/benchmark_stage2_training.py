@@ -4,7 +4,7 @@ Builds random-weight folders of the paper profile's stage-2 classes (``vlv.model
 a VLV encoder around Florence-2-large, the OpenCLIP-H text tower, Qwen2.5-3B as the caption LM;
 ``--paper-sized tiny`` for tests), Shapes images and teacher-length captions (Shapes captions joined
 until they reach ``max_caption_tokens``: every sample is as long as stage 2 allows, the slowest
-case), then runs the real ``vlv.finetune_stage2`` for ``--steps`` steps per setting:
+case), then runs the real ``vlv.stages.finetune_stage2`` for ``--steps`` steps per setting:
 
 - ``a_config``: the stage-2 params as given (paper: bf16 autocast, gradient checkpointing on, the
   encoder trained too, micro batches of 8 accumulated to the global batch);
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from vlv import finetune_stage2
 from vlv.benchmark_stage1 import free_device_memory, run_stage, steady_rate, write_report, write_shapes_images
 from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.stages import finetune_stage2
 
 
 def long_captions(tokenizer, n: int, min_tokens: int, seed: int = 0) -> list[str]:
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
             argv = ["--params", json.dumps(params), "--init", "vlv", "--encoder", encoder, "--t2i", t2i, "--llm", llm,
                     "--images", images, "--captions", captions, "--out", str(out), "--work", str(Path(tmp) / f"w_{name}"),
                     "--workers", str(args.workers)]  # fmt: skip
-            error = run_stage("vlv.finetune_stage2", argv, args.fsdp if name == "c_fsdp" else None)
+            error = run_stage("vlv.stages.finetune_stage2", argv, args.fsdp if name == "c_fsdp" else None)
             if error:  # e.g. too large for this device: say so, go on
                 rows[name] = {"micro_batch_size": params["micro_batch_size"], "error": error}
                 continue

@@ -24,19 +24,19 @@ import sys
 from dataclasses import asdict
 
 STAGES = {
-    "generate-shapes": "vlv.generate_shapes",
+    "generate-shapes": "vlv.stages.generate_shapes",
     "pretrain-toy-t2i": "vlv.pretrain_toy_t2i",
     "pretrain-toy-clip": "vlv.pretrain_toy_clip",
     "pretrain-toy-lm": "vlv.pretrain_toy_lm",
     "pretrain-toy-vision": "vlv.pretrain_toy_vision",
     "evaluate-standins": "vlv.evaluate_standins",
-    "subset": "vlv.subset",
-    "distill-stage1": "vlv.distill_stage1",
-    "reconstruct-eval": "vlv.reconstruct",
-    "synthesize-captions": "vlv.synthesize_captions",
-    "finetune-stage2": "vlv.finetune_stage2",
-    "caption-eval": "vlv.caption",
-    "compose-eval": "vlv.compose",
+    "subset": "vlv.stages.subset",
+    "distill-stage1": "vlv.stages.distill_stage1",
+    "reconstruct-eval": "vlv.stages.reconstruct",
+    "synthesize-captions": "vlv.stages.synthesize_captions",
+    "finetune-stage2": "vlv.stages.finetune_stage2",
+    "caption-eval": "vlv.stages.caption",
+    "compose-eval": "vlv.stages.compose",
 }
 
 
@@ -179,7 +179,7 @@ def _compose(argv) -> int:
     p.add_argument("--out", default="compositions", help="output folder (one PNG per K)")
     args = p.parse_args(argv)
 
-    from vlv.compose import compose_images, token_counts
+    from vlv.stages.compose import compose_images, token_counts
 
     pair = [img for _, img in read_images([args.a, args.b])]
     if len(pair) != 2 or any(img is None for img in pair):

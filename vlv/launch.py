@@ -14,7 +14,7 @@ do not collide).
 
 Example (what the rule runs on a two-machine SLURM allocation):
     srun --nodes=2 --ntasks-per-node=1 python -m vlv.launch --config config/accelerate/ddp.yaml \
-        --processes 8 --machines 2 -m vlv.distill_stage1 --params ... --out ... --work ...
+        --processes 8 --machines 2 -m vlv.stages.distill_stage1 --params ... --out ... --work ...
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ warmup then ``lr_schedule`` over the whole run, fp32 or bf16, LoRA by config; ch
 ``--work`` resumed automatically. The result is a ``VLVCaptioner`` folder.
 
 Example:
-    python -m vlv.finetune_stage2 --params "$(python -m vlv.config stage2)" --init vlv \
+    python -m vlv.stages.finetune_stage2 --params "$(python -m vlv.config stage2)" --init vlv \
         --encoder results/distill_stage1/encoder --t2i models/toy/t2i --llm models/toy/lm \
         --images results/generate_shapes/pairs --captions results/synthesize_captions/captions.jsonl \
         --out results/finetune_stage2/vlv_pairs100 --work work/toy/finetune_stage2/vlv_pairs100

@@ -14,7 +14,7 @@ Outputs: ``--out DIR`` with ``subset.json`` (kept keys with scores, rejected key
 counts) and ``manifest.json``.
 
 Example:
-    python -m vlv.subset --params "$(python -m vlv.config subset)" \
+    python -m vlv.stages.subset --params "$(python -m vlv.config subset)" \
         --images results/generate_shapes/pool --clip models/toy/clip --out results/subset
 """
 
@@ -35,7 +35,7 @@ from vlv.data.shards import BadImage, decode_image, image_bytes, iter_shard, sha
 from vlv.manifest import build_manifest, write_manifest
 from vlv.training import fingerprint, pick_device
 
-log = logging.getLogger("vlv.subset")
+log = logging.getLogger("vlv.stages.subset")
 
 
 def _meta(parts: dict[str, bytes]) -> dict:

@@ -8,7 +8,7 @@ the interface in ``vlv.captioners``. A manifest beside the output records the se
 measured captions per second.
 
 Example:
-    python -m vlv.caption --params "$(python -m vlv.config stage2)" --teacher "$(python -m vlv.config teacher)" \
+    python -m vlv.stages.caption --params "$(python -m vlv.config stage2)" --teacher "$(python -m vlv.config teacher)" \
         --captioner vlv --model results/finetune_stage2/vlv_pairs100 \
         --images results/generate_shapes/eval --out results/caption/vlv_pairs100.jsonl
 """

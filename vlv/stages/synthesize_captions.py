@@ -12,7 +12,7 @@ scene graph), ``local`` (an open VLM through transformers, batched on the GPU), 
 OpenAI-compatible endpoint; only with a key in the environment variable the config names).
 
 Example:
-    python -m vlv.synthesize_captions --params "$(python -m vlv.config teacher)" \
+    python -m vlv.stages.synthesize_captions --params "$(python -m vlv.config teacher)" \
         --shapes "$(python -m vlv.config shapes)" --images results/generate_shapes/pairs \
         --out results/synthesize_captions/captions.jsonl --work work/toy/synthesize_captions/captions.jsonl
 """

@@ -18,7 +18,7 @@ Outputs: ``--out DIR``: the encoder folder (``VLVEncoder.from_pretrained``), man
 loss.csv, loss.png.
 
 Example:
-    python -m vlv.distill_stage1 --params "$(python -m vlv.config stage1)" \
+    python -m vlv.stages.distill_stage1 --params "$(python -m vlv.config stage1)" \
         --images results/generate_shapes/pool --subset results/subset/subset.json \
         --vision models/toy/vision --decoder models/toy/t2i \
         --out results/distill_stage1/encoder --work work/distill_stage1

@@ -11,7 +11,7 @@ Outputs (``--out DIR``): ``compose.json`` (per k: objects of A found, of B found
 ``grid.png`` (A, B, then the composition at each k), ``manifest.json``.
 
 Example:
-    python -m vlv.compose --params '{"pairs": 24, "tokens_from_a": [19, 38, 58], "guidance": 3.0,
+    python -m vlv.stages.compose --params '{"pairs": 24, "tokens_from_a": [19, 38, 58], "guidance": 3.0,
         "route": "text_encoder", "steps": 25, "seed": 0}' \
         --encoder results/distill_stage1/encoder --decoder models/toy/t2i \
         --images results/generate_shapes/eval --shapes "$(python -m vlv.config shapes)" --out results/compose
@@ -30,7 +30,7 @@ from vlv.data.shards import load_images
 from vlv.manifest import build_manifest, write_manifest
 from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
 from vlv.models.vlv_encoder import VLVEncoder
-from vlv.reconstruct import embed_images
+from vlv.stages.reconstruct import embed_images
 from vlv.training import pick_device
 
 
@@ -87,8 +87,8 @@ def main(argv=None) -> int:
     renders = compose_images(encoder, dec, a, b, ks, cfg["guidance"], cfg["steps"], cfg["seed"], device)
     result: dict = {"pairs": n, "num_queries": n_q, "guidance": cfg["guidance"], "steps": cfg["steps"], "by_k": {}}
     if args.shapes:
-        from vlv.reconstruct import detector_scores
         from vlv.shapes.world import Scene, WorldSpec
+        from vlv.stages.reconstruct import detector_scores
 
         spec = WorldSpec.from_config(json.loads(args.shapes))
         scenes = [Scene.from_json(m["scene"]) for m in metas[: 2 * n]]

@@ -9,7 +9,7 @@ Outputs (``--out DIR``): ``shard-00000.tar ...``, ``scenes.jsonl``, ``manifest.j
 evaluation split, ``captions_coco.json``.
 
 Example:
-    python -m vlv.generate_shapes --params "$(python -m vlv.config shapes)" --split eval \
+    python -m vlv.stages.generate_shapes --params "$(python -m vlv.config shapes)" --split eval \
         --out results/generate_shapes/eval
 """
 

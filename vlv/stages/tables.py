@@ -19,7 +19,7 @@ A ``.manifest.json`` beside each table lists the files it was made from; a ``.js
 its numbers as hierarchical JSON (``dvc metrics show`` reads it).
 
 Example:
-    python -m vlv.tables coco --profile toy --dataset "Shapes eval split (200 images)" \
+    python -m vlv.stages.tables coco --profile toy --dataset "Shapes eval split (200 images)" \
         --fid results/evaluate/fid/*.json --caption-metrics results/evaluate/caption_metrics/*.json \
         --out results/tables/coco.csv
 """

@@ -12,7 +12,7 @@ the report names the device each figure was measured on, and only a run on the t
 short calibration run of the paper profile will do) projects the paper's cost.
 
 Example:
-    python -m vlv.cost_report --params '{"budget_gpu_hours": 1000, "scale": {...}}' \
+    python -m vlv.stages.cost_report --params '{"budget_gpu_hours": 1000, "scale": {...}}' \
         --manifest distill_stage1=results/distill_stage1/encoder/manifest.json ... --out results/tables/cost.csv
 """
 
