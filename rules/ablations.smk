@@ -6,7 +6,7 @@
 
 rule evaluate_reconstruction_fid:
     input:
-        code=code("evaluate_fid", "models/clip_features", "models/inception"),
+        code=code("evaluate/evaluate_fid", "models/clip_features", "models/inception"),
         renders="<results>/reconstruct/{s1}/reconstructions.tar",
         images=split_dir("eval"),
         clip=model_input("clip"),
@@ -29,7 +29,7 @@ rule evaluate_reconstruction_fid:
         inception=inception_arg,
         profile=config["profile"],
     shell:
-        "python -m vlv.evaluate_fid --params {params.cfg:q} --profile {params.profile} "
+        "python -m vlv.evaluate.evaluate_fid --params {params.cfg:q} --profile {params.profile} "
         "--clip {params.clip} {params.inception} --images {input.images} --renders {input.renders} "
         "--out {output} > {log} 2>&1"
 

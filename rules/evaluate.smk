@@ -5,7 +5,7 @@
 
 rule render_captions:
     input:
-        code=code("render_captions", "models/t2i"),
+        code=code("evaluate/render_captions", "models/t2i"),
         captions="<results>/caption/{captioner}.jsonl",
         renderer=model_input("renderer"),
     output:
@@ -24,13 +24,13 @@ rule render_captions:
         cfg=cfg_json("evaluation"),
         renderer=model_arg("renderer"),
     shell:
-        "python -m vlv.render_captions --params {params.cfg:q} --renderer {params.renderer} "
+        "python -m vlv.evaluate.render_captions --params {params.cfg:q} --renderer {params.renderer} "
         "--captions {input.captions} --out {output} > {log} 2>&1"
 
 
 rule evaluate_fid:
     input:
-        code=code("evaluate_fid", "models/clip_features", "models/inception"),
+        code=code("evaluate/evaluate_fid", "models/clip_features", "models/inception"),
         renders="<results>/render_captions/{captioner}.tar",
         images=split_dir("eval"),
         clip=model_input("clip"),
@@ -53,14 +53,14 @@ rule evaluate_fid:
         inception=inception_arg,
         profile=config["profile"],
     shell:
-        "python -m vlv.evaluate_fid --params {params.cfg:q} --profile {params.profile} "
+        "python -m vlv.evaluate.evaluate_fid --params {params.cfg:q} --profile {params.profile} "
         "--clip {params.clip} {params.inception} --images {input.images} --renders {input.renders} "
         "--out {output} > {log} 2>&1"
 
 
 rule evaluate_caption_metrics:
     input:
-        code=code("evaluate_caption_metrics", "models/clip_features"),
+        code=code("evaluate/evaluate_caption_metrics", "models/clip_features"),
         captions="<results>/caption/{captioner}.jsonl",
         images=split_dir("eval"),
         clip=model_input("clip"),
@@ -82,13 +82,13 @@ rule evaluate_caption_metrics:
             "--exclude-first-reference" if wildcards.captioner == "reference" else ""
         ),
     shell:
-        "python -m vlv.evaluate_caption_metrics --clip {params.clip} --images {input.images} "
+        "python -m vlv.evaluate.evaluate_caption_metrics --clip {params.clip} --images {input.images} "
         "--captions {input.captions} {params.leave_one_out} --out {output} > {log} 2>&1"
 
 
 rule evaluate_captions_shapes:
     input:
-        code=code("evaluate_captions_shapes", "shapes/judge", "shapes/parse", "figures"),
+        code=code("evaluate/evaluate_captions_shapes", "shapes/judge", "shapes/parse", "figures"),
         images=split_dir("eval"),
         captions=lambda wildcards: [
             results_path("caption", f"{name}.jsonl") for name in captioners(wildcards.group)
@@ -114,13 +114,13 @@ rule evaluate_captions_shapes:
             f"{name}={path}" for name, path in zip(captioners(wildcards.group), input.captions)
         ),
     shell:
-        "python -m vlv.evaluate_captions_shapes --images {input.images} --captions {params.pairs} "
+        "python -m vlv.evaluate.evaluate_captions_shapes --images {input.images} --captions {params.pairs} "
         "--out {output.json} > {log} 2>&1"
 
 
 rule evaluate_arena:
     input:
-        code=code("evaluate_arena", "shapes/judge", "shapes/parse", "captioners"),
+        code=code("evaluate/evaluate_arena", "shapes/judge", "shapes/parse", "captioners"),
         captions="<results>/caption/{captioner}.jsonl",
         images=split_dir("eval"),
         judge=local_model_input("arena", "judge"),
@@ -139,13 +139,13 @@ rule evaluate_arena:
     params:
         cfg=json.dumps(config["arena"], sort_keys=True),
     shell:
-        "python -m vlv.evaluate_arena --params {params.cfg:q} --images {input.images} "
+        "python -m vlv.evaluate.evaluate_arena --params {params.cfg:q} --images {input.images} "
         "--captions {input.captions} --out {output} > {log} 2>&1"
 
 
 rule make_questions:
     input:
-        code=code("make_questions", "shapes/questions"),
+        code=code("evaluate/make_questions", "shapes/questions"),
         images=split_dir("eval"),
     output:
         "<results>/evaluate/vqa/questions.jsonl",
@@ -160,12 +160,14 @@ rule make_questions:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m vlv.make_questions --images {input.images} --out {output} > {log} 2>&1"
+        "python -m vlv.evaluate.make_questions --images {input.images} --out {output} > {log} 2>&1"
 
 
 rule evaluate_vqa:
     input:
-        code=code("evaluate_vqa", "vqa", "shapes/questions", "shapes/parse"),
+        code=code(
+            "evaluate/evaluate_vqa", "evaluate/vqa_readers", "shapes/questions", "shapes/parse"
+        ),
         questions=vqa_questions(),
         captions="<results>/caption/{captioner}.jsonl",
         references="<results>/caption/reference.jsonl",
@@ -187,13 +189,15 @@ rule evaluate_vqa:
     params:
         cfg=cfg_json("vqa"),
     shell:
-        "python -m vlv.evaluate_vqa --params {params.cfg:q} --questions {input.questions} "
+        "python -m vlv.evaluate.evaluate_vqa --params {params.cfg:q} --questions {input.questions} "
         "--captions {input.captions} --references {input.references} --out {output} > {log} 2>&1"
 
 
 rule evaluate_vqa_more:
     input:
-        code=code("evaluate_vqa", "vqa", "shapes/questions", "shapes/parse"),
+        code=code(
+            "evaluate/evaluate_vqa", "evaluate/vqa_readers", "shapes/questions", "shapes/parse"
+        ),
         questions=lambda w: config["vqa"]["more"][w.vqa_set]["questions"],
         captions="<results>/caption/{captioner}.jsonl",
         references="<results>/caption/reference.jsonl",
@@ -217,6 +221,6 @@ rule evaluate_vqa_more:
         cfg=cfg_json("vqa"),
         dataset=lambda w: config["vqa"]["more"][w.vqa_set]["dataset"],
     shell:
-        "python -m vlv.evaluate_vqa --params {params.cfg:q} --questions {input.questions} "
+        "python -m vlv.evaluate.evaluate_vqa --params {params.cfg:q} --questions {input.questions} "
         "--captions {input.captions} --references {input.references} --dataset {params.dataset:q} "
         "--out {output} > {log} 2>&1"

@@ -17,7 +17,7 @@ import numpy as np
 
 from vlv.config import load_config
 from vlv.data.shards import ShardIndex, decode_image, iter_shard, load_images
-from vlv.evaluate_fid import feature_space, frechet_distance
+from vlv.evaluate.evaluate_fid import feature_space, frechet_distance
 from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
 from vlv.models.vlv_encoder import VLVEncoder
 from vlv.shapes.world import Scene, WorldSpec

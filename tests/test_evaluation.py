@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy import linalg
 
-from vlv.evaluate_caption_metrics import clip_scores, coco_metrics
-from vlv.evaluate_fid import frechet_distance
+from vlv.evaluate.evaluate_caption_metrics import clip_scores, coco_metrics
+from vlv.evaluate.evaluate_fid import frechet_distance
 from vlv.models.clip_features import ClipFeatures
 from vlv.shapes.judge import RUBRIC
 from vlv.shapes.world import WorldSpec, render_array, sample_scenes
@@ -45,7 +45,7 @@ def test_paper_fid_loads_a_torchscript_inception_and_measures_with_it(images, tm
     """The paper profile's FID: a TorchScript file with the interface of NVIDIA's Inception-v3 export
     (here a tiny random one) is loaded without torchvision, fed uint8-valued images in batches, and
     its features give the Fréchet distance; a missing file names the download."""
-    from vlv.evaluate_fid import feature_space
+    from vlv.evaluate.evaluate_fid import feature_space
     from vlv.models.inception import INCEPTION_URL
     from vlv.models.paper_sized import TinyInception, build_tiny_inception
 
@@ -77,9 +77,9 @@ def test_paper_fid_loads_a_torchscript_inception_and_measures_with_it(images, tm
 def test_streamed_distances_equal_the_whole_set_computation(clip, images, tmp_path, monkeypatch):
     """evaluate_fid streams originals and renders in batches (here 16 of 120 images), keeps the real
     statistics across guidances, reads only the first n originals, and names missing renders."""
-    from vlv import evaluate_fid
     from vlv.data.shards import encode_png, write_shard
-    from vlv.render_captions import render_key
+    from vlv.evaluate import evaluate_fid
+    from vlv.evaluate.render_captions import render_key
 
     monkeypatch.setattr(evaluate_fid, "BATCH", 16)
     keys = [f"{i:04d}" for i in range(len(images))]
@@ -101,8 +101,8 @@ def test_streamed_distances_equal_the_whole_set_computation(clip, images, tmp_pa
 
 
 def test_clip_scores_in_blocks_and_streamed_features_equal_the_whole_computation(clip, images, tmp_path, monkeypatch):
-    from vlv import evaluate_caption_metrics as ecm
     from vlv.data.shards import encode_png, write_shard
+    from vlv.evaluate import evaluate_caption_metrics as ecm
 
     caps = [f"a {c} circle" for c in ("red", "blue", "green", "yellow", "purple", "orange", "red", "blue")]
     refs = [[c, "a shape"] if i % 2 else [c] for i, c in enumerate(reversed(caps))]  # 1 or 2 references each
@@ -198,7 +198,7 @@ def test_renderer_loader_names_the_pipeline_classes_it_takes(tmp_path):
 
 
 def test_judge_rating_is_the_last_level_standing_alone_in_the_reply():
-    from vlv.evaluate_arena import judge_prompt, parse_rating
+    from vlv.evaluate.evaluate_arena import judge_prompt, parse_rating
 
     replies = {
         "Rating: 5": 5,
@@ -233,7 +233,7 @@ def _arena_split(micro_config, tmp_path):
 def test_api_vlm_judge_rates_a_seeded_sample_and_keeps_replies_without_a_rating(micro_config, tmp_path, monkeypatch):
     from conftest import chat_server
 
-    from vlv import evaluate_arena
+    from vlv.evaluate import evaluate_arena
 
     ev, caps, keys = _arena_split(micro_config, tmp_path)
     seen = []
@@ -261,7 +261,7 @@ def test_api_vlm_judge_rates_a_seeded_sample_and_keeps_replies_without_a_rating(
 
 
 def test_local_vlm_judge_runs_a_chat_vlm_on_image_caption_and_rubric(micro_config, root, tmp_path):
-    from vlv import evaluate_arena
+    from vlv.evaluate import evaluate_arena
     from vlv.models.paper_sized import build_tiny_llava
 
     ev, caps, _ = _arena_split(micro_config, tmp_path)

@@ -5,12 +5,12 @@ import json
 import pytest
 from conftest import chat_server
 
-from vlv.evaluate_vqa import evaluate
+from vlv.evaluate.evaluate_vqa import evaluate
+from vlv.evaluate.vqa_readers import LocalLLMReader, build_prompt, make_reader, normalize_answer, pick_exemplars, score
 from vlv.shapes.captions import teacher_caption
 from vlv.shapes.questions import answer_from_caption, make_questions
 from vlv.shapes.world import Scene, WorldSpec, sample_scenes
 from vlv.stages.tables import vqa_rows, write_table
-from vlv.vqa import LocalLLMReader, build_prompt, make_reader, normalize_answer, pick_exemplars, score
 
 
 def _scene():

@@ -12,7 +12,7 @@ image the annotations name but the archive lacks, or whose bytes fail the zip CR
 recorded in the manifest. Every zip entry passes ``vlv.download.safe_zip_members`` first.
 
 ``vqa``: the VQAv2 val questions (``--questions`` zip) on the split's images, with their ten human
-answers (``--annotations`` zip), as the JSONL ``vlv.evaluate_vqa`` reads (``qid``, ``key``,
+answers (``--annotations`` zip), as the JSONL ``vlv.evaluate.evaluate_vqa`` reads (``qid``, ``key``,
 ``question``, ``answers``, ``kind`` = the VQAv2 answer type).
 
 Examples:

@@ -6,7 +6,7 @@ right captions (``vlv.shapes.judge``). Writes one JSON (per captioner), one CSV 
 a figure of the first images beside every captioner's caption (``<out>.png``).
 
 Example:
-    python -m vlv.evaluate_captions_shapes --images results/generate_shapes/eval \
+    python -m vlv.evaluate.evaluate_captions_shapes --images results/generate_shapes/eval \
         --captions vlv_pairs100=results/caption/vlv_pairs100.jsonl teacher=results/caption/teacher.jsonl \
         --out results/evaluate/captions_shapes.json
 """

@@ -7,7 +7,7 @@ fetched by rule download; a missing file is a clear error saying where to put it
 Both go through torchmetrics' ``FrechetInceptionDistance`` with the feature module passed in.
 
 Example:
-    python -m vlv.evaluate_fid --params "$(python -m vlv.config evaluation)" --clip models/toy/clip \
+    python -m vlv.evaluate.evaluate_fid --params "$(python -m vlv.config evaluation)" --clip models/toy/clip \
         --images results/generate_shapes/eval --renders results/render_captions/vlv_pairs100.tar \
         --out results/evaluate/fid/vlv_pairs100.json
 """
@@ -22,8 +22,8 @@ import torch
 
 from vlv.cli_common import load_params, setup_logging, stage_parser
 from vlv.data.shards import ShardIndex, decode_image, iter_batches, iter_shard
+from vlv.evaluate.render_captions import render_key
 from vlv.manifest import build_manifest, write_manifest
-from vlv.render_captions import render_key
 from vlv.training import pick_device
 
 BATCH = 256  # images per feature batch (the toy's 200 evaluation images: one)

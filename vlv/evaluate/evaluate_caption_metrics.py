@@ -10,7 +10,7 @@ ViT-B/32 CLIPScores). References: the split's ``captions`` (five per image, COCO
 (``--exclude-first-reference``: the usual leave-one-out human baseline).
 
 Example:
-    python -m vlv.evaluate_caption_metrics --clip models/toy/clip --images results/generate_shapes/eval \
+    python -m vlv.evaluate.evaluate_caption_metrics --clip models/toy/clip --images results/generate_shapes/eval \
         --captions results/caption/vlv_pairs100.jsonl --out results/evaluate/caption_metrics/vlv_pairs100.json
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from vlv.data.shards import iter_batches
-from vlv.evaluate_captions_shapes import read_captions
+from vlv.evaluate.evaluate_captions_shapes import read_captions
 from vlv.manifest import build_manifest, write_manifest
 
 CLIP_W = 2.5

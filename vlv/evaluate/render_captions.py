@@ -10,7 +10,7 @@ Outputs: ``--out FILE.tar`` with ``<key>-cfg<g>.png`` per image and guidance, an
 ``FILE.manifest.json``.
 
 Example:
-    python -m vlv.render_captions --params "$(python -m vlv.config evaluation)" --renderer models/toy/renderer \
+    python -m vlv.evaluate.render_captions --params "$(python -m vlv.config evaluation)" --renderer models/toy/renderer \
         --captions results/caption/vlv_pairs100.jsonl --out results/render_captions/vlv_pairs100.tar
 """
 

@@ -6,7 +6,7 @@ exact match (toy, one true answer) or the VQAv2 accuracy (paper). Writes the acc
 shots, overall and per question kind, the share answered "unknown", and every answer.
 
 Example:
-    python -m vlv.evaluate_vqa --params '{"reader": "shapes_parser", "shots": [0], ...}' \
+    python -m vlv.evaluate.evaluate_vqa --params '{"reader": "shapes_parser", "shots": [0], ...}' \
         --questions results/evaluate/vqa/questions.jsonl --captions results/caption/vlv_pairs100.jsonl \
         --references results/caption/reference.jsonl --out results/evaluate/vqa/vlv_pairs100.json
 """
@@ -20,10 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vlv.evaluate_captions_shapes import read_captions
+from vlv.evaluate.evaluate_captions_shapes import read_captions
+from vlv.evaluate.vqa_readers import make_reader, normalize_answer, pick_exemplars, score
 from vlv.manifest import build_manifest, write_manifest
 from vlv.shapes.questions import UNKNOWN
-from vlv.vqa import make_reader, normalize_answer, pick_exemplars, score
 
 
 def read_questions(path: str | Path) -> list[dict]:

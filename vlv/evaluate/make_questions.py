@@ -5,7 +5,7 @@ Writes one JSON line per question: ``qid``, ``key`` (the image), ``kind``, ``que
 format instead. See ``vlv.shapes.questions`` for the question families.
 
 Example:
-    python -m vlv.make_questions --images results/generate_shapes/eval --out results/evaluate/vqa/questions.jsonl
+    python -m vlv.evaluate.make_questions --images results/generate_shapes/eval --out results/evaluate/vqa/questions.jsonl
 """
 
 from __future__ import annotations

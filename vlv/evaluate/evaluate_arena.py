@@ -12,7 +12,7 @@ Judges (``--params``: the ``arena`` config section):
   the captioned images (paper: 200).
 
 Example:
-    python -m vlv.evaluate_arena --params "$(python -m vlv.config arena)" --images results/generate_shapes/eval \
+    python -m vlv.evaluate.evaluate_arena --params "$(python -m vlv.config arena)" --images results/generate_shapes/eval \
         --captions results/caption/vlv_pairs100.jsonl --out results/evaluate/arena/vlv_pairs100.json
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from vlv.cli_common import load_params
 from vlv.data.shards import iter_dir
-from vlv.evaluate_captions_shapes import read_captions
+from vlv.evaluate.evaluate_captions_shapes import read_captions
 from vlv.manifest import build_manifest, write_manifest
 from vlv.shapes.judge import RUBRIC, arena_rating, score_caption
 from vlv.shapes.world import Scene
