@@ -18,7 +18,7 @@ rule pretrain_toy:
 
 rule pretrain_toy_t2i:
     input:
-        code=code("pretrain_toy_t2i", "standin_training", "models/toy", "shapes/captions"),
+        code=code("toy/pretrain_toy_t2i", "toy/standin_training", "models/toy", "shapes/captions"),
     output:
         directory("<results>/pretrain_toy/{t2i_name}"),
     log:
@@ -35,12 +35,12 @@ rule pretrain_toy_t2i:
         cfg=lambda wc: cfg_json(f"pretrain_toy.{wc.t2i_name}", with_shapes=True),
         work=lambda wc: work_dir(f"pretrain_toy/{wc.t2i_name}"),
     shell:
-        "python -m vlv.pretrain_toy_t2i --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
+        "python -m vlv.toy.pretrain_toy_t2i --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 
 
 rule pretrain_toy_clip:
     input:
-        code=code("pretrain_toy_clip", "standin_training", "models/toy"),
+        code=code("toy/pretrain_toy_clip", "toy/standin_training", "models/toy"),
     output:
         directory("<results>/pretrain_toy/clip"),
     log:
@@ -57,12 +57,12 @@ rule pretrain_toy_clip:
         cfg=cfg_json("pretrain_toy.clip", with_shapes=True),
         work=work_dir("pretrain_toy/clip"),
     shell:
-        "python -m vlv.pretrain_toy_clip --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
+        "python -m vlv.toy.pretrain_toy_clip --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 
 
 rule pretrain_toy_lm:
     input:
-        code=code("pretrain_toy_lm", "standin_training", "models/toy"),
+        code=code("toy/pretrain_toy_lm", "toy/standin_training", "models/toy"),
     output:
         directory("<results>/pretrain_toy/{lm_name}"),
     log:
@@ -79,12 +79,12 @@ rule pretrain_toy_lm:
         cfg=lambda wildcards: cfg_json(f"pretrain_toy.{wildcards.lm_name}", with_shapes=True),
         work=lambda wildcards: work_dir(f"pretrain_toy/{wildcards.lm_name}"),
     shell:
-        "python -m vlv.pretrain_toy_lm --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
+        "python -m vlv.toy.pretrain_toy_lm --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 
 
 rule pretrain_toy_vision:
     input:
-        code=code("pretrain_toy_vision", "standin_training", "models/toy"),
+        code=code("toy/pretrain_toy_vision", "toy/standin_training", "models/toy"),
     output:
         directory("<results>/pretrain_toy/vision"),
     log:
@@ -101,12 +101,12 @@ rule pretrain_toy_vision:
         cfg=cfg_json("pretrain_toy.vision", with_shapes=True),
         work=work_dir("pretrain_toy/vision"),
     shell:
-        "python -m vlv.pretrain_toy_vision --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
+        "python -m vlv.toy.pretrain_toy_vision --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
 
 
 rule benchmark_toy_standins:
     input:
-        code=code("evaluate_standins", "shapes/detect"),
+        code=code("toy/evaluate_standins", "shapes/detect"),
         t2i="<results>/pretrain_toy/t2i",
         renderer="<results>/pretrain_toy/renderer",
         clip="<results>/pretrain_toy/clip",
@@ -126,5 +126,5 @@ rule benchmark_toy_standins:
     params:
         cfg=standin_benchmark_json(),
     shell:
-        "python -m vlv.evaluate_standins --params {params.cfg:q} --t2i {input.t2i} --t2i {input.renderer} "
+        "python -m vlv.toy.evaluate_standins --params {params.cfg:q} --t2i {input.t2i} --t2i {input.renderer} "
         "--clip {input.clip} --out {output.report} --grid {output.grid} > {log} 2>&1"

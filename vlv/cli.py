@@ -25,11 +25,11 @@ from dataclasses import asdict
 
 STAGES = {
     "generate-shapes": "vlv.stages.generate_shapes",
-    "pretrain-toy-t2i": "vlv.pretrain_toy_t2i",
-    "pretrain-toy-clip": "vlv.pretrain_toy_clip",
-    "pretrain-toy-lm": "vlv.pretrain_toy_lm",
-    "pretrain-toy-vision": "vlv.pretrain_toy_vision",
-    "evaluate-standins": "vlv.evaluate_standins",
+    "pretrain-toy-t2i": "vlv.toy.pretrain_toy_t2i",
+    "pretrain-toy-clip": "vlv.toy.pretrain_toy_clip",
+    "pretrain-toy-lm": "vlv.toy.pretrain_toy_lm",
+    "pretrain-toy-vision": "vlv.toy.pretrain_toy_vision",
+    "evaluate-standins": "vlv.toy.evaluate_standins",
     "subset": "vlv.stages.subset",
     "distill-stage1": "vlv.stages.distill_stage1",
     "reconstruct-eval": "vlv.stages.reconstruct",

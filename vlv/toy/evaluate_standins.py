@@ -8,7 +8,7 @@ among the evaluation split's teacher captions. Writes a JSON report and a grid o
 prints a table.
 
 Example:
-    python -m vlv.evaluate_standins --params '{...}' --t2i models/toy/t2i --t2i models/toy/renderer \
+    python -m vlv.toy.evaluate_standins --params '{...}' --t2i models/toy/t2i --t2i models/toy/renderer \
         --clip models/toy/clip --out results/pretrain_toy/benchmark.json --grid results/pretrain_toy/samples.png
 """
 

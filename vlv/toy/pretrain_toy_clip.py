@@ -8,7 +8,7 @@ Batches are a pure function of (seed, step), so resuming reproduces an uninterru
 Outputs: ``--out DIR`` (a ``CLIPModel`` + ``CLIPProcessor`` folder, manifest.json, loss.csv/png).
 
 Example:
-    python -m vlv.pretrain_toy_clip --params "$(python -m vlv.config pretrain_toy.clip)" \
+    python -m vlv.toy.pretrain_toy_clip --params "$(python -m vlv.config pretrain_toy.clip)" \
         --out results/pretrain_toy/clip --work work/pretrain_toy/clip
 """
 
@@ -20,7 +20,7 @@ import torch
 from vlv.models.toy import build_clip, clip_image_processor, shapes_corpus, train_clip_tokenizer
 from vlv.shapes.captions import short_caption, teacher_caption
 from vlv.shapes.world import WorldSpec
-from vlv.standin_training import StandinTrainer, standin_args
+from vlv.toy.standin_training import StandinTrainer, standin_args
 
 
 def main(argv=None) -> int:

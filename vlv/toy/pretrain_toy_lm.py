@@ -7,7 +7,7 @@ text followed by the end-of-sequence token so that it has learnt to stop.
 Outputs: ``--out DIR`` (model + tokenizer folder, manifest.json, loss.csv/png).
 
 Example:
-    python -m vlv.pretrain_toy_lm --params "$(python -m vlv.config pretrain_toy.lm)" \
+    python -m vlv.toy.pretrain_toy_lm --params "$(python -m vlv.config pretrain_toy.lm)" \
         --out results/pretrain_toy/lm --work work/pretrain_toy/lm
 """
 
@@ -19,7 +19,7 @@ import torch
 from vlv.models.toy import build_qwen2, shapes_corpus, train_lm_tokenizer
 from vlv.shapes.captions import short_caption, teacher_caption
 from vlv.shapes.world import WorldSpec, sample_scenes
-from vlv.standin_training import StandinTrainer, standin_args
+from vlv.toy.standin_training import StandinTrainer, standin_args
 
 
 def lm_batch(texts: list[str], tokenizer, max_length: int) -> dict[str, torch.Tensor]:

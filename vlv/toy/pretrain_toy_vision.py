@@ -9,7 +9,7 @@ Shapes but does not already know how to caption them; the BART language model st
 Outputs: ``--out DIR`` (model + ``Florence2Processor`` folder, manifest.json, loss.csv/png).
 
 Example:
-    python -m vlv.pretrain_toy_vision --params "$(python -m vlv.config pretrain_toy.vision)" \
+    python -m vlv.toy.pretrain_toy_vision --params "$(python -m vlv.config pretrain_toy.vision)" \
         --out results/pretrain_toy/vision --work work/pretrain_toy/vision
 """
 
@@ -27,7 +27,7 @@ from vlv.models.toy import (
     train_bart_tokenizer,
 )
 from vlv.shapes.world import Scene, WorldSpec
-from vlv.standin_training import StandinTrainer, standin_args
+from vlv.toy.standin_training import StandinTrainer, standin_args
 
 
 def attribute_targets(scenes: list[Scene], spec: WorldSpec) -> torch.Tensor:

@@ -11,7 +11,7 @@ Outputs: ``--out DIR`` (pipeline folder + manifest.json + loss.csv + loss.png).
 Checkpoints: ``--work DIR`` (resumed automatically; removed after success).
 
 Example:
-    python -m vlv.pretrain_toy_t2i --params "$(python -m vlv.config pretrain_toy.t2i)" \
+    python -m vlv.toy.pretrain_toy_t2i --params "$(python -m vlv.config pretrain_toy.t2i)" \
         --out results/pretrain_toy/t2i --work work/pretrain_toy/t2i
 """
 
@@ -25,7 +25,7 @@ from vlv.models.t2i import denoising_loss
 from vlv.models.toy import build_scheduler, build_text_encoder, build_unet, shapes_corpus, train_clip_tokenizer
 from vlv.shapes.captions import short_caption, teacher_caption
 from vlv.shapes.world import WorldSpec
-from vlv.standin_training import StandinTrainer, standin_args
+from vlv.toy.standin_training import StandinTrainer, standin_args
 
 
 def batch_captions(
