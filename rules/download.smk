@@ -33,12 +33,12 @@ rule download:
     params:
         cfg=download_json,
     shell:
-        "python -m vlv.download --params {params.cfg:q} --out {output.file} > {log} 2>&1"
+        "python -m vlv.paper_data.download --params {params.cfg:q} --out {output.file} > {log} 2>&1"
 
 
 rule prepare_coco:
     input:
-        code=code("prepare_coco", "download", "data/shards"),
+        code=code("paper_data/prepare_coco", "paper_data/download", "data/shards"),
         images="data/download/val2014.zip",
         annotations="data/download/annotations_trainval2014.zip",
     output:
@@ -56,13 +56,13 @@ rule prepare_coco:
     params:
         cfg=coco_json(),
     shell:
-        "python -m vlv.prepare_coco eval --params {params.cfg:q} --images {input.images} "
+        "python -m vlv.paper_data.prepare_coco eval --params {params.cfg:q} --images {input.images} "
         "--annotations {input.annotations} --out {output} > {log} 2>&1"
 
 
 rule prepare_vqa:
     input:
-        code=code("prepare_coco", "download"),
+        code=code("paper_data/prepare_coco", "paper_data/download"),
         split="<results>/prepare_coco/eval",
         questions=lambda w: f"data/download/{VQA_SOURCES[w.vqa_set][0]}",
         annotations=lambda w: f"data/download/{VQA_SOURCES[w.vqa_set][1]}",
@@ -81,7 +81,7 @@ rule prepare_vqa:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m vlv.prepare_coco vqa --split {input.split} --questions {input.questions} "
+        "python -m vlv.paper_data.prepare_coco vqa --split {input.split} --questions {input.questions} "
         "--annotations {input.annotations} --out {output} > {log} 2>&1"
 
 
@@ -96,12 +96,12 @@ rule laion_metadata:
     params:
         urls=" ".join(shlex.quote(u) for u in config["data"]["laion"]["metadata_urls"]),
     shell:
-        "python -m vlv.prepare_laion metadata --urls {params.urls} --out {output} > {log} 2>&1"
+        "python -m vlv.paper_data.prepare_laion metadata --urls {params.urls} --out {output} > {log} 2>&1"
 
 
 rule download_laion:
     input:
-        code=code("prepare_laion", "download"),
+        code=code("paper_data/prepare_laion", "paper_data/download"),
         metadata=config["data"]["laion"]["metadata"],
     output:
         directory("<results>/download_laion/pool"),
@@ -119,13 +119,13 @@ rule download_laion:
         cfg=laion_json(),
         work=work_dir("download_laion"),
     shell:
-        "python -m vlv.prepare_laion run --params {params.cfg:q} --metadata {input.metadata} "
+        "python -m vlv.paper_data.prepare_laion run --params {params.cfg:q} --metadata {input.metadata} "
         "--work {params.work} --out {output} > {log} 2>&1"
 
 
 rule laion_pairs:
     input:
-        code=code("prepare_laion", "data/shards"),
+        code=code("paper_data/prepare_laion", "data/shards"),
         images="<results>/download_laion/pool",
         subset="<results>/subset/subset.json",
     output:
@@ -145,5 +145,5 @@ rule laion_pairs:
         seed=config["evaluation"]["seed"],
         shard_size=config["data"]["laion"]["shard_size"],
     shell:
-        "python -m vlv.prepare_laion pairs --images {input.images} --subset {input.subset} --n {params.n} "
+        "python -m vlv.paper_data.prepare_laion pairs --images {input.images} --subset {input.subset} --n {params.n} "
         "--seed {params.seed} --shard-size {params.shard_size} --out {output} > {log} 2>&1"

@@ -13,8 +13,8 @@ import pytest
 from conftest import file_server
 from PIL import Image
 
-from vlv import download, prepare_coco
 from vlv.data.shards import BadImage, decode_image, iter_dir, load_images, square_crop
+from vlv.paper_data import download, prepare_coco
 
 
 def _bytes(n, seed=0):

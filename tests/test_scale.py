@@ -19,9 +19,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_stage2 import _captioner_weights, _pairs, _stage2_args
 
-from vlv import doctor, prepare_laion
+from vlv import doctor
 from vlv.config import load_config, validate_config
 from vlv.data.shards import decode_image, iter_dir, iter_shard, load_images
+from vlv.paper_data import prepare_laion
 from vlv.stages import finetune_stage2, generate_shapes
 
 

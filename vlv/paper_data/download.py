@@ -12,7 +12,7 @@ has a drive, or has a ``..`` component (zip-slip), or that is a symbolic link, i
 entry named, before anything is written.
 
 Example (what the ``download`` rule runs):
-    python -m vlv.download --params '{"url": "http://images.cocodataset.org/zips/val2014.zip",
+    python -m vlv.paper_data.download --params '{"url": "http://images.cocodataset.org/zips/val2014.zip",
         "sha256": null}' --out data/download/val2014.zip
 """
 
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from vlv.cli_common import load_params, setup_logging, stage_parser
 
-log = logging.getLogger("vlv.download")
+log = logging.getLogger("vlv.paper_data.download")
 
 CHUNK = 1 << 20
 

@@ -9,17 +9,17 @@ sample is ``<key>.jpg`` (or ``.png``) plus ``<key>.json``
 with ``captions`` (the five human captions), ``coco_id``, ``file_name``, ``width`` and ``height``;
 ``captions_coco.json`` holds the sample's annotations in the COCO format, as the toy split does. An
 image the annotations name but the archive lacks, or whose bytes fail the zip CRC, is skipped and
-recorded in the manifest. Every zip entry passes ``vlv.download.safe_zip_members`` first.
+recorded in the manifest. Every zip entry passes ``vlv.paper_data.download.safe_zip_members`` first.
 
 ``vqa``: the VQAv2 val questions (``--questions`` zip) on the split's images, with their ten human
 answers (``--annotations`` zip), as the JSONL ``vlv.evaluate.evaluate_vqa`` reads (``qid``, ``key``,
 ``question``, ``answers``, ``kind`` = the VQAv2 answer type).
 
 Examples:
-    python -m vlv.prepare_coco eval --params '{"n_images": 30000, "seed": 0, "shard_size": 1000}' \
+    python -m vlv.paper_data.prepare_coco eval --params '{"n_images": 30000, "seed": 0, "shard_size": 1000}' \
         --images data/download/val2014.zip --annotations data/download/annotations_trainval2014.zip \
         --out results/paper/prepare_coco/eval
-    python -m vlv.prepare_coco vqa --split results/paper/prepare_coco/eval \
+    python -m vlv.paper_data.prepare_coco vqa --split results/paper/prepare_coco/eval \
         --questions data/download/v2_Questions_Val_mscoco.zip \
         --annotations data/download/v2_Annotations_Val_mscoco.zip --out results/paper/prepare_coco/vqav2.jsonl
 """
@@ -38,10 +38,10 @@ from tqdm import tqdm
 
 from vlv.cli_common import load_params, setup_logging
 from vlv.data.shards import BadImage, decode_image, encode_png, square_crop, write_shard
-from vlv.download import read_zip_json, safe_zip_members
 from vlv.manifest import build_manifest, write_manifest
+from vlv.paper_data.download import read_zip_json, safe_zip_members
 
-log = logging.getLogger("vlv.prepare_coco")
+log = logging.getLogger("vlv.paper_data.prepare_coco")
 
 
 def coco_key(image_id: int) -> str:

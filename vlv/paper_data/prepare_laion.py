@@ -17,13 +17,13 @@ either) does three steps:
    ``failures.parquet``, and the counts go to ``downloads.json``.
 
 ``metadata`` fetches the metadata parquet files from ``metadata_urls`` (resumable, via
-``vlv.download``) when they are not already in the metadata folder.
+``vlv.paper_data.download``) when they are not already in the metadata folder.
 
 ``pairs``: stage 2's images, a seeded sample of ``n`` keys of the stage-1 subset copied into their
 own shards (the paper captions 6M of its 40M images).
 
 Examples:
-    python -m vlv.prepare_laion run --params "$(python -m vlv.config data.laion ...)" \
+    python -m vlv.paper_data.prepare_laion run --params "$(python -m vlv.config data.laion ...)" \
         --metadata data/laion/metadata --work work/paper/download_laion --out results/paper/download_laion/pool
 """
 
@@ -137,7 +137,7 @@ def run(cfg: dict, metadata: str, work: Path, out: Path) -> dict:
 
 
 def fetch_metadata(urls: list[str], out: Path) -> list[str]:
-    from vlv.download import fetch
+    from vlv.paper_data.download import fetch
 
     if not urls:
         raise SystemExit(
