@@ -24,20 +24,20 @@ P2=${PARAMS2:-$($PY -m vlv.config stage2 --configfile config.yaml config/paper.y
 } 2>&1 | tee "$OUT/environment.txt"
 quiet() { grep -E --line-buffered "INFO saved|Error|error|Traceback|Killed" || true; }
 t0=$(date +%s)
-$PY -m vlv.benchmark_stage1 --params "$P1" --paper-sized "$PRESET" --models "$MODELS" \
+$PY -m vlv.bench.stage1 --params "$P1" --paper-sized "$PRESET" --models "$MODELS" \
   --batch-size "${BATCH1:-32}" --large-batch "${LARGE1:-128}" --tuned --steps "${STEPS1:-12}" \
   --out "$OUT/stage1_speed.json" >"$OUT/stage1.log" 2>&1
 echo "stage 1 benchmark: exit $?, $(($(date +%s) - t0)) s" | tee -a "$OUT/environment.txt"
 quiet <"$OUT/stage1.log"
 t0=$(date +%s)
-$PY -m vlv.benchmark_stage2_training --params "$P2" --paper-sized "$PRESET" --models "$MODELS" \
+$PY -m vlv.bench.stage2_training --params "$P2" --paper-sized "$PRESET" --models "$MODELS" \
   --steps "${STEPS2:-4}" --micro-b "${MICRO2:-8}" --workers "${WORKERS:-8}" --fsdp config/accelerate/fsdp.yaml \
   --out "$OUT/stage2_train_speed.json" >"$OUT/stage2.log" 2>&1
 echo "stage 2 benchmark: exit $?, $(($(date +%s) - t0)) s" | tee -a "$OUT/environment.txt"
 quiet <"$OUT/stage2.log"
 if [ "${TEACHER:-1}" = 1 ]; then
   t0=$(date +%s)
-  $PY -m vlv.benchmark_teacher --paper-sized "$PRESET" --models "$MODELS" --n-images "${TEACHER_IMAGES:-80}" \
+  $PY -m vlv.bench.teacher --paper-sized "$PRESET" --models "$MODELS" --n-images "${TEACHER_IMAGES:-80}" \
     --batch-size "${TEACHER_BATCH:-16}" --out "$OUT/teacher_speed.json" >"$OUT/teacher.log" 2>&1
   echo "teacher benchmark: exit $?, $(($(date +%s) - t0)) s" | tee -a "$OUT/environment.txt"
 fi

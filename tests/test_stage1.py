@@ -258,7 +258,7 @@ def test_paper_sized_florence_and_llm_have_the_published_sizes():
 
 
 def test_stage1_benchmark_runs_on_paper_classes_at_tiny_size(micro_config, tmp_path, capsys):
-    from vlv import benchmark_stage1
+    from vlv.bench import stage1 as benchmark_stage1
 
     params = json.dumps({**micro_config["stage1"], "num_queries": 8})
     out = tmp_path / "speed.json"

@@ -251,7 +251,7 @@ def test_qwen25vl_folder_of_the_hub_layout_captions_without_torchvision(root, tm
 
 
 def test_teacher_benchmark_times_full_length_captions_after_a_warm_up_batch(tmp_path, capsys):
-    from vlv import benchmark_teacher
+    from vlv.bench import teacher as benchmark_teacher
 
     with pytest.raises(SystemExit, match="two batches"):
         benchmark_teacher.main(["--paper-sized", "tiny", "--n-images", "3", "--batch-size", "2"])
@@ -371,7 +371,7 @@ def _random_captioner_and_eval(root, tmp_path, micro_config):
 
 
 def test_batched_generation_gives_the_captions_of_one_at_a_time(root, tmp_path, micro_config, capsys):
-    from vlv import benchmark_stage2
+    from vlv.bench import stage2 as benchmark_stage2
 
     ev = _random_captioner_and_eval(root, tmp_path, micro_config)
     out = tmp_path / "speed.json"
@@ -389,7 +389,7 @@ def test_stage2_training_benchmark_runs_on_paper_classes_at_tiny_size(micro_conf
     says which it was)."""
     from transformers import AutoTokenizer
 
-    from vlv import benchmark_stage2_training
+    from vlv.bench import stage2_training as benchmark_stage2_training
 
     tok = AutoTokenizer.from_pretrained(root / "models/toy/lm")
     long = benchmark_stage2_training.long_captions(tok, 2, 40)

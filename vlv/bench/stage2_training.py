@@ -16,10 +16,10 @@ case), then runs the real ``vlv.stages.finetune_stage2`` for ``--steps`` steps p
 Reports samples/s and tokens/s after the first step (start-up left out), peak memory on CUDA and
 the achieved model FLOP/s (FLOPs of one sample's forward and backward counted with
 ``torch.utils.flop_counter``, no recomputation). Captioning speed (beam search) is
-``vlv.benchmark_stage2``.
+``vlv.bench.stage2``.
 
 Example (a GPU):
-    python -m vlv.benchmark_stage2_training \
+    python -m vlv.bench.stage2_training \
         --params "$(python -m vlv.config stage2 --configfile config.yaml config/paper.yaml)" \
         --paper-sized paper --models /tmp/paper_models --steps 4 --out stage2_train_speed.json
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from vlv.benchmark_stage1 import free_device_memory, run_stage, steady_rate, write_report, write_shapes_images
+from vlv.bench.stage1 import free_device_memory, run_stage, steady_rate, write_report, write_shapes_images
 from vlv.cli_common import load_params, setup_logging, stage_parser
 from vlv.stages import finetune_stage2
 

@@ -13,10 +13,10 @@ the device-hours the paper profile's teacher captions (``data.pairs``, 6M) would
 
 Examples:
     # the paper's size, on a GPU (builds a 16.6 GB bf16 folder under --models first, or reuses it)
-    python -m vlv.benchmark_teacher --paper-sized paper --models /tmp/vlv_models --n-images 80 --batch-size 16 \\
+    python -m vlv.bench.teacher --paper-sized paper --models /tmp/vlv_models --n-images 80 --batch-size 16 \\
         --out results/figures/teacher_speed_h200.json
     # the same path at toy size (tests)
-    python -m vlv.benchmark_teacher --paper-sized tiny --n-images 6 --batch-size 3 --max-new-tokens 4
+    python -m vlv.bench.teacher --paper-sized tiny --n-images 6 --batch-size 3 --max-new-tokens 4
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from vlv.benchmark_stage1 import write_report
+from vlv.bench.stage1 import write_report
 from vlv.captioners import PAPER_PROMPT, LocalVLM
 from vlv.models.paper_sized import TOY_LM, build_qwen25vl
 from vlv.shapes.world import WorldSpec, render_array, sample_scenes

@@ -5,7 +5,7 @@ two give the same captions (beam search is per image, so batching must not chang
 difference is counted and printed) and prints captions/s for each and the ratio.
 
 Example (toy profile, on this CPU):
-    python -m vlv.benchmark_stage2 --captioner results/finetune_stage2/vlv_pairs100 \
+    python -m vlv.bench.stage2 --captioner results/finetune_stage2/vlv_pairs100 \
         --images results/generate_shapes/eval --n-images 64 --out results/figures/stage2_caption_speed_cpu.json
 """
 

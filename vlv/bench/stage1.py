@@ -22,11 +22,11 @@ this and the stage-2 training benchmark on a GPU in one go.
 
 Examples:
     # toy config on this CPU
-    python -m vlv.benchmark_stage1 --params "$(python -m vlv.config stage1)" \
+    python -m vlv.bench.stage1 --params "$(python -m vlv.config stage1)" \
         --images results/generate_shapes/pool --subset results/subset/subset.json \
         --vision models/toy/vision --decoder models/toy/t2i --steps 30
     # paper-sized, random weights, on a GPU
-    python -m vlv.benchmark_stage1 --params "$(python -m vlv.config stage1 --configfile config.yaml config/paper.yaml)" \
+    python -m vlv.bench.stage1 --params "$(python -m vlv.config stage1 --configfile config.yaml config/paper.yaml)" \
         --paper-sized paper --batch-size 32 --large-batch 128 --steps 12 --out results/figures/stage1_speed_h200.json
 """
 
