@@ -4,7 +4,7 @@
 
 rule caption:
     input:
-        code=code("stages/caption", "captioners", "models/captioner"),
+        code=code("stages/caption", "models/captioners", "models/vlv_captioner"),
         images=split_dir("eval"),
         model=captioner_inputs,
     output:

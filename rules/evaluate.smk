@@ -120,7 +120,7 @@ rule evaluate_captions_shapes:
 
 rule evaluate_arena:
     input:
-        code=code("evaluate/evaluate_arena", "shapes/judge", "shapes/parse", "captioners"),
+        code=code("evaluate/evaluate_arena", "shapes/judge", "shapes/parse", "models/captioners"),
         captions="<results>/caption/{captioner}.jsonl",
         images=split_dir("eval"),
         judge=local_model_input("arena", "judge"),

@@ -10,7 +10,7 @@ rule finetune_stage2:
         launch_code=launch_code("stage2"),
         code=code(
             "stages/finetune_stage2",
-            "models/captioner",
+            "models/vlv_captioner",
             "models/vlv_encoder",
             "data/loader",
             "data/shards",

@@ -350,7 +350,7 @@ def test_trainable_models_load_in_float32_whatever_their_saved_dtype(tmp_path, r
     half-precision weights loses updates below their resolution."""
     from transformers import AutoModelForCausalLM, Florence2ForConditionalGeneration
 
-    from vlv.models.captioner import VLVCaptioner
+    from vlv.models.vlv_captioner import VLVCaptioner
 
     Florence2ForConditionalGeneration.from_pretrained(root / "models/toy/vision", dtype=torch.bfloat16).save_pretrained(
         tmp_path / "f16"

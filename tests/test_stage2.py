@@ -8,9 +8,9 @@ import torch
 from conftest import chat_server, killed_at_step
 from safetensors.torch import load_file
 
-from vlv.captioners import APICaptioner, APISettings, CaptionFailure
-from vlv.models.captioner import TRAINABLE, VLVCaptioner
+from vlv.models.captioners import APICaptioner, APISettings, CaptionFailure
 from vlv.models.paper_sized import build_tiny_llava
+from vlv.models.vlv_captioner import TRAINABLE, VLVCaptioner
 from vlv.shapes.judge import score_caption
 from vlv.shapes.world import Scene, ShapeObject
 from vlv.stages import caption, finetune_stage2, generate_shapes, synthesize_captions
@@ -207,7 +207,7 @@ def test_local_vlm_teacher_runs_florence2_and_records_empty_captions(micro_confi
 
 
 def test_local_chat_vlm_captions_with_the_prompt_and_returns_only_new_text(root, tmp_path):
-    from vlv.captioners import PAPER_PROMPT, LocalVLM
+    from vlv.models.captioners import PAPER_PROMPT, LocalVLM
 
     build_tiny_llava(root / "models/toy/lm", tmp_path / "llava")
     vlm = LocalVLM(str(tmp_path / "llava"), PAPER_PROMPT, 5, torch.device("cpu"), batch_size=2)
@@ -223,7 +223,7 @@ def test_qwen25vl_folder_of_the_hub_layout_captions_without_torchvision(root, tm
     video processor needs torchvision); LocalVLM loads the same class without it and captions."""
     from transformers import AutoProcessor, Qwen2_5_VLProcessor
 
-    from vlv.captioners import PAPER_PROMPT, LocalVLM
+    from vlv.models.captioners import PAPER_PROMPT, LocalVLM
     from vlv.models.paper_sized import build_qwen25vl
 
     folder = build_qwen25vl(root / "models/toy/lm", tmp_path / "qwen25vl", "tiny")

@@ -215,7 +215,7 @@ def _caption(argv) -> int:
     p.add_argument("--out", default=None, help="JSONL output ({image, caption} per line); default: print")
     args = p.parse_args(argv)
 
-    from vlv.captioners import VLVCaptionerBackend
+    from vlv.models.captioners import VLVCaptionerBackend
     from vlv.training import pick_device
 
     backend = VLVCaptionerBackend(

@@ -20,7 +20,7 @@ import torch
 
 from vlv.data.shards import load_images
 from vlv.manifest import build_manifest, write_manifest
-from vlv.models.captioner import VLVCaptioner
+from vlv.models.vlv_captioner import VLVCaptioner
 from vlv.training import pick_device
 
 

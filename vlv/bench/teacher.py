@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from vlv.bench.stage1 import write_report
-from vlv.captioners import PAPER_PROMPT, LocalVLM
+from vlv.models.captioners import PAPER_PROMPT, LocalVLM
 from vlv.models.paper_sized import TOY_LM, build_qwen25vl
 from vlv.shapes.world import WorldSpec, render_array, sample_scenes
 from vlv.training import pick_device

@@ -58,7 +58,7 @@ def parse_rating(reply: str) -> int | None:
 
 def make_judge(cfg: dict, device):
     """The VLM judge of ``arena.judge`` local or api: ``ask(images, prompts) -> replies``."""
-    from vlv.captioners import APICaptioner, LocalVLM, api_settings
+    from vlv.models.captioners import APICaptioner, LocalVLM, api_settings
 
     if cfg["judge"] == "local":
         vlm = LocalVLM(cfg["model"], "", cfg["max_new_tokens"], device, batch_size=cfg["batch_size"])

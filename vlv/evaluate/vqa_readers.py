@@ -27,7 +27,7 @@ import re
 import numpy as np
 import torch
 
-from vlv.captioners import ChatAPI, api_settings
+from vlv.models.captioners import ChatAPI, api_settings
 from vlv.models.hub import require_local
 from vlv.shapes.questions import answer_from_caption
 

@@ -4,7 +4,7 @@ Captioners (``--captioner``): ``reference`` (the split's first reference caption
 (the stage-2 teacher of the ``teacher`` config section: the Shapes oracle in the toy profile),
 ``vlv`` (a trained VLV captioner folder, ``--model``; the VLV and no-stage-1 captioners are both
 this kind) and ``vlm`` (an open VLM through transformers, ``--model`` a hub id or folder). All share
-the interface in ``vlv.captioners``. A manifest beside the output records the settings and the
+the interface in ``vlv.models.captioners``. A manifest beside the output records the settings and the
 measured captions per second.
 
 Example:
@@ -21,10 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vlv.captioners import PAPER_PROMPT, LocalVLM, References, VLVCaptionerBackend, make_teacher
 from vlv.cli_common import load_params, setup_logging, stage_parser
 from vlv.data.shards import ShardIndex, iter_batches
 from vlv.manifest import build_manifest, write_manifest
+from vlv.models.captioners import PAPER_PROMPT, LocalVLM, References, VLVCaptionerBackend, make_teacher
 from vlv.training import pick_device
 
 # Images decoded at once (at 512 px about 0.8 GB), rounded up to whole captioner batches.

@@ -36,7 +36,7 @@ from vlv.cli_common import load_params, setup_logging, stage_parser
 from vlv.data.loader import Collate, FeatureCache, ShardImages, StepBatches, gather, make_loader, path_stamp
 from vlv.data.shards import ShardIndex
 from vlv.manifest import build_manifest, write_manifest
-from vlv.models.captioner import TRAINABLE, VLVCaptioner
+from vlv.models.vlv_captioner import TRAINABLE, VLVCaptioner
 from vlv.training import (
     Checkpointer,
     LossLog,

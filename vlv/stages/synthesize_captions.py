@@ -26,10 +26,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vlv.captioners import CaptionFailure, make_teacher
 from vlv.cli_common import load_params, setup_logging, stage_parser
 from vlv.data.shards import ShardIndex, iter_batches
 from vlv.manifest import build_manifest, write_manifest
+from vlv.models.captioners import CaptionFailure, make_teacher
 from vlv.training import pick_device
 
 

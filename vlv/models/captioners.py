@@ -75,7 +75,7 @@ class References:
 
 class VLVCaptionerBackend:
     def __init__(self, path: str, num_beams: int, max_new_tokens: int, device, batch_size: int = 32):
-        from vlv.models.captioner import VLVCaptioner
+        from vlv.models.vlv_captioner import VLVCaptioner
 
         self.model = VLVCaptioner.from_pretrained(path).to(device)
         self.device = device
