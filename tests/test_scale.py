@@ -379,7 +379,7 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     committed accelerate config with 2 processes, the local VLM teacher (Qwen2.5-VL's class, the
     profile's default), every captioner, Table 3 and
     Table 1's renders and their FID, and the cost report."""
-    from vlv import paper_tiny
+    import paper_tiny
 
     assert paper_tiny.main(["--out", str(tmp_path / "pt"), "--img2dataset", img2dataset_exe]) == 0
     (tmp_path / "w").mkdir()

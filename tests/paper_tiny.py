@@ -1,7 +1,7 @@
 """Paper-tiny: the paper profile with every model a tiny random-weight folder and every data set a
 tiny local stand-in, so that the paper profile's own rules run end to end on a CPU.
 
-``python -m vlv.paper_tiny --out DIR`` writes
+``python tests/paper_tiny.py --out DIR`` writes
   DIR/models/  tiny folders of the paper profile's classes (Florence-2, an SD-2-style
                ``StableDiffusionPipeline`` with a KL VAE, ``CLIPModel``, ``Qwen2ForCausalLM`` as the
                caption decoder and the VQA reader, ``Qwen2_5_VLForConditionalGeneration`` in the hub's
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     models = build_models(out / "models")
     data = build_data(out / "data", models["inception"])
     (out / "config.yaml").write_text(
-        "# paper-tiny overlay (written by vlv.paper_tiny): use after config.yaml and config/paper.yaml\n"
+        "# paper-tiny overlay (written by tests/paper_tiny.py): use after config.yaml and config/paper.yaml\n"
         + yaml.safe_dump(overlay(models, data, args.img2dataset), sort_keys=False)
     )
     print(f"{out / 'config.yaml'}: snakemake --configfile config.yaml config/paper.yaml {out / 'config.yaml'} ...")
