@@ -6,7 +6,7 @@
 
 rule evaluate_reconstruction_fid:
     input:
-        code=code("evaluate/evaluate_fid", "models/clip_features", "models/inception"),
+        code=code("vlv.evaluate.evaluate_fid"),
         renders="<results>/reconstruct/{s1}/reconstructions.tar",
         images=split_dir("eval"),
         clip=model_input("clip"),
@@ -36,7 +36,7 @@ rule evaluate_reconstruction_fid:
 
 rule compose:
     input:
-        code=code("stages/compose", "models/vlv_encoder", "models/frozen_decoder", "shapes/detect"),
+        code=code("vlv.stages.compose"),
         encoder="<results>/distill_stage1/encoder",
         images=split_dir("eval"),
         t2i=model_input("t2i"),
@@ -65,7 +65,7 @@ rule compose:
 
 rule table_ablations:
     input:
-        code=code("stages/tables"),
+        code=code("vlv.stages.tables"),
         recon=expand(
             "<results>/evaluate/reconstruction_fid/{s1}.json",
             s1=ablation_stage1()["num_queries"],
@@ -108,7 +108,7 @@ rule table_ablations:
 
 rule table_scaling:
     input:
-        code=code("stages/tables"),
+        code=code("vlv.stages.tables"),
         recon=expand(
             "<results>/evaluate/reconstruction_fid/{s1}.json", s1=ablation_stage1()["data"]
         ),

@@ -4,7 +4,7 @@
 
 rule caption:
     input:
-        code=code("stages/caption", "models/captioners", "models/vlv_captioner"),
+        code=code("vlv.stages.caption"),
         images=split_dir("eval"),
         model=captioner_inputs,
     output:

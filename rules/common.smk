@@ -13,6 +13,7 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 
 from snakemake.settings.types import DeploymentMethod
 
+from vlv.code_inputs import module_files
 from vlv.config import ConfigError, section, validate_config
 from vlv.doctor import preflight
 from vlv.models.hub import is_local_model
@@ -45,9 +46,10 @@ def standin_benchmark_json():
     )
 
 
-def code(*modules):
-    """Source files of a stage, as inputs, so that editing them reruns the stage."""
-    return [f"vlv/{m}.py" for m in modules]
+def code(module):
+    """The source files the rule's module runs (it and every vlv module it imports), as inputs, so
+    that editing any of them reruns the stage."""
+    return list(module_files(module))
 
 
 def model_input(name):
@@ -391,7 +393,7 @@ def launch_machines(stage):
 
 def launch_code(stage):
     """vlv/launch.py as an input of a training job that starts through it (several machines)."""
-    return code("launch") if launch_machines(stage) > 1 else []
+    return code("vlv.launch") if launch_machines(stage) > 1 else []
 
 
 def uses_conda():

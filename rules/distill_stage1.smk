@@ -8,13 +8,7 @@ rule distill_stage1:
     input:
         accelerate=launch_input("stage1"),
         launch_code=launch_code("stage1"),
-        code=code(
-            "stages/distill_stage1",
-            "models/vlv_encoder",
-            "models/frozen_decoder",
-            "data/loader",
-            "data/shards",
-        ),
+        code=code("vlv.stages.distill_stage1"),
         images=split_dir("pool"),
         subset="<results>/subset/subset.json",
         vision_encoder=model_input("vision_encoder"),
@@ -52,9 +46,7 @@ rule distill_stage1:
 
 rule reconstruct:
     input:
-        code=code(
-            "stages/reconstruct", "models/vlv_encoder", "models/frozen_decoder", "shapes/detect"
-        ),
+        code=code("vlv.stages.reconstruct"),
         encoder="<results>/distill_stage1/{s1}",
         images=split_dir("eval"),
         t2i=model_input("t2i"),

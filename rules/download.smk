@@ -38,7 +38,7 @@ rule download:
 
 rule prepare_coco:
     input:
-        code=code("paper_data/prepare_coco", "paper_data/download", "data/shards"),
+        code=code("vlv.paper_data.prepare_coco"),
         images="data/download/val2014.zip",
         annotations="data/download/annotations_trainval2014.zip",
     output:
@@ -62,7 +62,7 @@ rule prepare_coco:
 
 rule prepare_vqa:
     input:
-        code=code("paper_data/prepare_coco", "paper_data/download"),
+        code=code("vlv.paper_data.prepare_coco"),
         split="<results>/prepare_coco/eval",
         questions=lambda w: f"data/download/{VQA_SOURCES[w.vqa_set][0]}",
         annotations=lambda w: f"data/download/{VQA_SOURCES[w.vqa_set][1]}",
@@ -101,7 +101,7 @@ rule laion_metadata:
 
 rule download_laion:
     input:
-        code=code("paper_data/prepare_laion", "paper_data/download"),
+        code=code("vlv.paper_data.prepare_laion"),
         metadata=config["data"]["laion"]["metadata"],
     output:
         directory("<results>/download_laion/pool"),
@@ -125,7 +125,7 @@ rule download_laion:
 
 rule laion_pairs:
     input:
-        code=code("paper_data/prepare_laion", "data/shards"),
+        code=code("vlv.paper_data.prepare_laion"),
         images="<results>/download_laion/pool",
         subset="<results>/subset/subset.json",
     output:

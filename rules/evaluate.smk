@@ -5,7 +5,7 @@
 
 rule render_captions:
     input:
-        code=code("evaluate/render_captions", "models/t2i"),
+        code=code("vlv.evaluate.render_captions"),
         captions="<results>/caption/{captioner}.jsonl",
         renderer=model_input("renderer"),
     output:
@@ -30,7 +30,7 @@ rule render_captions:
 
 rule evaluate_fid:
     input:
-        code=code("evaluate/evaluate_fid", "models/clip_features", "models/inception"),
+        code=code("vlv.evaluate.evaluate_fid"),
         renders="<results>/render_captions/{captioner}.tar",
         images=split_dir("eval"),
         clip=model_input("clip"),
@@ -60,7 +60,7 @@ rule evaluate_fid:
 
 rule evaluate_caption_metrics:
     input:
-        code=code("evaluate/evaluate_caption_metrics", "models/clip_features"),
+        code=code("vlv.evaluate.evaluate_caption_metrics"),
         captions="<results>/caption/{captioner}.jsonl",
         images=split_dir("eval"),
         clip=model_input("clip"),
@@ -88,7 +88,7 @@ rule evaluate_caption_metrics:
 
 rule evaluate_captions_shapes:
     input:
-        code=code("evaluate/evaluate_captions_shapes", "shapes/judge", "shapes/parse", "figures"),
+        code=code("vlv.evaluate.evaluate_captions_shapes"),
         images=split_dir("eval"),
         captions=lambda wildcards: [
             results_path("caption", f"{name}.jsonl") for name in captioners(wildcards.group)
@@ -120,7 +120,7 @@ rule evaluate_captions_shapes:
 
 rule evaluate_arena:
     input:
-        code=code("evaluate/evaluate_arena", "shapes/judge", "shapes/parse", "models/captioners"),
+        code=code("vlv.evaluate.evaluate_arena"),
         captions="<results>/caption/{captioner}.jsonl",
         images=split_dir("eval"),
         judge=local_model_input("arena", "judge"),
@@ -145,7 +145,7 @@ rule evaluate_arena:
 
 rule make_questions:
     input:
-        code=code("evaluate/make_questions", "shapes/questions"),
+        code=code("vlv.evaluate.make_questions"),
         images=split_dir("eval"),
     output:
         "<results>/evaluate/vqa/questions.jsonl",
@@ -165,9 +165,7 @@ rule make_questions:
 
 rule evaluate_vqa:
     input:
-        code=code(
-            "evaluate/evaluate_vqa", "evaluate/vqa_readers", "shapes/questions", "shapes/parse"
-        ),
+        code=code("vlv.evaluate.evaluate_vqa"),
         questions=vqa_questions(),
         captions="<results>/caption/{captioner}.jsonl",
         references="<results>/caption/reference.jsonl",
@@ -195,9 +193,7 @@ rule evaluate_vqa:
 
 rule evaluate_vqa_more:
     input:
-        code=code(
-            "evaluate/evaluate_vqa", "evaluate/vqa_readers", "shapes/questions", "shapes/parse"
-        ),
+        code=code("vlv.evaluate.evaluate_vqa"),
         questions=lambda w: config["vqa"]["more"][w.vqa_set]["questions"],
         captions="<results>/caption/{captioner}.jsonl",
         references="<results>/caption/reference.jsonl",

@@ -8,13 +8,7 @@ rule finetune_stage2:
     input:
         accelerate=launch_input("stage2"),
         launch_code=launch_code("stage2"),
-        code=code(
-            "stages/finetune_stage2",
-            "models/vlv_captioner",
-            "models/vlv_encoder",
-            "data/loader",
-            "data/shards",
-        ),
+        code=code("vlv.stages.finetune_stage2"),
         images=split_dir("pairs"),
         captions="<results>/synthesize_captions/captions.jsonl",
         encoder=stage2_encoder,

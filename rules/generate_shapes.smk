@@ -3,13 +3,7 @@
 
 rule generate_shapes:
     input:
-        code=code(
-            "stages/generate_shapes",
-            "shapes/world",
-            "shapes/captions",
-            "shapes/splits",
-            "data/shards",
-        ),
+        code=code("vlv.stages.generate_shapes"),
     output:
         directory("<results>/generate_shapes/{split}"),
     log:

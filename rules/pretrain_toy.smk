@@ -18,7 +18,7 @@ rule pretrain_toy:
 
 rule pretrain_toy_t2i:
     input:
-        code=code("toy/pretrain_toy_t2i", "toy/standin_training", "models/toy", "shapes/captions"),
+        code=code("vlv.toy.pretrain_toy_t2i"),
     output:
         directory("<results>/pretrain_toy/{t2i_name}"),
     log:
@@ -40,7 +40,7 @@ rule pretrain_toy_t2i:
 
 rule pretrain_toy_clip:
     input:
-        code=code("toy/pretrain_toy_clip", "toy/standin_training", "models/toy"),
+        code=code("vlv.toy.pretrain_toy_clip"),
     output:
         directory("<results>/pretrain_toy/clip"),
     log:
@@ -62,7 +62,7 @@ rule pretrain_toy_clip:
 
 rule pretrain_toy_lm:
     input:
-        code=code("toy/pretrain_toy_lm", "toy/standin_training", "models/toy"),
+        code=code("vlv.toy.pretrain_toy_lm"),
     output:
         directory("<results>/pretrain_toy/{lm_name}"),
     log:
@@ -84,7 +84,7 @@ rule pretrain_toy_lm:
 
 rule pretrain_toy_vision:
     input:
-        code=code("toy/pretrain_toy_vision", "toy/standin_training", "models/toy"),
+        code=code("vlv.toy.pretrain_toy_vision"),
     output:
         directory("<results>/pretrain_toy/vision"),
     log:
@@ -106,7 +106,7 @@ rule pretrain_toy_vision:
 
 rule benchmark_toy_standins:
     input:
-        code=code("toy/evaluate_standins", "shapes/detect"),
+        code=code("vlv.toy.evaluate_standins"),
         t2i="<results>/pretrain_toy/t2i",
         renderer="<results>/pretrain_toy/renderer",
         clip="<results>/pretrain_toy/clip",

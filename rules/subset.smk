@@ -4,7 +4,7 @@
 
 rule subset:
     input:
-        code=code("stages/subset", "data/shards"),
+        code=code("vlv.stages.subset"),
         images=split_dir("pool"),
         clip=model_input("clip"),
     output:

@@ -4,7 +4,7 @@
 
 rule synthesize_captions:
     input:
-        code=code("stages/synthesize_captions", "models/captioners", "data/shards"),
+        code=code("vlv.stages.synthesize_captions"),
         images=split_dir("pairs"),
         teacher=local_model_input("teacher", "backend"),
     output:

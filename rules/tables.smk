@@ -3,7 +3,7 @@
 
 rule table_coco:
     input:
-        code=code("stages/tables"),
+        code=code("vlv.stages.tables"),
         fid=expand("<results>/evaluate/fid/{captioner}.json", captioner=captioners()),
         metrics=expand(
             "<results>/evaluate/caption_metrics/{captioner}.json", captioner=captioners()
@@ -33,7 +33,7 @@ rule table_coco:
 
 rule table_spatial:
     input:
-        code=code("stages/tables"),
+        code=code("vlv.stages.tables"),
         reconstruct="<results>/reconstruct/encoder/metrics.json",
     output:
         table=report("<results>/tables/spatial.csv", category="Tables"),
@@ -58,7 +58,7 @@ rule table_spatial:
 
 rule table_arena:
     input:
-        code=code("stages/tables"),
+        code=code("vlv.stages.tables"),
         arena=expand("<results>/evaluate/arena/{captioner}.json", captioner=captioners()),
     output:
         table=report("<results>/tables/arena.csv", category="Tables"),
@@ -83,7 +83,7 @@ rule table_arena:
 
 rule table_vqa:
     input:
-        code=code("stages/tables"),
+        code=code("vlv.stages.tables"),
         vqa=expand("<results>/evaluate/vqa/{captioner}.json", captioner=captioners()),
         more=expand(
             "<results>/evaluate/vqa/{vqa_set}/{captioner}.json",
@@ -113,7 +113,7 @@ rule table_vqa:
 
 rule table_no_stage1:
     input:
-        code=code("stages/tables"),
+        code=code("vlv.stages.tables"),
         fid=expand(
             "<results>/evaluate/fid/{captioner}.json",
             captioner=["vlv_pairs100", "no_stage1_pairs100"],
@@ -149,7 +149,7 @@ rule table_no_stage1:
 # against the paper's budget (outside `all`: it reads timings, which differ from run to run).
 rule cost_report:
     input:
-        code=code("stages/cost_report"),
+        code=code("vlv.stages.cost_report"),
         subset="<results>/subset/subset.json",
         teacher="<results>/synthesize_captions/manifest.json",
         stage1="<results>/distill_stage1/encoder",
