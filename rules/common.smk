@@ -14,7 +14,7 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 from snakemake.settings.types import DeploymentMethod
 
 from vlv.code_inputs import module_files
-from vlv.config import ConfigError, section, validate_config
+from vlv.config import ConfigError, section, typed_overrides, validate_config
 from vlv.doctor import preflight
 from vlv.models.hub import is_local_model
 from vlv.variants import (
@@ -26,7 +26,7 @@ from vlv.variants import (
 )
 
 try:
-    validate_config(config)
+    validate_config(typed_overrides(config, workflow.config_settings.config))
 except ConfigError as e:
     raise WorkflowError(str(e))
 

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 
-from vlv.config import ConfigError, load_config, validate_config
+from vlv.config import ConfigError, load_config, typed_overrides, validate_config
 
 
 def test_toy_paper_and_micro_configs_validate(root):
@@ -49,3 +49,24 @@ def test_overlay_merges_deeply(tmp_path, root):
     cfg = load_config(root / "config.yaml", over)
     assert cfg["shapes"]["splits"]["eval"] == {"seed": 3, "n": 7}
     assert cfg["shapes"]["splits"]["pool"]["n"] == 20000
+
+
+def test_command_line_overrides_are_read_as_the_schema_wants(toy_config):
+    # what Snakemake hands over for --config stage1='{steps: 100, lr: 1e-4}' (nested values as text)
+    over = {"stage1": {"steps": "100", "lr": "1e-4", "route": "text_encoder"}, "stage2": {"pair_percents": ["10"]}}
+    cfg = copy.deepcopy(toy_config)
+    for key, values in over.items():
+        cfg[key].update(copy.deepcopy(values))
+    validate_config(typed_overrides(cfg, over))
+    assert cfg["stage1"]["steps"] == 100 and cfg["stage1"]["lr"] == 1e-4
+    assert cfg["stage1"]["route"] == "text_encoder" and cfg["stage2"]["pair_percents"] == [10]
+    cfg["stage1"]["steps"] = "many"  # no reading of it passes: still refused, by name
+    with pytest.raises(ConfigError, match=r"'stage1\.steps'"):
+        validate_config(typed_overrides(cfg, {"stage1": {"steps": "many"}}))
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, root):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage1:\n  steps: 3\n  lr: [1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml, line 4, column 1: not valid YAML"):
+        load_config(root / "config.yaml", bad)

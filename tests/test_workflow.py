@@ -18,6 +18,21 @@ def test_dry_run_of_all_lists_the_stages(tmp_path):
     assert "pretrain_toy_t2i" not in out  # `all` starts from the committed stand-ins
 
 
+def test_nested_command_line_values_reach_the_stage_typed(tmp_path):
+    # Snakemake hands nested --config values over as text; they arrive as the schema's types
+    res = run_snakemake(
+        workflow_dir(tmp_path),
+        "-n",
+        "-p",
+        "--cores",
+        "1",
+        "results/distill_stage1/encoder",
+        "--config",
+        "stage1={steps: 7, lr: 2e-4}",
+    )
+    assert '"steps": 7,' in res.stdout and '"lr": 0.0002,' in res.stdout
+
+
 def test_dry_run_of_pretrain_toy(tmp_path):
     res = run_snakemake(workflow_dir(tmp_path), "-n", "--cores", "1", "pretrain_toy")
     out = res.stdout + res.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -36,14 +37,79 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def read_yaml(path: str | Path):
+    """A YAML file's content; a syntax error names the file, the line and the column."""
+    with open(path) as f:
+        try:
+            return yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+            problem = getattr(e, "problem", None) or str(e)
+            raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+
+
 def load_config(*paths: str | Path) -> dict:
     cfg: dict = {}
     for p in paths:
-        with open(p) as f:
-            data = yaml.safe_load(f) or {}
+        data = read_yaml(p) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
         cfg = deep_merge(cfg, data)
+    return cfg
+
+
+def _leaves(node, path=()):
+    """(path, value) of every string in a nested mapping / list."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _leaves(v, (*path, i))
+    elif isinstance(node, str):
+        yield path, node
+
+
+def _error_paths(validator, cfg) -> set[tuple]:
+    """The paths of every validation error, the alternatives of oneOf / anyOf included."""
+    out, todo = set(), list(validator.iter_errors(cfg))
+    while todo:
+        e = todo.pop()
+        out.add(tuple(e.absolute_path))
+        todo.extend(e.context or ())
+    return out
+
+
+def typed_overrides(cfg: dict, overrides: dict, schema_path: str | Path = SCHEMA) -> dict:
+    """Read the strings of command-line overrides as YAML where the schema refuses a string.
+
+    Snakemake parses a nested ``--config stage1='{steps: 100, lr: 1e-4}'`` with YAML's BaseLoader, so
+    every value below the top level arrives as a string ('100'). Each such string that fails the
+    schema at its place is replaced by its YAML reading (or its float reading: YAML 1.1 reads
+    ``1e-4`` as text) when that passes there. ``cfg`` is changed in place and returned.
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(read_yaml(schema_path))
+    for path, text in _leaves(overrides):
+        failing = _error_paths(validator, cfg)
+        if path not in failing:
+            continue
+        candidates = [yaml.safe_load(text)]
+        try:
+            candidates.append(float(text))
+        except ValueError:
+            pass
+        parent = cfg
+        for k in path[:-1]:
+            parent = parent[k]
+        for value in candidates:
+            parent[path[-1]] = value
+            if path not in _error_paths(validator, cfg):
+                break
+        else:
+            parent[path[-1]] = text
     return cfg
 
 
@@ -55,9 +121,7 @@ def validate_config(cfg: dict, schema_path: str | Path = SCHEMA) -> dict:
     """Raise ConfigError naming every offending key; return ``cfg`` unchanged if it is valid."""
     import jsonschema
 
-    with open(schema_path) as f:
-        schema = yaml.safe_load(f)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(read_yaml(schema_path))
     problems = []
     for e in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
         where = _path(e)
