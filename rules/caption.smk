@@ -20,8 +20,8 @@ rule caption:
         mem_mb=4000,
         runtime=30,
     params:
-        cfg=cfg_json("stage2"),
-        teacher=cfg_json("teacher"),
+        cfg=params_json("stage2"),
+        teacher=params_json("teacher"),
         shapes=shapes_arg(),
         captioner=captioner_args,
         n_images=config["evaluation"]["n_images"],

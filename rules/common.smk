@@ -1,4 +1,5 @@
-# Helpers shared by all stages. Config validation, config sections as JSON params, code inputs.
+# Helpers shared by all stages: config validation, input functions and paths. What a stage receives as
+# --params is built by vlv.config.stage_params (the rules only turn it into JSON).
 
 import json
 import os
@@ -14,7 +15,7 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 from snakemake.settings.types import DeploymentMethod
 
 from vlv.code_inputs import module_files
-from vlv.config import ConfigError, section, typed_overrides, validate_config
+from vlv.config import ConfigError, stage_params, typed_overrides, validate_config
 from vlv.doctor import preflight
 from vlv.models.hub import is_local_model
 from vlv.variants import (
@@ -31,19 +32,13 @@ except ConfigError as e:
     raise WorkflowError(str(e))
 
 
-def cfg_json(key, with_shapes=False):
-    """A config section as JSON for a stage's --params (optionally with the Shapes world beside it)."""
-    value = section(config, key)
-    if with_shapes:
-        value = {"shapes": config["shapes"], **value}
-    return json.dumps(value, sort_keys=True)
+def params_json(name, variant=None):
+    """A stage's --params (vlv.config.stage_params) as JSON."""
+    return json.dumps(stage_params(config, name, variant), sort_keys=True)
 
 
 def standin_benchmark_json():
-    return json.dumps(
-        {"shapes": config["shapes"], "benchmark": config["pretrain_toy"]["benchmark"]},
-        sort_keys=True,
-    )
+    return params_json("pretrain_toy.benchmark")
 
 
 def code(module):
@@ -98,25 +93,11 @@ def work_dir(stage):
 
 
 def stage1_json(wildcards):
-    """The stage-1 section with the values the stage-1 variant ``{s1}`` changes."""
-    return json.dumps({**config["stage1"], **stage1_overrides(wildcards.s1)}, sort_keys=True)
+    return params_json("stage1", wildcards.s1)
 
 
 def stage2_json(wildcards):
-    """The stage-2 section (with the trainable set the captioner's name may change) plus what it
-    inherits from stage 1 (route and number of queries)."""
-    s1 = config["stage1"]
-    variant = parse_captioner(wildcards.name)
-    trainable = variant["trainable"] or config["stage2"]["trainable"]
-    return json.dumps(
-        {
-            **config["stage2"],
-            "trainable": trainable,
-            "route": s1["route"],
-            "num_queries": s1["num_queries"],
-        },
-        sort_keys=True,
-    )
+    return params_json("stage2", wildcards.name)
 
 
 def stage2_llm(wildcards):
@@ -268,29 +249,11 @@ def final_outputs():
 
 
 def reconstruction_fid_json():
-    """evaluate_fid's params for stage-1 reconstructions: their guidance scales and image count."""
-    s1 = config["stage1"]
-    return json.dumps(
-        {
-            "renderer_guidance": s1["reconstruct_guidance"],
-            "n_images": s1["n_eval_images"],
-            "seed": config["evaluation"]["seed"],
-        },
-        sort_keys=True,
-    )
+    return params_json("reconstruction_fid")
 
 
 def compose_json():
-    s1 = config["stage1"]
-    return json.dumps(
-        {
-            **config["ablations"]["compose"],
-            "route": s1["route"],
-            "steps": s1["reconstruct_steps"],
-            "seed": config["evaluation"]["seed"],
-        },
-        sort_keys=True,
-    )
+    return params_json("compose")
 
 
 def ablation_outputs():
@@ -325,36 +288,15 @@ def split_dir(split):
 
 
 def download_json(wildcards):
-    """One data.files entry (url, sha256) as the download job's params."""
-    return json.dumps(config["data"]["files"][wildcards.file], sort_keys=True)
+    return params_json("download", wildcards.file)
 
 
 def laion_json():
-    """img2dataset's settings plus the paper's size and aspect filters (the subset section)."""
-    s = config["subset"]
-    return json.dumps(
-        {
-            **config["data"]["laion"],
-            "image_size": config["data"]["image_size"],
-            "min_side": s["min_side"],
-            "min_aspect": s["min_aspect"],
-            "max_aspect": s["max_aspect"],
-        },
-        sort_keys=True,
-    )
+    return params_json("laion")
 
 
 def coco_json():
-    e = config["evaluation"]
-    return json.dumps(
-        {
-            "n_images": e["n_images"],
-            "seed": e["seed"],
-            "shard_size": config["data"]["coco_shard_size"],
-            "image_size": config["data"]["image_size"],
-        },
-        sort_keys=True,
-    )
+    return params_json("coco")
 
 
 def launcher(stage):
@@ -401,33 +343,12 @@ def uses_conda():
     return DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 
 
-# The paper's stated compute budget (section 4: under 1,000 GPU-hours in all).
-PAPER_BUDGET_GPU_HOURS = 1000
-
-
 def cost_json():
-    """What each costed stage processes at the configured scale, and on how many GPUs (cost_report)."""
-    s1, s2, e = config["stage1"], config["stage2"], config["evaluation"]
-    pairs = config["data"]["pairs"] or config["shapes"]["splits"]["pairs"]["n"]
-    n_caps = len(captioners())
-    scale = {
-        "subset": {"items": None, "gpus": 1},
-        "synthesize_captions": {"items": pairs, "gpus": 1},
-        "distill_stage1": {
-            "items": s1["steps"] * s1["batch_size"],
-            "gpus": max(launch_gpus("stage1"), 1),
-        },
-        "finetune_stage2": {
-            "items": s2["steps"] * s2["batch_size"],
-            "gpus": max(launch_gpus("stage2"), 1),
-        },
-        "caption": {"items": e["n_images"] * n_caps, "gpus": 1},
-        "render_captions": {
-            "items": e["n_images"] * len(e["renderer_guidance"]) * n_caps,
-            "gpus": 1,
-        },
-    }
-    return json.dumps({"budget_gpu_hours": PAPER_BUDGET_GPU_HOURS, "scale": scale}, sort_keys=True)
+    """The cost report's scale: what each costed stage processes, on how many GPUs."""
+    gpus = {"stage1": launch_gpus("stage1"), "stage2": launch_gpus("stage2")}
+    return json.dumps(
+        stage_params(config, "cost", captioners=len(captioners()), gpus=gpus), sort_keys=True
+    )
 
 
 def cost_manifests(wildcards, input):

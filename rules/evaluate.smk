@@ -21,7 +21,7 @@ rule render_captions:
         mem_mb=3000,
         runtime=30,
     params:
-        cfg=cfg_json("evaluation"),
+        cfg=params_json("evaluation"),
         renderer=model_arg("renderer"),
     shell:
         "python -m vlv.evaluate.render_captions --params {params.cfg:q} --renderer {params.renderer} "
@@ -48,7 +48,7 @@ rule evaluate_fid:
         mem_mb=2000,
         runtime=10,
     params:
-        cfg=cfg_json("evaluation"),
+        cfg=params_json("evaluation"),
         clip=model_arg("clip"),
         inception=inception_arg,
         profile=config["profile"],
@@ -185,7 +185,7 @@ rule evaluate_vqa:
         mem_mb=2000,
         runtime=30,
     params:
-        cfg=cfg_json("vqa"),
+        cfg=params_json("vqa"),
     shell:
         "python -m vlv.evaluate.evaluate_vqa --params {params.cfg:q} --questions {input.questions} "
         "--captions {input.captions} --references {input.references} --out {output} > {log} 2>&1"
@@ -214,7 +214,7 @@ rule evaluate_vqa_more:
         mem_mb=2000,
         runtime=30,
     params:
-        cfg=cfg_json("vqa"),
+        cfg=params_json("vqa"),
         dataset=lambda w: config["vqa"]["more"][w.vqa_set]["dataset"],
     shell:
         "python -m vlv.evaluate.evaluate_vqa --params {params.cfg:q} --questions {input.questions} "

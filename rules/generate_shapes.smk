@@ -17,6 +17,6 @@ rule generate_shapes:
         mem_mb=2000,
         runtime=10,
     params:
-        cfg=cfg_json("shapes"),
+        cfg=params_json("shapes"),
     shell:
         "python -m vlv.stages.generate_shapes --params {params.cfg:q} --split {wildcards.split} --out {output} > {log} 2>&1"

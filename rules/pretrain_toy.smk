@@ -32,7 +32,7 @@ rule pretrain_toy_t2i:
         mem_mb=4000,
         runtime=240,
     params:
-        cfg=lambda wc: cfg_json(f"pretrain_toy.{wc.t2i_name}", with_shapes=True),
+        cfg=lambda wc: params_json(f"pretrain_toy.{wc.t2i_name}"),
         work=lambda wc: work_dir(f"pretrain_toy/{wc.t2i_name}"),
     shell:
         "python -m vlv.toy.pretrain_toy_t2i --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
@@ -54,7 +54,7 @@ rule pretrain_toy_clip:
         mem_mb=3000,
         runtime=30,
     params:
-        cfg=cfg_json("pretrain_toy.clip", with_shapes=True),
+        cfg=params_json("pretrain_toy.clip"),
         work=work_dir("pretrain_toy/clip"),
     shell:
         "python -m vlv.toy.pretrain_toy_clip --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
@@ -76,7 +76,7 @@ rule pretrain_toy_lm:
         mem_mb=3000,
         runtime=30,
     params:
-        cfg=lambda wildcards: cfg_json(f"pretrain_toy.{wildcards.lm_name}", with_shapes=True),
+        cfg=lambda wildcards: params_json(f"pretrain_toy.{wildcards.lm_name}"),
         work=lambda wildcards: work_dir(f"pretrain_toy/{wildcards.lm_name}"),
     shell:
         "python -m vlv.toy.pretrain_toy_lm --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
@@ -98,7 +98,7 @@ rule pretrain_toy_vision:
         mem_mb=3000,
         runtime=30,
     params:
-        cfg=cfg_json("pretrain_toy.vision", with_shapes=True),
+        cfg=params_json("pretrain_toy.vision"),
         work=work_dir("pretrain_toy/vision"),
     shell:
         "python -m vlv.toy.pretrain_toy_vision --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"

@@ -21,7 +21,7 @@ rule subset:
         mem_mb=3000,
         runtime=30,
     params:
-        cfg=cfg_json("subset"),
+        cfg=params_json("subset"),
         clip=model_arg("clip"),
         out=subpath(output.subset, parent=True),
         work=work_dir("subset"),

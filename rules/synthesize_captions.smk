@@ -21,8 +21,8 @@ rule synthesize_captions:
         mem_mb=3000,
         runtime=60,
     params:
-        cfg=cfg_json("teacher"),
-        shapes=cfg_json("shapes"),
+        cfg=params_json("teacher"),
+        shapes=params_json("shapes"),
         work=os.path.join(work_dir("synthesize_captions"), "captions.jsonl"),
     shell:
         "python -m vlv.stages.synthesize_captions --params {params.cfg:q} --shapes {params.shapes:q} "

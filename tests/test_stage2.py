@@ -394,8 +394,10 @@ def test_stage2_training_benchmark_runs_on_paper_classes_at_tiny_size(micro_conf
     tok = AutoTokenizer.from_pretrained(root / "models/toy/lm")
     long = benchmark_stage2_training.long_captions(tok, 2, 40)
     assert all(len(tok(c)["input_ids"]) >= 40 for c in long) and long[0] != long[1]
-    params = {**micro_config["stage2"], "trainable": "mlp_llm_encoder", "max_caption_tokens": 40, "batch_size": 4}
-    params.update(micro_batch_size=2, gradient_checkpointing=True)
+    from vlv.config import stage_params
+
+    params = {**stage_params(micro_config, "stage2"), "trainable": "mlp_llm_encoder", "max_caption_tokens": 40}
+    params.update(batch_size=4, micro_batch_size=2, gradient_checkpointing=True, route="text_encoder", num_queries=77)
     out = tmp_path / "speed.json"
     args = ["--params", json.dumps(params), "--paper-sized", "tiny", "--models", str(tmp_path / "m"), "--n-images", "8"]
     fsdp = ["--fsdp", str(root / "config/accelerate/fsdp.yaml")]

@@ -5,8 +5,11 @@ are deep-merged over it, later files winning, exactly as Snakemake merges ``--co
 Validation uses ``schemas/config.schema.yaml`` (JSON Schema, no unknown keys) and reports the
 dotted path of the offending key.
 
+``stage_params`` turns the config into what each stage receives as ``--params``, for the rules and
+for anyone running a stage by hand.
+
 Example:
-    python -m vlv.config pretrain_toy.t2i --configfile config.yaml tests/config.micro.yaml
+    python -m vlv.config stage2 --configfile config.yaml tests/config.micro.yaml
 """
 
 from __future__ import annotations
@@ -174,6 +177,82 @@ def _cross_checks(cfg: dict) -> list[str]:
     return out
 
 
+# The paper's stated compute budget (section 4: under 1,000 GPU-hours in all).
+PAPER_BUDGET_GPU_HOURS = 1000
+
+
+def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> dict:
+    """What a stage receives as ``--params``: the rules, the ``vlv config`` command, the modules'
+    docstring examples and the benchmarks all take it from here.
+
+    ``name`` is a config section (``subset``, ``evaluation``, ...: the section as it is) or one of the
+    stages whose parameters gather more than one section:
+
+    - ``stage1``: the section with the values the stage-1 variant ``variant`` changes (``nq16``, ...);
+    - ``stage2``: the section with the trainable set the captioner name ``variant`` may change, plus
+      what stage 2 inherits from stage 1 (``route``, ``num_queries``);
+    - ``pretrain_toy.<model>``: the stand-in's section with the Shapes world beside it;
+      ``pretrain_toy.benchmark``: the stand-ins' benchmark settings, likewise;
+    - ``reconstruction_fid``, ``compose``: what evaluate_fid and compose need of stage 1;
+    - ``coco``, ``laion``, ``download`` (``variant``: a ``data.files`` key): the paper data's;
+    - ``cost``: the cost report's scale (``extra``: ``captioners``, the number of captioners, and
+      ``gpus``, the GPUs of each training stage).
+    """
+    from vlv.variants import parse_captioner, stage1_overrides
+
+    s1, s2, e, d = cfg["stage1"], cfg["stage2"], cfg["evaluation"], cfg["data"]
+    if name == "stage1":
+        return {**s1, **stage1_overrides(variant or "encoder")}
+    if name == "stage2":
+        trainable = (parse_captioner(variant or "vlv_pairs100") or {}).get("trainable") or s2["trainable"]
+        return {**s2, "trainable": trainable, "route": s1["route"], "num_queries": s1["num_queries"]}
+    if name == "pretrain_toy.benchmark":
+        return {"shapes": cfg["shapes"], "benchmark": cfg["pretrain_toy"]["benchmark"]}
+    if name.startswith("pretrain_toy."):
+        return {"shapes": cfg["shapes"], **section(cfg, name)}
+    if name == "reconstruction_fid":
+        return {"renderer_guidance": s1["reconstruct_guidance"], "n_images": s1["n_eval_images"], "seed": e["seed"]}
+    if name == "compose":
+        return {
+            **cfg["ablations"]["compose"],
+            "route": s1["route"],
+            "steps": s1["reconstruct_steps"],
+            "seed": e["seed"],
+        }
+    if name == "download":
+        return d["files"][variant]
+    if name == "laion":
+        sub = cfg["subset"]
+        return {
+            **d["laion"],
+            "image_size": d["image_size"],
+            **{k: sub[k] for k in ("min_side", "min_aspect", "max_aspect")},
+        }
+    if name == "coco":
+        return {
+            "n_images": e["n_images"],
+            "seed": e["seed"],
+            "shard_size": d["coco_shard_size"],
+            "image_size": d["image_size"],
+        }
+    if name == "cost":
+        pairs = d["pairs"] or cfg["shapes"]["splits"]["pairs"]["n"]
+        n_caps, gpus = extra["captioners"], extra["gpus"]
+        scale = {
+            "subset": {"items": None, "gpus": 1},
+            "synthesize_captions": {"items": pairs, "gpus": 1},
+            "distill_stage1": {"items": s1["steps"] * s1["batch_size"], "gpus": max(gpus["stage1"], 1)},
+            "finetune_stage2": {"items": s2["steps"] * s2["batch_size"], "gpus": max(gpus["stage2"], 1)},
+            "caption": {"items": e["n_images"] * n_caps, "gpus": 1},
+            "render_captions": {"items": e["n_images"] * len(e["renderer_guidance"]) * n_caps, "gpus": 1},
+        }
+        return {"budget_gpu_hours": PAPER_BUDGET_GPU_HOURS, "scale": scale}
+    value = section(cfg, name)
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key '{name}' is a value, not a section")
+    return value
+
+
 def section(cfg: dict, dotted: str):
     node = cfg
     for part in dotted.split("."):
@@ -184,13 +263,21 @@ def section(cfg: dict, dotted: str):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Print a validated config section as JSON.")
-    p.add_argument("key", nargs="?", default=None, help="dotted key, e.g. pretrain_toy.t2i (default: all)")
+    p = argparse.ArgumentParser(
+        description="Print what a stage receives as --params (a validated config section, or a stage's gathered "
+        "parameters: see stage_params), as JSON."
+    )
+    p.add_argument(
+        "key", nargs="?", default=None, help="e.g. stage2, pretrain_toy.t2i, subset (default: the whole config)"
+    )
+    p.add_argument(
+        "--variant", default=None, help="a stage-1 variant (nq16, data10) or a captioner name (vlv_pairs25-mlp)"
+    )
     p.add_argument("--configfile", nargs="+", default=[str(ROOT / "config.yaml")])
     args = p.parse_args(argv)
     try:
         cfg = validate_config(load_config(*args.configfile))
-        print(json.dumps(cfg if args.key is None else section(cfg, args.key)))
+        print(json.dumps(cfg if args.key is None else stage_params(cfg, args.key, args.variant), sort_keys=True))
     except ConfigError as e:
         raise SystemExit(str(e)) from None
     return 0

@@ -97,12 +97,14 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--micro-b", type=int, default=16, help="micro batch of b_no_checkpointing")
     p.add_argument("--workers", type=int, default=0, help="loader workers per process")
-    p.add_argument("--route", default="text_encoder")
+    p.add_argument("--route", default=None, help="override the params' stage-1 route")
     p.add_argument("--fsdp", default=None, metavar="CONFIG", help="also run a_config through this accelerate config")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     setup_logging()
-    cfg = {**load_params(args.params), "route": args.route, "num_queries": 77}
+    cfg = load_params(args.params)  # `vlv config stage2` gives stage 2's with what it inherits from stage 1
+    if args.route:
+        cfg["route"] = args.route
     runs = {
         "a_config": {},
         "b_no_checkpointing": {"gradient_checkpointing": False, "micro_batch_size": args.micro_b},
