@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 
@@ -70,3 +71,18 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, root):
     bad.write_text("stage1:\n  steps: 3\n  lr: [1\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml, line 4, column 1: not valid YAML"):
         load_config(root / "config.yaml", bad)
+
+
+def test_stage_params_gather_what_each_stage_needs(toy_config, capsys):
+    from vlv.config import main, stage_params
+
+    s2 = stage_params(toy_config, "stage2", "vlv_pairs25-mlp")
+    assert s2["trainable"] == "mlp" and s2["route"] == toy_config["stage1"]["route"]
+    assert s2["num_queries"] == toy_config["stage1"]["num_queries"]
+    assert stage_params(toy_config, "stage2")["trainable"] == toy_config["stage2"]["trainable"]
+    assert stage_params(toy_config, "stage1", "nq16")["num_queries"] == 16
+    assert stage_params(toy_config, "pretrain_toy.t2i")["shapes"] == toy_config["shapes"]
+    assert stage_params(toy_config, "subset") == toy_config["subset"]
+    # the command line prints the same, so a docstring's $(python -m vlv.config stage2) runs the stage
+    assert main(["stage2", "--variant", "vlv_pairs25-mlp"]) == 0
+    assert json.loads(capsys.readouterr().out) == s2
