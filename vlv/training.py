@@ -1,19 +1,26 @@
-"""Pieces every training stage shares: devices, seeds, schedules, checkpoints that resume, loss logs."""
+"""The training loop every stage shares (``train``), and its pieces: devices, seeds, schedules, checkpoints
+that resume, loss logs."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import hashlib
+import itertools
 import logging
 import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from vlv.manifest import build_manifest, write_manifest
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -67,7 +74,8 @@ def save_trainable(acc, ckpt: Checkpointer, step: int, model, optimizer, schedul
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
     trainable, optim = get_state_dict(model, optimizer.optimizer, options=options)
     if acc.is_main_process:
-        ckpt.save(step, {"trainable": trainable, "optimizer": optim, "scheduler": scheduler.state_dict()})
+        state = {"trainable": trainable, "optimizer": optim, "scheduler": scheduler.state_dict(), "rng": rng_state()}
+        ckpt.save(step, state)
 
 
 def resume_trainable(acc, ckpt: Checkpointer, model, optimizer, scheduler, work: str) -> int:
@@ -101,6 +109,8 @@ def resume_trainable(acc, ckpt: Checkpointer, model, optimizer, scheduler, work:
     if unexpected:
         raise SystemExit(f"checkpoint {ckpt.latest()} does not match this model ({unexpected[:3]}...); delete {work}")
     scheduler.load_state_dict(state["scheduler"])
+    if acc.num_processes == 1 and "rng" in state:  # (the main process's: of no use to the others)
+        set_rng_state(state["rng"])
     logging.getLogger("vlv").info("resumed from %s at step %d", ckpt.latest(), int(state["step"]))
     return int(state["step"])
 
@@ -160,24 +170,125 @@ def accumulate(acc, model, chunks: list[slice], loss_fn) -> torch.Tensor:
     return total
 
 
-def finish_step(acc, loss, model, trainable, opt, sched, *, step, steps, cfg, ckpt, loss_log, bar, t0, stage) -> float:
-    """Clip, optimizer and schedule step (after ``accumulate`` ran the backward passes); then the
-    finite-loss check, the loss log and the periodic checkpoint (main process). Both training
-    stages end each step with this."""
+def finish_step(acc, loss, model, trainable, opt, sched, *, step: int, cfg: dict, run: TrainingRun) -> float:
+    """Clip, optimizer and schedule step (after the stage's backward passes); then the finite-loss
+    check, the loss log and the periodic checkpoint (main process)."""
     acc.clip_grad_norm_(trainable, cfg["grad_clip"])
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
     lv = acc.reduce(loss.detach(), reduction="mean").item()
     if not math.isfinite(lv):
-        raise RuntimeError(f"{stage}: loss is {lv} at step {step}; lower the learning rate")
-    if acc.is_main_process and ((step + 1) % cfg["log_every"] == 0 or step + 1 == steps):
-        loss_log.append(step + 1, lv, sched.get_last_lr()[0], time.time() - t0)
-        bar.set_postfix(loss=f"{lv:.4f}")
-    if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < steps:
-        save_trainable(acc, ckpt, step + 1, model, opt, sched)
+        raise RuntimeError(f"{run.stage}: loss is {lv} at step {step}; lower the learning rate")
+    if acc.is_main_process and ((step + 1) % cfg["log_every"] == 0 or step + 1 == run.steps):
+        run.loss_log.append(step + 1, lv, sched.get_last_lr()[0], time.time() - run.t0)
+        run.bar.set_postfix(loss=f"{lv:.4f}")
+    if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < run.steps:
+        save_trainable(acc, run.ckpt, step + 1, model, opt, sched)
     acc.wait_for_everyone()
     return lv
+
+
+@dataclass
+class TrainingRun:
+    """What ``train`` leaves the stage: the prepared model, the step it resumed from, the seconds
+    trained this run (and the loop's own state while it runs)."""
+
+    stage: str
+    steps: int
+    model: torch.nn.Module
+    trainable: list
+    start: int
+    ckpt: Checkpointer
+    loss_log: LossLog | None
+    bar: object = None
+    t0: float = 0.0
+    seconds: float = 0.0
+
+
+def train(
+    acc,
+    model: torch.nn.Module,
+    cfg: dict,
+    step_loss: Callable,
+    *,
+    stage: str,
+    work: str | os.PathLike,
+    out: str | os.PathLike,
+    settings: dict,
+    batches: Callable[[int], Iterable] | None = None,
+    strict: bool = False,
+    frozen: Iterable[torch.nn.Module] = (),
+) -> TrainingRun:
+    """The training loop of every stage: stage 1, stage 2 and the toy stand-ins.
+
+    The stage supplies its model (its trainable parameters set), its batches (``batches(start)``: one
+    item per step from the resumed step on; None: the loss needs none) and
+    ``step_loss(model, step, batch)``, which runs
+    the step's backward passes and returns the loss (detached; ``accumulate`` helps). The loop owns
+    the rest: AdamW (``cfg``'s lr, betas, weight_decay), the learning-rate schedule
+    (``lr_multiplier`` of ``cfg``'s lr_schedule, cosine when absent), ``accelerate.prepare``,
+    resuming from the newest checkpoint under ``work`` made with the same ``settings``, the
+    progress bar, clipping, the loss log (``out/loss.csv``), the finite-loss check and the periodic
+    checkpoints. ``frozen`` modules stay in eval mode while the model trains. The stage then saves
+    its model (``whole_model``) and calls ``finish_training``.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    steps = int(cfg["steps"])
+    schedule = cfg.get("lr_schedule", "cosine")
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_multiplier(schedule, s, steps, cfg["warmup_steps"], cfg["final_lr_ratio"])
+    )
+    prepared, opt = acc.prepare(model, opt)  # the scheduler stays unprepared: one step per global step
+    trainable = [p for p in prepared.parameters() if p.requires_grad]  # FSDP puts sharded ones in their place
+    ckpt = Checkpointer(work, fingerprint=fingerprint(settings))
+    start = resume_trainable(acc, ckpt, prepared, opt, sched, str(work))
+    loss_log = LossLog(Path(out) / "loss.csv", resume_step=start) if acc.is_main_process else None
+    run = TrainingRun(stage, steps, prepared, trainable, start, ckpt, loss_log)
+    run.bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, mininterval=5,
+                   disable=not acc.is_main_process)  # fmt: skip
+    prepared.train()
+    for m in frozen:
+        m.eval()  # frozen: no dropout
+    run.t0 = time.time()
+    loaded = itertools.repeat(None) if batches is None else batches(start)
+    for step, batch in zip(run.bar, loaded, strict=strict):
+        loss = step_loss(prepared, step, batch)
+        finish_step(acc, loss, prepared, trainable, opt, sched, step=step, cfg=cfg, run=run)
+    run.seconds = time.time() - run.t0
+    acc.wait_for_everyone()
+    return run
+
+
+def finish_training(acc, run: TrainingRun, out: str | os.PathLike, params: dict, seed: int | None, title: str,
+                    caches=(), **extra) -> None:  # fmt: skip
+    """On the main process, after the stage saved its model in ``out``: the loss curve, the manifest
+    (the run's device, precision, processes, time and resume point, plus the stage's ``extra``), then
+    the caches and checkpoints removed (the folder is complete)."""
+    if not acc.is_main_process:
+        return
+    out = Path(out)
+    plot_loss(out / "loss.csv", out / "loss.png", title)
+    write_manifest(
+        out / "manifest.json",
+        build_manifest(
+            run.stage,
+            params,
+            seed,
+            device=str(acc.device),
+            precision="bf16" if acc.mixed_precision == "bf16" else "fp32",
+            processes=acc.num_processes,
+            distributed_type=acc.distributed_type.value,
+            train_seconds_this_run=round(run.seconds, 1),
+            resumed_from_step=run.start,
+            peak_memory_gib=peak_memory_gib(acc.device),
+            **extra,
+        ),
+    )
+    for c in caches:
+        c.clear()  # every process is past its last read (train ends with wait_for_everyone)
+    run.ckpt.clear()
 
 
 def peak_memory_gib(device: torch.device) -> float | None:
@@ -200,9 +311,10 @@ class Checkpointer:
     previous one intact. Loading uses ``weights_only=True``.
     """
 
-    # What the stages store changed (2: the optimizer's state keyed by parameter name, by torch's
-    # state-dict API, the same under FSDP; before: by position): older checkpoints are discarded.
-    FORMAT = 2
+    # What the stages store changed (3: the toy stand-ins' too through torch's state-dict API, every
+    # checkpoint with the RNG state; 2: the optimizer's state keyed by parameter name, the same under
+    # FSDP; before: by position): older checkpoints are discarded.
+    FORMAT = 3
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2, fingerprint: str | None = None):
         self.dir = Path(directory)

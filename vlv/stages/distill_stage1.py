@@ -26,34 +26,25 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from vlv.cli_common import load_params, setup_logging, stage_parser
 from vlv.data.loader import Collate, FeatureCache, ShardImages, StepBatches, gather, make_loader, path_stamp
 from vlv.data.shards import ShardIndex
-from vlv.manifest import build_manifest, write_manifest
 from vlv.models.frozen_decoder import FrozenT2IDecoder
 from vlv.models.vlv_encoder import VLVEncoder
 from vlv.training import (
-    Checkpointer,
-    LossLog,
     accumulate,
     fingerprint,
-    finish_step,
+    finish_training,
     make_accelerator,
     micro_batches,
-    peak_memory_gib,
-    plot_loss,
-    resume_trainable,
     seed_everything,
-    warmup_cosine,
+    train,
     whole_model,
 )
 
@@ -175,34 +166,15 @@ def main(argv=None) -> int:
         )
         caches.append(vcache)
 
-    trainable = [p for p in enc.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
-    steps = int(cfg["steps"])
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, steps, cfg["warmup_steps"], cfg["final_lr_ratio"])
-    )
-    enc_ddp, opt = acc.prepare(enc, opt)  # the scheduler stays unprepared: one step per global step
-    trainable = [p for p in enc_ddp.parameters() if p.requires_grad]  # FSDP puts sharded ones in their place
-
-    ckpt = Checkpointer(args.work, fingerprint=fingerprint({**cfg, "world_size": world}))
-    start = resume_trainable(acc, ckpt, enc_ddp, opt, sched, args.work)
-    out = Path(args.out)
-    loss_log = LossLog(out / "loss.csv", resume_step=start) if acc.is_main_process else None
     scaling = dec.vae.config.scaling_factor
-    t0 = time.time()
-    bar = tqdm(
-        range(start, steps),
-        initial=start,
-        total=steps,
-        desc="distill_stage1",
-        mininterval=5,
-        disable=not acc.is_main_process,
-    )
-    enc_ddp.train()
-    batches = StepBatches(len(index), seed, cfg["batch_size"], start, steps, rank, world)
-    reads_images = cached is None or vision_cached is None  # with both caches, no step reads an image
-    loaded = loader(batches) if reads_images else itertools.repeat((None, None))
-    for step, (images, pixel_values) in zip(bar, loaded, strict=reads_images):
+
+    def step_batches(start):  # this process's positions for each step from `start` on
+        return StepBatches(len(index), seed, cfg["batch_size"], start, cfg["steps"], rank, world)
+
+    batches = step_batches(0)
+
+    def step_loss(model, step, batch):
+        images, pixel_values = batch or (None, None)
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         # draws x global batch: each image is noised `noise_draws` times (the encoder runs once for them)
         timesteps = torch.randint(
@@ -224,15 +196,14 @@ def main(argv=None) -> int:
         gen = torch.Generator().manual_seed(noise_seed)
         noise = torch.randn((draws, cfg["batch_size"], *latents.shape[1:]), generator=gen)[:, mine]
         t_mine = timesteps[:, mine]
-
         feats = None if vision_cached is None else gather(vision_cached, batches.mine(step))
 
-        def loss_fn(c, pixel_values=pixel_values, feats=feats, latents=latents, noise=noise, t_mine=t_mine):
-            with acc.autocast():  # (defaults bind this step's tensors)
+        def loss_fn(c):
+            with acc.autocast():
                 if feats is None:
-                    z = enc_ddp(pixel_values[c].to(acc.device))
+                    z = model(pixel_values[c].to(acc.device))
                 else:
-                    z = enc_ddp(image_features=feats[c].to(acc.device))
+                    z = model(image_features=feats[c].to(acc.device))
                 cond, n = dec.condition(z), c.stop - c.start
                 loss = dec.diffusion_loss(  # the mean over every (image, draw) pair of this micro batch
                     latents[c].repeat(draws, 1, 1, 1),
@@ -242,43 +213,26 @@ def main(argv=None) -> int:
                 )
             return loss if len(chunks) == 1 else loss * (n / per_proc)
 
-        loss = accumulate(acc, enc_ddp, chunks, loss_fn)
-        finish_step(
-            acc, loss, enc_ddp, trainable, opt, sched,
-            step=step, steps=steps, cfg=cfg, ckpt=ckpt, loss_log=loss_log, bar=bar, t0=t0, stage="distill_stage1",
-        )  # fmt: skip
-    seconds = time.time() - t0
+        return accumulate(acc, model, chunks, loss_fn)
 
-    acc.wait_for_everyone()
-    final = whole_model(acc, enc_ddp, lambda: build(cfg, args.vision, args.decoder, "cpu")[0])
+    reads_images = cached is None or vision_cached is None  # with both caches, no step reads an image
+    run = train(
+        acc, enc, cfg, step_loss, stage="distill_stage1", work=args.work, out=args.out,
+        settings={**cfg, "world_size": world},
+        batches=(lambda start: loader(step_batches(start))) if reads_images else None, strict=reads_images,
+    )  # fmt: skip
+    final = whole_model(acc, run.model, lambda: build(cfg, args.vision, args.decoder, "cpu")[0])
     if acc.is_main_process:
-        final.save_pretrained(out)
-        plot_loss(out / "loss.csv", out / "loss.png", f"stage 1 ({steps} steps, route {cfg['route']})")
-        n_img = (steps - start) * cfg["batch_size"]
-        write_manifest(
-            out / "manifest.json",
-            build_manifest(
-                "distill_stage1",
-                cfg,
-                seed,
-                device=str(acc.device),
-                precision=cfg["precision"],
-                processes=world,
-                distributed_type=acc.distributed_type.value,
-                training_images=len(index),
-                loader_workers=args.workers,
-                train_seconds_this_run=round(seconds, 1),
-                images_per_second=round(n_img / max(seconds, 1e-9), 2),
-                resumed_from_step=start,
-                peak_memory_gib=peak_memory_gib(acc.device),
-                vision=args.vision,
-                decoder=args.decoder,
-            ),
-        )
-        for c in caches:
-            c.clear()  # every process is past its last read (wait_for_everyone above)
-        ckpt.clear()
-        log.info("saved %s: %d steps, %.0f s, %.1f images/s", out, steps, seconds, n_img / max(seconds, 1e-9))
+        final.save_pretrained(args.out)
+    n_img = (run.steps - run.start) * cfg["batch_size"]
+    finish_training(
+        acc, run, args.out, cfg, seed, f"stage 1 ({run.steps} steps, route {cfg['route']})", caches=caches,
+        training_images=len(index), loader_workers=args.workers,
+        images_per_second=round(n_img / max(run.seconds, 1e-9), 2), vision=args.vision, decoder=args.decoder,
+    )  # fmt: skip
+    if acc.is_main_process:
+        rate = n_img / max(run.seconds, 1e-9)
+        log.info("saved %s: %d steps, %.0f s, %.1f images/s", args.out, run.steps, run.seconds, rate)
     acc.end_training()
     return 0
 

@@ -23,33 +23,24 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from vlv.cli_common import load_params, setup_logging, stage_parser
 from vlv.data.loader import Collate, FeatureCache, ShardImages, StepBatches, gather, make_loader, path_stamp
 from vlv.data.shards import ShardIndex
-from vlv.manifest import build_manifest, write_manifest
 from vlv.models.vlv_captioner import TRAINABLE, VLVCaptioner
 from vlv.training import (
-    Checkpointer,
-    LossLog,
     accumulate,
     fingerprint,
-    finish_step,
-    lr_multiplier,
+    finish_training,
     make_accelerator,
     micro_batches,
-    peak_memory_gib,
-    plot_loss,
-    resume_trainable,
     seed_everything,
+    train,
     whole_model,
 )
 
@@ -151,28 +142,12 @@ def main(argv=None) -> int:
     def tokenize(i: int) -> torch.Tensor:
         return cap.tokenize([captions[i]], cfg["max_caption_tokens"])["input_ids"][0]
 
-    trainable = [p for p in cap.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
-    steps = int(cfg["steps"])
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_multiplier(cfg["lr_schedule"], s, steps, cfg["warmup_steps"], cfg["final_lr_ratio"])
-    )
-    model, opt = acc.prepare(cap, opt)
-    trainable = [p for p in model.parameters() if p.requires_grad]  # FSDP puts sharded ones in their place
-    settings = {**cfg, "world_size": world, "init": args.init, "pairs": len(keys)}
-    ckpt = Checkpointer(args.work, fingerprint=fingerprint(settings))
-    start = resume_trainable(acc, ckpt, model, opt, sched, args.work)
-    out = Path(args.out)
-    loss_log = LossLog(out / "loss.csv", resume_step=start) if acc.is_main_process else None
-    t0 = time.time()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="finetune_stage2", mininterval=5,
-               disable=not acc.is_main_process)  # fmt: skip
-    model.train()
-    if cap.text_encoder is not None:
-        cap.text_encoder.eval()  # frozen: no dropout
-    batches = StepBatches(len(keys), seed, cfg["batch_size"], start, steps, rank, world)
-    loaded = itertools.repeat(None) if cached is not None else loader(batches)  # images only when not cached
-    for step, batch in zip(bar, loaded):
+    def step_batches(start):  # this process's positions for each step from `start` on
+        return StepBatches(len(keys), seed, cfg["batch_size"], start, cfg["steps"], rank, world)
+
+    batches = step_batches(0)
+
+    def step_loss(model, step, batch):
         idx = batches.global_batch(step)
         sel = batches.mine(step)
         tokens = {i: tokenize(i) for i in np.unique(idx).tolist()}
@@ -182,7 +157,7 @@ def main(argv=None) -> int:
         if world > 1 or len(chunks) > 1:
             n_items = torch.tensor(sum(len(tokens[i]) for i in idx.tolist()) / world, device=acc.device)
 
-        def loss_fn(c, sel=sel, n_items=n_items, batch=batch, tokens=tokens):  # bound now: this step's
+        def loss_fn(c):
             part = sel[c]
             inputs = {k: v.to(acc.device) for k, v in cap.pad([tokens[i] for i in part.tolist()]).items()}
             if cached is not None:
@@ -194,47 +169,28 @@ def main(argv=None) -> int:
             with acc.autocast():
                 return model(**inputs)
 
-        loss = accumulate(acc, model, chunks, loss_fn)
-        finish_step(
-            acc, loss, model, trainable, opt, sched,
-            step=step, steps=steps, cfg=cfg, ckpt=ckpt, loss_log=loss_log, bar=bar, t0=t0, stage="finetune_stage2",
-        )  # fmt: skip
-    seconds = time.time() - t0
+        return accumulate(acc, model, chunks, loss_fn)
 
-    acc.wait_for_everyone()
-    final = whole_model(acc, model, lambda: build(cfg, args.init, args.encoder, args.t2i, args.llm))
+    run = train(
+        acc, cap, cfg, step_loss, stage="finetune_stage2", work=args.work, out=args.out,
+        settings={**cfg, "world_size": world, "init": args.init, "pairs": len(keys)},
+        batches=None if cached is not None else (lambda start: loader(step_batches(start))),  # images when not cached
+        frozen=[cap.text_encoder] if cap.text_encoder is not None else [],
+    )  # fmt: skip
+    final = whole_model(acc, run.model, lambda: build(cfg, args.init, args.encoder, args.t2i, args.llm))
     if acc.is_main_process:
-        final.save_pretrained(out)
-        plot_loss(out / "loss.csv", out / "loss.png", f"stage 2 ({args.init}, {len(keys)} pairs, {steps} steps)")
-        n = (steps - start) * cfg["batch_size"]
-        write_manifest(
-            out / "manifest.json",
-            build_manifest(
-                "finetune_stage2",
-                cfg,
-                seed,
-                device=str(acc.device),
-                precision=cfg["precision"],
-                processes=world,
-                distributed_type=acc.distributed_type.value,
-                init=args.init,
-                encoder=args.encoder,
-                t2i=args.t2i,
-                llm=args.llm,
-                pairs=len(keys),
-                pairs_fraction=args.pairs_fraction,
-                trainable_parameters=sum(p.numel() for p in trainable),
-                llm_parameters=sum(p.numel() for p in cap.llm.parameters()),
-                train_seconds_this_run=round(seconds, 1),
-                captions_per_second=round(n / max(seconds, 1e-9), 2),
-                resumed_from_step=start,
-                peak_memory_gib=peak_memory_gib(acc.device),
-            ),
-        )
-        if cached is not None:
-            cache.clear()  # every process is past its last read (wait_for_everyone above)
-        ckpt.clear()
-        log.info("saved %s: %d steps, %.0f s", out, steps, seconds)
+        final.save_pretrained(args.out)
+    n = (run.steps - run.start) * cfg["batch_size"]
+    finish_training(
+        acc, run, args.out, cfg, seed, f"stage 2 ({args.init}, {len(keys)} pairs, {run.steps} steps)",
+        caches=[cache] if cached is not None else [],
+        init=args.init, encoder=args.encoder, t2i=args.t2i, llm=args.llm, pairs=len(keys),
+        pairs_fraction=args.pairs_fraction, trainable_parameters=sum(p.numel() for p in run.trainable),
+        llm_parameters=sum(p.numel() for p in cap.llm.parameters()),
+        captions_per_second=round(n / max(run.seconds, 1e-9), 2),
+    )  # fmt: skip
+    if acc.is_main_process:
+        log.info("saved %s: %d steps, %.0f s", args.out, run.steps, run.seconds)
     acc.end_training()
     return 0
 

@@ -1,0 +1,174 @@
+"""Record the toy profile's headline results and run times in one committed file, with the machine,
+date and revision that produced them: `results/figures/toy_results.json`. The README's tables
+quote it (a test checks every number they show against it).
+
+After `dvc repro` (or `snakemake --cores 2 all`) of a clean checkout:
+    python scripts/record_toy_results.py results              # headline numbers + per-rule times
+    python scripts/record_toy_results.py --timing all=1091     # a whole run's wall time, in seconds
+    python scripts/record_toy_results.py --timing tests=455    # the README's test command
+
+Each call updates only what it is given; everything it writes carries its own machine, date and
+revision, so numbers measured at different times never pass for one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "results" / "figures" / "toy_results.json"
+
+
+def provenance() -> dict:
+    cpu = "unknown"
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line
+    except OSError:
+        pass
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+    return {
+        "machine": {
+            "cpu": cpu,
+            "avx512": " avx512f" in flags,
+            "cores": os.cpu_count(),
+            "system": platform.platform(),
+        },
+        "date": datetime.date.today().isoformat(),
+        "revision": rev + ("-dirty" if dirty.stdout.strip() else ""),
+    }
+
+
+def headline(results: Path) -> dict:
+    """The numbers of the README's results table, read from the run's own outputs."""
+    recon = json.loads((results / "reconstruct/encoder/metrics.json").read_text())["detector"]
+    judge = json.loads((results / "evaluate/captions_shapes_main.json").read_text())
+    arena = json.loads((results / "tables/arena.json").read_text())
+    vqa = json.loads((results / "tables/vqa.json").read_text())
+    coco = json.loads((results / "tables/coco.json").read_text())
+    out: dict = {
+        "stage1_reconstructions": {
+            g: {
+                "colour_shape_recall": recon[f"recon cfg{g}"]["colour_shape_recall"],
+                "colour_recall": recon[f"recon cfg{g}"]["colour_recall"],
+                "cell_accuracy_of_matched": recon[f"recon cfg{g}"]["cell_accuracy_of_matched"],
+                "share_of_floor_to_bound_closed": recon[f"recon cfg{g}"].get("share_of_floor_to_bound_closed"),
+                "bound_colour_shape_recall": recon[f"caption cfg{g}"]["colour_shape_recall"],
+            }
+            for g in ("1", "2", "3")
+            if f"recon cfg{g}" in recon
+        },
+        "floor_colour_shape_recall": next(v["colour_shape_recall"] for k, v in recon.items() if k.startswith("empty")),
+        "captioners": {},
+    }
+    for name, s in judge.items():
+        row = {
+            "coverage": s["coverage"],
+            "hallucinated_per_caption": s["hallucinated_per_caption"],
+            "arena_mean_rating": arena[name]["mean rating (0-6)"],
+            "vqa_accuracy": vqa[f"{name} 0-shot"]["accuracy"],
+        }
+        row.update({k.split()[-1]: v for k, v in coco[name].items() if k.startswith("FD-toyCLIP cfg")})
+        out["captioners"][name] = row
+    out["evaluation_images"] = next(iter(coco.values()))["images"]
+    return out
+
+
+def rule_seconds(benchmarks: Path) -> dict:
+    """Wall seconds of each job, from Snakemake's benchmark files (rule/wildcards -> s)."""
+    out = {}
+    for tsv in sorted(benchmarks.rglob("*.tsv")):
+        with tsv.open() as f:
+            row = next(csv.DictReader(f, delimiter="\t"))
+        out[str(tsv.relative_to(benchmarks).with_suffix(""))] = round(float(row["s"]), 1)
+    return out
+
+
+LABELS = {
+    "teacher": "teacher (Shapes oracle)",
+    "reference": "reference captions (short, COCO-style)",
+    "vlv_pairs100": "**VLV** (4 000 pairs)",
+    "no_stage1_pairs100": "no stage 1 (Table 7)",
+}
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def markdown(record: dict) -> str:
+    """The README's three tables' rows, from the record."""
+    r, out = record["results"], []
+    for name, label in LABELS.items():
+        c = r["captioners"][name]
+        out.append(
+            f"| {label} | {pct(c['coverage'])} | {c['hallucinated_per_caption']:.2f} | "
+            f"{c['arena_mean_rating']:.2f} | {pct(c['vqa_accuracy'])} | {c['cfg2']:.2f} |"
+        )
+    out.append("")
+    g = r["stage1_reconstructions"]["3"]
+    out.append(
+        f"| VLV encoder | {pct(g['colour_shape_recall'])} | {pct(g['colour_recall'])} | "
+        f"{pct(g['cell_accuracy_of_matched'])} | {100 * g['share_of_floor_to_bound_closed']:.0f} % |"
+    )
+    out.append(f"| bound: the decoder drawing the true caption | {pct(g['bound_colour_shape_recall'])} | | | |")
+    out.append(f"| floor: the empty caption | {pct(r['floor_colour_shape_recall'])} | | | |")
+    out.append("")
+    t, rules = record.get("timings", {}), record.get("rule_seconds", {}).get("seconds", {})
+    rows = [
+        (
+            "`snakemake --cores 2 all`",
+            "every table of `all`, from the committed stand-ins",
+            t.get("all", {}).get("seconds"),
+        ),
+        ("of which `distill_stage1`", "the stage-1 encoder", rules.get("distill_stage1/encoder")),
+        ("`pytest -q -n 2` (below)", "the test suite", t.get("tests", {}).get("seconds")),
+    ]
+    out += [f"| {a} | {b} | {s:.0f} |" for a, b, s in rows if s is not None]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="?", help="the run's results folder (headline numbers and rule times)")
+    p.add_argument("--benchmarks", default="benchmarks", help="the run's Snakemake benchmark folder")
+    p.add_argument("--timing", action="append", default=[], metavar="NAME=SECONDS")
+    p.add_argument("--source", default="dvc repro", help="how the run was made (for the record)")
+    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--markdown", action="store_true", help="print the README's table rows from the record")
+    args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return 0
+    out = Path(args.out)
+    record = json.loads(out.read_text()) if out.exists() else {}
+    record["what"] = (
+        "The toy profile's headline results (200 evaluation images, one seed) and run times on 2 cores; "
+        "written by scripts/record_toy_results.py, quoted by the README"
+    )
+    prov = provenance()
+    if args.results:
+        record["results"] = {**prov, "source": args.source, **headline(Path(args.results))}
+        record["rule_seconds"] = {**prov, "source": args.source, "seconds": rule_seconds(Path(args.benchmarks))}
+    for t in args.timing:
+        name, _, seconds = t.partition("=")
+        record.setdefault("timings", {})[name] = {**prov, "seconds": float(seconds)}
+    out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
