@@ -86,46 +86,11 @@ def build(params: dict, vision: str, decoder: str, device) -> tuple[VLVEncoder, 
     return enc, dec
 
 
-def main(argv=None) -> int:
-    p = stage_parser(__doc__)
-    p.add_argument("--images", required=True)
-    p.add_argument("--subset", required=True)
-    p.add_argument("--vision", required=True)
-    p.add_argument("--decoder", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--work", required=True, help="checkpoint folder (kept on failure, resumed from)")
-    p.add_argument("--cpu", action="store_true", help="force the CPU even where a GPU is present")
-    p.add_argument("--workers", type=int, default=0, help="loader worker processes per process (0: decode inline)")
-    args = p.parse_args(argv)
-    log = setup_logging()
-    cfg = load_params(args.params)
-    acc = make_accelerator(args.cpu, cfg["precision"])
-    world, rank = acc.num_processes, acc.process_index
-    if cfg["batch_size"] % world:
-        raise SystemExit(f"stage1.batch_size={cfg['batch_size']} is not divisible by {world} processes")
-    per_proc = cfg["batch_size"] // world
-    chunks = micro_batches(per_proc, cfg["micro_batch_size"])
-    seed = int(cfg["seed"])
-    draws = int(cfg["noise_draws"])
-    seed_everything(seed)  # the same initial queries and phi on every process
-
-    enc, dec = build(cfg, args.vision, args.decoder, acc.device)
-    keys = training_keys(args.subset, cfg["data_percent"], seed)
-    index = ShardIndex(args.images, keys)
-    if len(index) == 0:
-        raise SystemExit(f"no training images: {args.subset} keeps none of the images in {args.images}")
-    dataset = ShardImages(index)
-    side = dataset[0].shape[0]
-    if side != dec.unet.config.sample_size * dec.pipe.vae_scale_factor:
-        raise SystemExit(
-            f"images are {side} px but the decoder expects {dec.unet.config.sample_size * dec.pipe.vae_scale_factor} px"
-        )
-    collate = Collate(enc.preprocessor(), args.images)
-
-    def loader(batches):
-        return make_loader(dataset, batches, collate, args.workers)
-
-    enc.to(acc.device)
+def build_caches(cfg, args, acc, enc, dec, index, loader):
+    """The disk caches a run trains from: the VAE's latent distributions (``cache_latents``) and the
+    frozen vision tower's features (``cache_vision_features``), each computed once into ``--work``.
+    Returns (latents or None, vision features or None, the caches to clear when done)."""
+    rank, world = acc.process_index, acc.num_processes
     images_stamp = {"images": index.keys, "shards": path_stamp(args.images)}
     caches = []
     cached = None
@@ -166,12 +131,18 @@ def main(argv=None) -> int:
         )
         caches.append(vcache)
 
+    return cached, vision_cached, caches
+
+
+def make_step_loss(cfg, acc, dec, batches, cached, vision_cached):
+    """The step's loss for ``train``: the step's timesteps and noise from (seed, step) for the whole
+    global batch, this process's slice of it, the latents (cached or encoded), then the encoder and the
+    frozen decoder's denoising loss, backward in micro batches."""
+    rank, world = acc.process_index, acc.num_processes
+    per_proc = cfg["batch_size"] // world
+    chunks = micro_batches(per_proc, cfg["micro_batch_size"])
+    seed, draws = int(cfg["seed"]), int(cfg["noise_draws"])
     scaling = dec.vae.config.scaling_factor
-
-    def step_batches(start):  # this process's positions for each step from `start` on
-        return StepBatches(len(index), seed, cfg["batch_size"], start, cfg["steps"], rank, world)
-
-    batches = step_batches(0)
 
     def step_loss(model, step, batch):
         images, pixel_values = batch or (None, None)
@@ -215,6 +186,52 @@ def main(argv=None) -> int:
 
         return accumulate(acc, model, chunks, loss_fn)
 
+    return step_loss
+
+
+def main(argv=None) -> int:
+    p = stage_parser(__doc__)
+    p.add_argument("--images", required=True)
+    p.add_argument("--subset", required=True)
+    p.add_argument("--vision", required=True)
+    p.add_argument("--decoder", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--work", required=True, help="checkpoint folder (kept on failure, resumed from)")
+    p.add_argument("--cpu", action="store_true", help="force the CPU even where a GPU is present")
+    p.add_argument("--workers", type=int, default=0, help="loader worker processes per process (0: decode inline)")
+    args = p.parse_args(argv)
+    log = setup_logging()
+    cfg = load_params(args.params)
+    acc = make_accelerator(args.cpu, cfg["precision"])
+    world, rank = acc.num_processes, acc.process_index
+    if cfg["batch_size"] % world:
+        raise SystemExit(f"stage1.batch_size={cfg['batch_size']} is not divisible by {world} processes")
+    seed = int(cfg["seed"])
+    seed_everything(seed)  # the same initial queries and phi on every process
+
+    enc, dec = build(cfg, args.vision, args.decoder, acc.device)
+    keys = training_keys(args.subset, cfg["data_percent"], seed)
+    index = ShardIndex(args.images, keys)
+    if len(index) == 0:
+        raise SystemExit(f"no training images: {args.subset} keeps none of the images in {args.images}")
+    dataset = ShardImages(index)
+    side = dataset[0].shape[0]
+    if side != dec.unet.config.sample_size * dec.pipe.vae_scale_factor:
+        raise SystemExit(
+            f"images are {side} px but the decoder expects {dec.unet.config.sample_size * dec.pipe.vae_scale_factor} px"
+        )
+    collate = Collate(enc.preprocessor(), args.images)
+
+    def loader(batches):
+        return make_loader(dataset, batches, collate, args.workers)
+
+    enc.to(acc.device)
+    cached, vision_cached, caches = build_caches(cfg, args, acc, enc, dec, index, loader)
+
+    def step_batches(start):  # this process's positions for each step from `start` on
+        return StepBatches(len(index), seed, cfg["batch_size"], start, cfg["steps"], rank, world)
+
+    step_loss = make_step_loss(cfg, acc, dec, step_batches(0), cached, vision_cached)
     reads_images = cached is None or vision_cached is None  # with both caches, no step reads an image
     run = train(
         acc, enc, cfg, step_loss, stage="distill_stage1", work=args.work, out=args.out,

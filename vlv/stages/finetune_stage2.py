@@ -69,83 +69,46 @@ def build(cfg: dict, init: str, encoder: str, t2i: str, llm: str) -> VLVCaptione
     return cap
 
 
-def main(argv=None) -> int:
-    p = stage_parser(__doc__)
-    p.add_argument("--init", required=True, choices=["vlv", "no_stage1"])
-    p.add_argument("--encoder", required=True, help="stage-1 encoder folder (vlv) or Florence-2 folder/id (no_stage1)")
-    p.add_argument("--t2i", required=True, help="the T2I pipeline whose CLIP text encoder stage 1 used")
-    p.add_argument("--llm", required=True)
-    p.add_argument("--images", required=True, help="shard folder of the pair set")
-    p.add_argument("--captions", required=True, help="teacher captions (synthesize_captions JSONL)")
-    p.add_argument("--pairs-fraction", type=float, default=1.0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--work", required=True, help="checkpoint folder (kept on failure, resumed from)")
-    p.add_argument("--cpu", action="store_true")
-    p.add_argument("--workers", type=int, default=0, help="loader worker processes per process (0: decode inline)")
-    args = p.parse_args(argv)
-    log = setup_logging()
-    cfg = load_params(args.params)
-    if not 0 < args.pairs_fraction <= 1:
-        raise SystemExit(f"--pairs-fraction must be in (0, 1], got {args.pairs_fraction}")
-    acc = make_accelerator(args.cpu, cfg["precision"])
-    world, rank = acc.num_processes, acc.process_index
-    if cfg["batch_size"] % world:
-        raise SystemExit(f"stage2.batch_size={cfg['batch_size']} is not divisible by {world} processes")
+def caption_input_cache(cfg, args, acc, cap, keys, loader):
+    """With the encoder frozen, T(z) never changes: computed once into ``--work``. Returns the cache
+    and its array, or (None, None) when the encoder trains."""
+    if TRAINABLE[cfg["trainable"]]:
+        return None, None
+    made_from = {k: cfg[k] for k in ("route", "num_queries")}
+    stamp = {
+        "images": keys,
+        "shards": path_stamp(args.images),
+        "init": args.init,
+        "encoder": path_stamp(args.encoder),
+        "t2i": path_stamp(args.t2i),
+        **made_from,
+    }
+    cache = FeatureCache(
+        Path(args.work) / "caption_input",
+        fingerprint(stamp),
+        acc.process_index,
+        acc.num_processes,
+        acc.wait_for_everyone,
+    )
+    cached = cache.build(
+        len(keys),
+        loader,
+        lambda b: cap.caption_input(b[1].to(acc.device)),
+        "caption inputs",
+        piece=cfg["micro_batch_size"],
+    )
+    return cache, cached
+
+
+def make_step_loss(cfg, acc, cap, captions, batches, cached):
+    """The step's loss for ``train``: this process's captions of the step's global batch, tokenized,
+    the caption inputs (cached, or from the images) and the LM's token loss, backward in micro batches."""
+    world = acc.num_processes
     per_proc = cfg["batch_size"] // world
     chunks = micro_batches(per_proc, cfg["micro_batch_size"])
-    seed = int(cfg["seed"])
-    seed_everything(seed)  # the same psi (and no-stage-1 queries) on every process
-
-    pairs = read_pairs(args.captions, args.pairs_fraction)
-    index = ShardIndex(args.images, pairs)
-    if len(index) != len(pairs):
-        missing = index.missing(pairs)
-        raise SystemExit(f"{len(missing)} captioned images are not in {args.images} (e.g. {missing[:3]})")
-    keys = index.keys
-    captions = [pairs[k] for k in keys]
-    cap = build(cfg, args.init, args.encoder, args.t2i, args.llm)
-    cap.to(acc.device)
-    dataset = ShardImages(index)
-    collate = Collate(cap.encoder.preprocessor(), args.images)
-
-    def loader(batches):
-        return make_loader(dataset, batches, collate, args.workers)
-
-    encoder_frozen = not TRAINABLE[cfg["trainable"]]
-    cached = None
-    if encoder_frozen:  # T(z) never changes: computed once, on disk
-        made_from = {k: cfg[k] for k in ("route", "num_queries")}
-        cache = FeatureCache(
-            Path(args.work) / "caption_input",
-            fingerprint(
-                {
-                    "images": keys,
-                    "shards": path_stamp(args.images),
-                    "init": args.init,
-                    "encoder": path_stamp(args.encoder),
-                    "t2i": path_stamp(args.t2i),
-                    **made_from,
-                }
-            ),
-            rank,
-            world,
-            acc.wait_for_everyone,
-        )
-        cached = cache.build(
-            len(keys),
-            loader,
-            lambda b: cap.caption_input(b[1].to(acc.device)),
-            "caption inputs",
-            piece=cfg["micro_batch_size"],
-        )
 
     def tokenize(i: int) -> torch.Tensor:
         return cap.tokenize([captions[i]], cfg["max_caption_tokens"])["input_ids"][0]
-
-    def step_batches(start):  # this process's positions for each step from `start` on
-        return StepBatches(len(keys), seed, cfg["batch_size"], start, cfg["steps"], rank, world)
-
-    batches = step_batches(0)
 
     def step_loss(model, step, batch):
         idx = batches.global_batch(step)
@@ -171,6 +134,55 @@ def main(argv=None) -> int:
 
         return accumulate(acc, model, chunks, loss_fn)
 
+    return step_loss
+
+
+def main(argv=None) -> int:
+    p = stage_parser(__doc__)
+    p.add_argument("--init", required=True, choices=["vlv", "no_stage1"])
+    p.add_argument("--encoder", required=True, help="stage-1 encoder folder (vlv) or Florence-2 folder/id (no_stage1)")
+    p.add_argument("--t2i", required=True, help="the T2I pipeline whose CLIP text encoder stage 1 used")
+    p.add_argument("--llm", required=True)
+    p.add_argument("--images", required=True, help="shard folder of the pair set")
+    p.add_argument("--captions", required=True, help="teacher captions (synthesize_captions JSONL)")
+    p.add_argument("--pairs-fraction", type=float, default=1.0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--work", required=True, help="checkpoint folder (kept on failure, resumed from)")
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--workers", type=int, default=0, help="loader worker processes per process (0: decode inline)")
+    args = p.parse_args(argv)
+    log = setup_logging()
+    cfg = load_params(args.params)
+    if not 0 < args.pairs_fraction <= 1:
+        raise SystemExit(f"--pairs-fraction must be in (0, 1], got {args.pairs_fraction}")
+    acc = make_accelerator(args.cpu, cfg["precision"])
+    world, rank = acc.num_processes, acc.process_index
+    if cfg["batch_size"] % world:
+        raise SystemExit(f"stage2.batch_size={cfg['batch_size']} is not divisible by {world} processes")
+    seed = int(cfg["seed"])
+    seed_everything(seed)  # the same psi (and no-stage-1 queries) on every process
+
+    pairs = read_pairs(args.captions, args.pairs_fraction)
+    index = ShardIndex(args.images, pairs)
+    if len(index) != len(pairs):
+        missing = index.missing(pairs)
+        raise SystemExit(f"{len(missing)} captioned images are not in {args.images} (e.g. {missing[:3]})")
+    keys = index.keys
+    captions = [pairs[k] for k in keys]
+    cap = build(cfg, args.init, args.encoder, args.t2i, args.llm)
+    cap.to(acc.device)
+    dataset = ShardImages(index)
+    collate = Collate(cap.encoder.preprocessor(), args.images)
+
+    def loader(batches):
+        return make_loader(dataset, batches, collate, args.workers)
+
+    cache, cached = caption_input_cache(cfg, args, acc, cap, keys, loader)
+
+    def step_batches(start):  # this process's positions for each step from `start` on
+        return StepBatches(len(keys), seed, cfg["batch_size"], start, cfg["steps"], rank, world)
+
+    step_loss = make_step_loss(cfg, acc, cap, captions, step_batches(0), cached)
     run = train(
         acc, cap, cfg, step_loss, stage="finetune_stage2", work=args.work, out=args.out,
         settings={**cfg, "world_size": world, "init": args.init, "pairs": len(keys)},
@@ -183,7 +195,7 @@ def main(argv=None) -> int:
     n = (run.steps - run.start) * cfg["batch_size"]
     finish_training(
         acc, run, args.out, cfg, seed, f"stage 2 ({args.init}, {len(keys)} pairs, {run.steps} steps)",
-        caches=[cache] if cached is not None else [],
+        caches=[cache] if cache is not None else [],
         init=args.init, encoder=args.encoder, t2i=args.t2i, llm=args.llm, pairs=len(keys),
         pairs_fraction=args.pairs_fraction, trainable_parameters=sum(p.numel() for p in run.trainable),
         llm_parameters=sum(p.numel() for p in cap.llm.parameters()),
