@@ -86,3 +86,15 @@ def test_stage_params_gather_what_each_stage_needs(toy_config, capsys):
     # the command line prints the same, so a docstring's $(python -m vlv.config stage2) runs the stage
     assert main(["stage2", "--variant", "vlv_pairs25-mlp"]) == 0
     assert json.loads(capsys.readouterr().out) == s2
+
+
+def test_explain_prints_a_keys_comment_value_and_schema(capsys):
+    from vlv.config import main
+
+    assert main(["stage1.noise_draws", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("stage1.noise_draws: 2\n") and "Timestep-and-noise draws" in out and '"minimum": 1' in out
+    assert main(["launch.stage1", "--explain"]) == 0  # explained with its siblings: the section's comment
+    assert "(in launch) How the training stages start" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no key 'stage1.nope'"):
+        main(["stage1.nope", "--explain"])

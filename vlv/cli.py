@@ -1,6 +1,6 @@
 """The ``vlv`` command line.
 
-    vlv config [KEY] [--configfile FILE ...]   print a validated config section as JSON
+    vlv config [KEY] [--explain] [--configfile FILE ...]   a stage's params as JSON, or what KEY means
     vlv parse-caption TEXT                      read a Shapes caption into objects and relations
     vlv detect IMAGE...                         list the flat-coloured objects in images
     vlv reconstruct IMAGE... --encoder DIR      image -> caption embeddings -> image, with a trained encoder

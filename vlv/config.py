@@ -262,6 +262,64 @@ def section(cfg: dict, dotted: str):
     return node
 
 
+def key_comment(dotted: str, path: str | Path = ROOT / "config.yaml") -> str:
+    """The comment that explains a key in the commented config: the comment lines right above its line
+    (and a comment at the end of it), found by following the dotted path through the indentation."""
+    lines = Path(path).read_text().splitlines()
+    parent, start, found = -1, 0, None  # the parent key's indentation; where its block starts
+    for part in dotted.split("."):
+        child = None  # the indentation of the parent's keys: that of the first key in its block
+        for i in range(start, len(lines)):
+            stripped = lines[i].lstrip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            depth = len(lines[i]) - len(stripped)
+            if depth <= parent:
+                break
+            child = depth if child is None else child
+            if depth == child and stripped.startswith(f"{part}:"):
+                parent, start, found = depth, i + 1, i
+                break
+        else:
+            found = None
+        if found is None or start != found + 1 or parent != child:
+            raise ConfigError(f"config.yaml has no key '{dotted}'")
+    above, i = [], found - 1
+    while i >= 0 and lines[i].lstrip().startswith("#"):
+        above.insert(0, lines[i].lstrip()[1:].strip())
+        i -= 1
+    inline = lines[found].partition(" #")[2].strip()
+    return " ".join([*above, inline]).strip()
+
+
+def key_schema(dotted: str, schema_path: str | Path = SCHEMA) -> dict:
+    """The schema of one key (references followed)."""
+    schema = read_yaml(schema_path)
+    node = schema
+    for part in dotted.split("."):
+        while "$ref" in node:
+            node = schema["$defs"][node["$ref"].rpartition("/")[2]]
+        node = node.get("properties", {}).get(part)
+        if node is None:
+            raise ConfigError(f"the schema has no key '{dotted}'")
+    while "$ref" in node:
+        node = schema["$defs"][node["$ref"].rpartition("/")[2]]
+    return node
+
+
+def explain(cfg: dict, dotted: str) -> str:
+    """What ``vlv config --explain KEY`` prints: the key's comment, its current value and what the schema allows."""
+    rule = {k: v for k, v in key_schema(dotted).items() if k not in ("properties", "required", "additionalProperties")}
+    value = section(cfg, dotted)
+    shown = json.dumps(value) if not isinstance(value, dict) else "{" + ", ".join(value) + "}"
+    comment, parts = key_comment(dotted), dotted.split(".")
+    while not comment and len(parts) > 1:  # a key explained with its siblings: the section's comment
+        parts.pop()
+        above = key_comment(".".join(parts))
+        comment = above and f"(in {'.'.join(parts)}) {above}"
+    return "\n".join([f"{dotted}: {shown}", f"  {comment or '(no comment)'}", f"  allowed: {json.dumps(rule)}"])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description="Print what a stage receives as --params (a validated config section, or a stage's gathered "
@@ -274,9 +332,15 @@ def main(argv=None) -> int:
         "--variant", default=None, help="a stage-1 variant (nq16, data10) or a captioner name (vlv_pairs25-mlp)"
     )
     p.add_argument("--configfile", nargs="+", default=[str(ROOT / "config.yaml")])
+    p.add_argument(
+        "--explain", action="store_true", help="what KEY means (config.yaml's comment), its value, its schema"
+    )
     args = p.parse_args(argv)
     try:
         cfg = validate_config(load_config(*args.configfile))
+        if args.explain:
+            print(explain(cfg, args.key))
+            return 0
         print(json.dumps(cfg if args.key is None else stage_params(cfg, args.key, args.variant), sort_keys=True))
     except ConfigError as e:
         raise SystemExit(str(e)) from None
