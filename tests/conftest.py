@@ -20,6 +20,28 @@ ROOT = Path(__file__).resolve().parent.parent
 MICRO = ROOT / "tests" / "config.micro.yaml"
 
 
+MICRO_FIRST = "test_micro_all_end_to_end_then_nothing_to_do"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The order pytest-xdist hands tests out in: first the test that builds the shared micro `all`
+    run (so one worker builds it at once while the other runs tests that do not need it), then every
+    test that does not need it, then those that do, the longest (`dvc repro`) first. Before this the
+    second worker sat for minutes in a fixture, waiting for the run to be built."""
+
+    def needs_micro(item):
+        return bool({"micro_all", "micro_all_copy"} & set(getattr(item, "fixturenames", ())))
+
+    def key(item):
+        if item.name == MICRO_FIRST:
+            return (0, 0)
+        if not needs_micro(item):
+            return (1, 0)
+        return (2, 0 if "dvc_repro" in item.name else 1)
+
+    items.sort(key=key)  # stable: the collection order within each group
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

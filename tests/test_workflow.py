@@ -65,12 +65,12 @@ def test_dry_run_of_the_paper_profile_writes_under_its_own_root(tmp_path):
     assert "data/download/val2014.zip" in out and "rule generate_shapes:" not in out
     assert "--images results/paper/prepare_coco/eval" in out and "results/paper/tables/vqa.csv" in out
     # training through accelerate with the committed config
-    launch = "accelerate launch --config_file config/accelerate/ddp.yaml --num_processes 8 -m vlv."
+    launch = "accelerate launch --config_file config/accelerate/ddp.yaml --num_processes 8 -m vlv.stages."
     assert launch + "distill_stage1" in out and launch + "finetune_stage2" in out
     # the paper profile captions with the open VLMs of Table 1 and has no Shapes judge
     for name in ("florence2_large", "qwen25vl_7b", "llava15_7b", "vlv_pairs100", "no_stage1_pairs100"):
         assert f"results/paper/caption/{name}.jsonl" in out
-    assert "captions_shapes" not in out
+    assert "rule evaluate_captions_shapes:" not in out and "evaluate/captions_shapes_" not in out
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path):
