@@ -24,7 +24,7 @@ rule evaluate_reconstruction_fid:
         mem_mb=2000,
         runtime=10,
     params:
-        cfg=reconstruction_fid_json(),
+        cfg=params_json("reconstruction_fid"),
         clip=model_arg("clip"),
         inception=inception_arg,
         profile=config["profile"],
@@ -54,7 +54,7 @@ rule compose:
         mem_mb=3000,
         runtime=20,
     params:
-        cfg=compose_json(),
+        cfg=params_json("compose"),
         shapes=shapes_arg(),
         t2i=model_arg("t2i"),
         out=subpath(output.json, parent=True),

@@ -37,10 +37,6 @@ def params_json(name, variant=None):
     return json.dumps(stage_params(config, name, variant), sort_keys=True)
 
 
-def standin_benchmark_json():
-    return params_json("pretrain_toy.benchmark")
-
-
 def code(module):
     """The source files the rule's module runs (it and every vlv module it imports), as inputs, so
     that editing any of them reruns the stage."""
@@ -90,14 +86,6 @@ def shapes_arg():
 def work_dir(stage):
     """Where a training stage keeps its resumable checkpoints (per profile, never a declared output)."""
     return f"work/{config['profile']}/{stage}"
-
-
-def stage1_json(wildcards):
-    return params_json("stage1", wildcards.s1)
-
-
-def stage2_json(wildcards):
-    return params_json("stage2", wildcards.name)
 
 
 def stage2_llm(wildcards):
@@ -248,14 +236,6 @@ def final_outputs():
     return out
 
 
-def reconstruction_fid_json():
-    return params_json("reconstruction_fid")
-
-
-def compose_json():
-    return params_json("compose")
-
-
 def ablation_outputs():
     """What the `ablations` target builds: Tables 4 and 5 and the composition demo."""
     out = ["<results>/tables/ablations.csv", "<results>/tables/scaling.csv"]
@@ -285,18 +265,6 @@ def split_dir(split):
         "pool": "<results>/download_laion/pool",
         "pairs": "<results>/download_laion/pairs",
     }[split]
-
-
-def download_json(wildcards):
-    return params_json("download", wildcards.file)
-
-
-def laion_json():
-    return params_json("laion")
-
-
-def coco_json():
-    return params_json("coco")
 
 
 def launcher(stage):

@@ -33,7 +33,7 @@ rule distill_stage1:
         nodes=launch_machines("stage1"),
     params:
         launch=launcher("stage1"),
-        cfg=stage1_json,
+        cfg=lambda wildcards: params_json("stage1", wildcards.s1),
         vision_encoder=model_arg("vision_encoder"),
         t2i=model_arg("t2i"),
         workers=config["data"]["loader_workers"],
@@ -65,7 +65,7 @@ rule reconstruct:
         mem_mb=4000,
         runtime=30,
     params:
-        cfg=stage1_json,
+        cfg=lambda wildcards: params_json("stage1", wildcards.s1),
         shapes=shapes_arg(),
         t2i=model_arg("t2i"),
         out=subpath(output.metrics, parent=True),

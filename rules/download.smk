@@ -31,7 +31,7 @@ rule download:
         mem_mb=500,
         runtime=600,
     params:
-        cfg=download_json,
+        cfg=lambda wildcards: params_json("download", wildcards.file),
     shell:
         "python -m vlv.paper_data.download --params {params.cfg:q} --out {output.file} > {log} 2>&1"
 
@@ -54,7 +54,7 @@ rule prepare_coco:
         mem_mb=4000,
         runtime=60,
     params:
-        cfg=coco_json(),
+        cfg=params_json("coco"),
     shell:
         "python -m vlv.paper_data.prepare_coco eval --params {params.cfg:q} --images {input.images} "
         "--annotations {input.annotations} --out {output} > {log} 2>&1"
@@ -116,7 +116,7 @@ rule download_laion:
         mem_mb=32000,
         runtime=7 * 24 * 60,
     params:
-        cfg=laion_json(),
+        cfg=params_json("laion"),
         work=work_dir("download_laion"),
     shell:
         "python -m vlv.paper_data.prepare_laion run --params {params.cfg:q} --metadata {input.metadata} "

@@ -34,7 +34,7 @@ rule finetune_stage2:
         nodes=launch_machines("stage2"),
     params:
         launch=launcher("stage2"),
-        cfg=stage2_json,
+        cfg=lambda wildcards: params_json("stage2", wildcards.name),
         init=lambda wildcards: parse_captioner(wildcards.name)["init"],
         encoder=stage2_encoder_arg,
         t2i=model_arg("t2i"),

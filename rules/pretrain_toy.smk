@@ -32,7 +32,7 @@ rule pretrain_toy_t2i:
         mem_mb=4000,
         runtime=240,
     params:
-        cfg=lambda wc: params_json(f"pretrain_toy.{wc.t2i_name}"),
+        cfg=lambda wildcards: params_json(f"pretrain_toy.{wildcards.t2i_name}"),
         work=lambda wc: work_dir(f"pretrain_toy/{wc.t2i_name}"),
     shell:
         "python -m vlv.toy.pretrain_toy_t2i --params {params.cfg:q} --out {output} --work {params.work} > {log} 2>&1"
@@ -124,7 +124,7 @@ rule benchmark_toy_standins:
         mem_mb=3000,
         runtime=30,
     params:
-        cfg=standin_benchmark_json(),
+        cfg=params_json("pretrain_toy.benchmark"),
     shell:
         "python -m vlv.toy.evaluate_standins --params {params.cfg:q} --t2i {input.t2i} --t2i {input.renderer} "
         "--clip {input.clip} --out {output.report} --grid {output.grid} > {log} 2>&1"

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlv.toy import pretrain_toy_lm, pretrain_toy_t2i
-from vlv.toy.standin_training import LossLog
+from vlv.training import LossLog
 
 
 def _params(micro_config, name, **train):

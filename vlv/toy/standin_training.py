@@ -21,8 +21,7 @@ import torch
 from vlv.cli_common import load_params, setup_logging, stage_parser
 from vlv.models.toy import images_to_tensor
 from vlv.shapes.world import WorldSpec, render_array, sample_scenes
-from vlv.training import (  # noqa: F401 (LossLog: the tests stop a stand-in's run through it)
-    LossLog,
+from vlv.training import (
     TrainingRun,
     finish_training,
     make_accelerator,
