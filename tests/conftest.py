@@ -49,16 +49,16 @@ def root() -> Path:
 
 @pytest.fixture(scope="session")
 def toy_config() -> dict:
-    from vlv.config import load_config, validate_config
+    from vlv.config import TOY_FILES, load_config, validate_config
 
-    return validate_config(load_config(ROOT / "config.yaml"))
+    return validate_config(load_config(*TOY_FILES))
 
 
 @pytest.fixture(scope="session")
 def micro_config() -> dict:
-    from vlv.config import load_config, validate_config
+    from vlv.config import TOY_FILES, load_config, validate_config
 
-    return validate_config(load_config(ROOT / "config.yaml", MICRO))
+    return validate_config(load_config(*TOY_FILES, MICRO))
 
 
 def workflow_dir(tmp: Path) -> Path:
@@ -88,12 +88,44 @@ def run_snakemake(workdir: Path, *args: str, configfiles=(ROOT / "config.yaml", 
     return res
 
 
+def dvc_repro(wd: Path, *args: str) -> str:
+    """``dvc repro`` in ``wd``; its output (stdout and stderr)."""
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    dvc = str(Path(sys.executable).parent / "dvc")
+    res = subprocess.run([dvc, "repro", *args], cwd=wd, capture_output=True, text=True, env=env, timeout=1800)
+    if res.returncode != 0:
+        raise AssertionError(f"dvc repro failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res.stdout + res.stderr
+
+
+def repository_copy(wd: Path, config: dict) -> Path:
+    """A copy of the repository's tracked files (not the committed figures, not the tests) in ``wd``,
+    with ``config`` as its config.yaml, no dvc.lock, and a git repository of its own: ``dvc repro``
+    there builds every stage from scratch."""
+    import yaml
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if f.startswith(("results/figures/", "tests/")) or f == "dvc.lock":
+            continue
+        (wd / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, wd / f)
+    (wd / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=wd, check=True)
+    return wd
+
+
+MICRO_REPRO_LOG = "dvc_repro.log"
+
+
 @pytest.fixture(scope="session")
-def micro_all(tmp_path_factory, worker_id) -> Path:
-    """A scratch directory in which `snakemake --cores 2 all` has run on the micro config, built once
-    per test session and shared by every pytest-xdist worker (the first to ask builds it under a file
-    lock; the others wait for it). Read it only: a test that runs more targets there takes
-    ``micro_all_copy``."""
+def micro_all(tmp_path_factory, worker_id, micro_config) -> Path:
+    """A copy of the repository in which ``dvc repro`` has built every stage on the micro config (each
+    DVC stage runs Snakemake for its targets, so this is also the micro ``all`` run; the output of
+    ``dvc repro`` is kept in ``dvc_repro.log``). Built once per test session and shared by every
+    pytest-xdist worker: the first to ask builds it under a file lock; the others wait for it. Read it
+    only: a test that runs more targets there takes ``micro_all_copy``. (One build serves the DVC test
+    and the Snakemake tests: the suite used to build the micro run twice, once per tool.)"""
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp()
@@ -102,15 +134,19 @@ def micro_all(tmp_path_factory, worker_id) -> Path:
     wd, failed = shared / "micro_all", shared / "micro_all.failed"
     with FileLock(str(shared / "micro_all.lock")):
         if failed.exists():
-            pytest.fail(f"the micro `all` run failed in another worker:\n{failed.read_text()}")
+            pytest.fail(f"the micro run failed in another worker:\n{failed.read_text()}")
         if not (wd / ".built").exists():
             shutil.rmtree(wd, ignore_errors=True)
             wd.mkdir()
             try:
-                run_snakemake(workflow_dir(wd), "--cores", "2", "all")
+                workflow = {
+                    k: v for k, v in micro_config.items() if k != "pretrain_toy"
+                }  # see config/pretrain_toy.yaml
+                log = dvc_repro(repository_copy(wd, workflow))
             except AssertionError as e:
                 failed.write_text(str(e))
                 raise
+            (wd / MICRO_REPRO_LOG).write_text(log)
             (wd / ".built").touch()
     return wd
 
