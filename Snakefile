@@ -15,6 +15,7 @@ min_version("9.12")
 
 
 configfile: "config.yaml"
+configfile: "config/pretrain_toy.yaml"
 
 
 envvars:

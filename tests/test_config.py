@@ -3,11 +3,15 @@ import json
 
 import pytest
 
-from vlv.config import ConfigError, load_config, typed_overrides, validate_config
+from vlv.config import TOY_FILES, ConfigError, load_config, stage_params, typed_overrides, validate_config
 
 
 def test_toy_paper_and_micro_configs_validate(root):
-    validate_config(load_config(root / "config.yaml"))
+    workflow = validate_config(load_config(root / "config.yaml"))
+    assert "pretrain_toy" not in workflow  # the stand-ins' pretraining is an overlay of its own
+    assert validate_config(load_config(*TOY_FILES))["pretrain_toy"]["t2i"]["train"]["steps"] > 0
+    with pytest.raises(ConfigError, match="config/pretrain_toy.yaml"):
+        stage_params(workflow, "pretrain_toy.t2i")
     paper = validate_config(load_config(root / "config.yaml", root / "config" / "paper.yaml"))
     assert paper["profile"] == "paper"
     assert paper["models"]["t2i"] == "stabilityai/stable-diffusion-2-1-base"
@@ -98,3 +102,5 @@ def test_explain_prints_a_keys_comment_value_and_schema(capsys):
     assert "(in launch) How the training stages start" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no key 'stage1.nope'"):
         main(["stage1.nope", "--explain"])
+    assert main(["pretrain_toy.lm.train.lr", "--explain"]) == 0  # a key of the pretraining overlay
+    assert "AdamW (peak lr" in capsys.readouterr().out

@@ -1,7 +1,8 @@
 """Load, merge and validate the workflow config; hand each stage its values as JSON.
 
-``config.yaml`` is the toy profile; overlays (``config/paper.yaml``, ``tests/config.micro.yaml``)
-are deep-merged over it, later files winning, exactly as Snakemake merges ``--configfile``.
+``config.yaml`` is the toy profile, with the stand-ins' pretraining in ``config/pretrain_toy.yaml``
+(``TOY_FILES``); overlays (``config/paper.yaml``, ``tests/config.micro.yaml``) are deep-merged over
+them, later files winning, exactly as Snakemake merges ``--configfile``.
 Validation uses ``schemas/config.schema.yaml`` (JSON Schema, no unknown keys) and reports the
 dotted path of the offending key.
 
@@ -24,6 +25,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "schemas" / "config.schema.yaml"
+# The toy profile's files, in the order they merge: the workflow config and the stand-ins' pretraining
+# overlay (the Snakefile loads both; overlays given on the command line come after them).
+TOY_FILES = (ROOT / "config.yaml", ROOT / "config" / "pretrain_toy.yaml")
 
 
 class ConfigError(ValueError):
@@ -206,6 +210,8 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
     if name == "stage2":
         trainable = (parse_captioner(variant or "vlv_pairs100") or {}).get("trainable") or s2["trainable"]
         return {**s2, "trainable": trainable, "route": s1["route"], "num_queries": s1["num_queries"]}
+    if name.startswith("pretrain_toy.") and "pretrain_toy" not in cfg:
+        raise ConfigError(f"'{name}': the config has no pretrain_toy section (it is in config/pretrain_toy.yaml)")
     if name == "pretrain_toy.benchmark":
         return {"shapes": cfg["shapes"], "benchmark": cfg["pretrain_toy"]["benchmark"]}
     if name.startswith("pretrain_toy."):
@@ -262,10 +268,19 @@ def section(cfg: dict, dotted: str):
     return node
 
 
-def key_comment(dotted: str, path: str | Path = ROOT / "config.yaml") -> str:
-    """The comment that explains a key in the commented config: the comment lines right above its line
-    (and a comment at the end of it), found by following the dotted path through the indentation."""
-    lines = Path(path).read_text().splitlines()
+def key_comment(dotted: str, paths=TOY_FILES) -> str:
+    """The comment that explains a key in the commented config files (the first that has the key): the
+    comment lines right above its line (and a comment at the end of it), found by following the dotted
+    path through the indentation."""
+    for path in paths:
+        try:
+            return _key_comment(dotted, Path(path).read_text().splitlines())
+        except ConfigError:
+            continue
+    raise ConfigError(f"{', '.join(Path(p).name for p in paths)}: no key '{dotted}'")
+
+
+def _key_comment(dotted: str, lines: list[str]) -> str:
     parent, start, found = -1, 0, None  # the parent key's indentation; where its block starts
     for part in dotted.split("."):
         child = None  # the indentation of the parent's keys: that of the first key in its block
@@ -283,7 +298,7 @@ def key_comment(dotted: str, path: str | Path = ROOT / "config.yaml") -> str:
         else:
             found = None
         if found is None or start != found + 1 or parent != child:
-            raise ConfigError(f"config.yaml has no key '{dotted}'")
+            raise ConfigError(f"no key '{dotted}'")
     above, i = [], found - 1
     while i >= 0 and lines[i].lstrip().startswith("#"):
         above.insert(0, lines[i].lstrip()[1:].strip())
@@ -331,9 +346,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--variant", default=None, help="a stage-1 variant (nq16, data10) or a captioner name (vlv_pairs25-mlp)"
     )
-    p.add_argument("--configfile", nargs="+", default=[str(ROOT / "config.yaml")])
+    p.add_argument("--configfile", nargs="+", default=[str(f) for f in TOY_FILES])
     p.add_argument(
-        "--explain", action="store_true", help="what KEY means (config.yaml's comment), its value, its schema"
+        "--explain", action="store_true", help="what KEY means (the config's comment), its value, its schema"
     )
     args = p.parse_args(argv)
     try:
