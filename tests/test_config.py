@@ -17,7 +17,7 @@ def test_toy_paper_and_micro_configs_validate(root):
     assert paper["models"]["t2i"] == "stabilityai/stable-diffusion-2-1-base"
     assert paper["stage1"]["image_size"] == 384 and paper["stage1"]["lr"] == 5e-5
     assert paper["pathvars"]["results"] == "results/paper"
-    validate_config(load_config(root / "config.yaml", root / "tests" / "config.micro.yaml"))
+    validate_config(load_config(*TOY_FILES, root / "tests" / "config.micro.yaml"))
 
 
 def test_unknown_key_is_named(toy_config):
