@@ -313,10 +313,15 @@ def test_unet_speed_settings_store_it_in_bf16_channels_last_compiled_and_compute
 
 def test_cached_vision_features_train_like_the_vision_tower_run_each_step(micro_config, tmp_path):
     """Stage 1 with a frozen vision tower reads its features from the cache and ends where the
-    uncached run ends; the cache goes with the checkpoints; a trainable tower is refused."""
+    uncached run ends, with the tower's drop-path switched on (Florence-2's real config has it): the
+    frozen tower stays in eval mode while the rest trains, as it was when the cache was made. The
+    cache goes with the checkpoints; a trainable tower is refused."""
     from vlv.models.paper_sized import build_stage1_stack
 
     florence, sd, _ = build_stage1_stack(tmp_path / "m", "tiny")
+    config = json.loads((florence / "config.json").read_text())
+    config["vision_config"]["drop_path_rate"] = 0.5
+    (florence / "config.json").write_text(json.dumps(config))
     pool, subset = _data(micro_config, tmp_path)
     base = _micro_stage1(micro_config, steps=3, trainable=PAPER_TRAINABLE, checkpoint_every=100)
     enc = VLVEncoder.from_florence(str(florence), 8, 32).eval()
@@ -496,3 +501,15 @@ def test_launch_finds_its_machine_under_slurm_and_refuses_without_a_scheduler(tm
     monkeypatch.setenv("VLV_MACHINE_RANK", "2")
     with pytest.raises(SystemExit, match="outside 0..1"):
         launch.main(["--config", "c.yaml", "--processes", "1", "--machines", "2", "-m", "vlv.stages.distill_stage1"])
+
+
+def test_train_mode_keeps_every_part_without_a_trainable_parameter_in_eval():
+    from vlv.training import train_mode
+
+    frozen = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)).requires_grad_(False)
+    mixed = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5), torch.nn.Linear(2, 2))
+    mixed[0].requires_grad_(False)  # a frozen base layer beside a trainable one (as with LoRA)
+    model = torch.nn.ModuleDict({"tower": frozen, "head": mixed}).eval()
+    train_mode(model)
+    assert model.training and not frozen.training and not frozen[1].training
+    assert mixed.training and mixed[1].training and not mixed[0].training

@@ -206,6 +206,19 @@ class TrainingRun:
     seconds: float = 0.0
 
 
+def train_mode(model: torch.nn.Module) -> torch.nn.Module:
+    """Train mode for what trains; eval mode for every part without a trainable parameter, whatever
+    its parent's mode. A frozen tower then keeps dropout and drop-path off, as it had them off when
+    its features were cached (Florence-2's vision tower has drop-path; a frozen text encoder,
+    dropout)."""
+    model.train()
+    for m in model.modules():
+        params = list(m.parameters())
+        if params and not any(p.requires_grad for p in params):
+            m.eval()  # and its children: none of them trains either
+    return model
+
+
 def train(
     acc,
     model: torch.nn.Module,
@@ -218,7 +231,6 @@ def train(
     settings: dict,
     batches: Callable[[int], Iterable] | None = None,
     strict: bool = False,
-    frozen: Iterable[torch.nn.Module] = (),
 ) -> TrainingRun:
     """The training loop of every stage: stage 1, stage 2 and the toy stand-ins.
 
@@ -230,7 +242,7 @@ def train(
     (``lr_multiplier`` of ``cfg``'s lr_schedule, cosine when absent), ``accelerate.prepare``,
     resuming from the newest checkpoint under ``work`` made with the same ``settings``, the
     progress bar, clipping, the loss log (``out/loss.csv``), the finite-loss check and the periodic
-    checkpoints. ``frozen`` modules stay in eval mode while the model trains. The stage then saves
+    checkpoints. Frozen parts stay in eval mode while the model trains (``train_mode``). The stage then saves
     its model (``whole_model``) and calls ``finish_training``.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -248,9 +260,7 @@ def train(
     run = TrainingRun(stage, steps, prepared, trainable, start, ckpt, loss_log)
     run.bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, mininterval=5,
                    disable=not acc.is_main_process)  # fmt: skip
-    prepared.train()
-    for m in frozen:
-        m.eval()  # frozen: no dropout
+    train_mode(prepared)
     run.t0 = time.time()
     loaded = itertools.repeat(None) if batches is None else batches(start)
     for step, batch in zip(run.bar, loaded, strict=strict):

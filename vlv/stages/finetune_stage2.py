@@ -187,7 +187,6 @@ def main(argv=None) -> int:
         acc, cap, cfg, step_loss, stage="finetune_stage2", work=args.work, out=args.out,
         settings={**cfg, "world_size": world, "init": args.init, "pairs": len(keys)},
         batches=None if cached is not None else (lambda start: loader(step_batches(start))),  # images when not cached
-        frozen=[cap.text_encoder] if cap.text_encoder is not None else [],
     )  # fmt: skip
     final = whole_model(acc, run.model, lambda: build(cfg, args.init, args.encoder, args.t2i, args.llm))
     if acc.is_main_process:
