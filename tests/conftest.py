@@ -1,10 +1,12 @@
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -161,10 +163,20 @@ def micro_all_copy(micro_all, tmp_path) -> Path:
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on now (tests run side by side under pytest-xdist)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nothing listens on now, for a launch's rendezvous (tests run side by side under
+    pytest-xdist). Drawn below Linux's ephemeral range (32768-60999): a port the kernel hands out
+    (``bind(0)``) can be handed out again, to another run's gloo connection, before this run's
+    store binds it, and a rank left talking to the wrong listener waits until its timeout."""
+    draw = random.Random(os.getpid() * 1_000_003 + time.time_ns())
+    for _ in range(200):
+        port = draw.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port in 20000-32000")
 
 
 def accelerate_launch(
