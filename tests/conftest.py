@@ -23,12 +23,13 @@ MICRO = ROOT / "tests" / "config.micro.yaml"
 
 
 MICRO_FIRST = "test_micro_all_end_to_end_then_nothing_to_do"
+MICRO_LONGEST = ("micro_ablations", "dvc_repro")  # of the tests that need the micro run, the longest
 
 
 def pytest_collection_modifyitems(config, items):
     """The order pytest-xdist hands tests out in: first the test that builds the shared micro `all`
     run (so one worker builds it at once while the other runs tests that do not need it), then every
-    test that does not need it, then those that do, the longest (`dvc repro`) first. Before this the
+    test that does not need it, then those that do, the longest first. Before this the
     second worker sat for minutes in a fixture, waiting for the run to be built."""
 
     def needs_micro(item):
@@ -39,7 +40,7 @@ def pytest_collection_modifyitems(config, items):
             return (0, 0)
         if not needs_micro(item):
             return (1, 0)
-        return (2, 0 if "dvc_repro" in item.name else 1)
+        return (2, next((i for i, n in enumerate(MICRO_LONGEST) if n in item.name), len(MICRO_LONGEST)))
 
     items.sort(key=key)  # stable: the collection order within each group
 
@@ -117,17 +118,12 @@ def repository_copy(wd: Path, config: dict) -> Path:
     return wd
 
 
-MICRO_REPRO_LOG = "dvc_repro.log"
-
-
 @pytest.fixture(scope="session")
 def micro_all(tmp_path_factory, worker_id, micro_config) -> Path:
-    """A copy of the repository in which ``dvc repro`` has built every stage on the micro config (each
-    DVC stage runs Snakemake for its targets, so this is also the micro ``all`` run; the output of
-    ``dvc repro`` is kept in ``dvc_repro.log``). Built once per test session and shared by every
-    pytest-xdist worker: the first to ask builds it under a file lock; the others wait for it. Read it
-    only: a test that runs more targets there takes ``micro_all_copy``. (One build serves the DVC test
-    and the Snakemake tests: the suite used to build the micro run twice, once per tool.)"""
+    """A copy of the repository (its config.yaml: the micro config) in which ``snakemake --cores 2
+    all`` has run, built once per test session and shared by every pytest-xdist worker (the first to
+    ask builds it under a file lock; the others wait for it). Read it only: a test that runs more
+    targets there, or ``dvc repro``, takes ``micro_all_copy``."""
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp()
@@ -136,19 +132,16 @@ def micro_all(tmp_path_factory, worker_id, micro_config) -> Path:
     wd, failed = shared / "micro_all", shared / "micro_all.failed"
     with FileLock(str(shared / "micro_all.lock")):
         if failed.exists():
-            pytest.fail(f"the micro run failed in another worker:\n{failed.read_text()}")
+            pytest.fail(f"the micro `all` run failed in another worker:\n{failed.read_text()}")
         if not (wd / ".built").exists():
             shutil.rmtree(wd, ignore_errors=True)
             wd.mkdir()
+            workflow = {k: v for k, v in micro_config.items() if k != "pretrain_toy"}  # config/pretrain_toy.yaml
             try:
-                workflow = {
-                    k: v for k, v in micro_config.items() if k != "pretrain_toy"
-                }  # see config/pretrain_toy.yaml
-                log = dvc_repro(repository_copy(wd, workflow))
+                run_snakemake(repository_copy(wd, workflow), "--cores", "2", "all")
             except AssertionError as e:
                 failed.write_text(str(e))
                 raise
-            (wd / MICRO_REPRO_LOG).write_text(log)
             (wd / ".built").touch()
     return wd
 
