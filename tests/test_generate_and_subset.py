@@ -54,6 +54,41 @@ def test_decode_image_rejects_truncated_and_garbage_bytes():
         decode_image(b"not an image at all")
 
 
+def _saved(img, fmt: str, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_decode_image_shows_odd_images_as_they_are_meant_to_be_seen(monkeypatch):
+    """16-bit images scaled (not clipped to white), transparency over white, EXIF orientation applied,
+    and an image over PIL's decompression-bomb limit refused instead of decoded with a warning."""
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 255, 64), (32, 1))  # a grey ramp, dark to light
+    eight = np.asarray(decode_image(_saved(Image.fromarray(ramp.astype(np.uint8)), "PNG")), dtype=float)
+    sixteen = decode_image(_saved(Image.fromarray((ramp * 257).astype(np.uint16)), "PNG"))
+    assert sixteen.mode == "RGB" and np.abs(np.asarray(sixteen, dtype=float) - eight).max() <= 1
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 255  # red everywhere, hidden by alpha 0 on the left half
+    rgba[:, 4:, 3] = 255
+    out = np.asarray(decode_image(_saved(Image.fromarray(rgba, "RGBA"), "PNG")))
+    assert (out[:, :4] == 255).all() and (out[:, 4:] == [255, 0, 0]).all()
+    tall = np.zeros((16, 8, 3), np.uint8)
+    tall[:4] = 255  # white on top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: show the picture rotated 90 degrees clockwise
+    turned = decode_image(_saved(Image.fromarray(tall), "JPEG", exif=exif, quality=95))
+    assert turned.size == (16, 8) and np.asarray(turned)[:, -4:].mean() > 200 > np.asarray(turned)[:, :4].mean()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # warns above 100 pixels, fails above 200
+    with pytest.raises(BadImage, match="too large"):
+        decode_image(_saved(Image.fromarray(tall), "PNG"))  # 128 pixels: PIL only warns
+    assert decode_image(_saved(Image.fromarray(tall[:12]), "PNG")).size == (8, 12)  # 96 pixels
+
+
 def _pool_with_bad_samples(micro_config, tmp_path):
     """The micro pool plus a shard holding a corrupt, a truncated, a tiny and a wide image."""
     pool = tmp_path / "pool"

@@ -11,11 +11,12 @@ import io
 import json
 import os
 import tarfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -40,13 +41,47 @@ def square_crop(img: Image.Image, size: int) -> Image.Image:
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Decode fully (not just the header) so that a truncated file is caught here."""
+    """An 8-bit RGB image as the picture is meant to be seen, or ``BadImage`` with the reason.
+
+    Decoded fully (not just the header), so a truncated file is caught here. On the way to RGB:
+    the EXIF orientation is applied (phone photos arrive upright); 16-bit images are scaled to 8
+    bits (PIL's ``convert`` clips them: a 16-bit PNG came out almost white); transparency is
+    composited over white (instead of showing whatever colour transparent pixels hide); CMYK goes
+    through its embedded ICC profile where it has one. An image over PIL's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``) is refused, not decoded with a warning."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                return _to_rgb(ImageOps.exif_transpose(im))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise BadImage(f"too large: {e}") from None
+    except BadImage:
+        raise
     except Exception as e:  # PIL raises many types for broken files
         raise BadImage(f"{type(e).__name__}: {e}") from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        values = np.asarray(im, dtype=np.float64)
+        if im.mode == "F" and values.size and not 0.0 <= values.min() <= values.max() <= 1.0:
+            raise BadImage(f"a floating-point image with values outside 0..1 ({im.mode}): no defined 8-bit scale")
+        scale = 255.0 if im.mode == "F" else 255.0 / 65535.0  # "I" is how PIL opens 16-bit PNGs, too
+        return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode == "CMYK" and im.info.get("icc_profile"):
+        from PIL import ImageCms
+
+        source = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
+        return ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 def write_shard(path: str | os.PathLike, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
