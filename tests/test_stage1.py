@@ -411,6 +411,8 @@ def test_vlv_reconstruct_command_writes_pngs_and_reports_a_bad_file(tmp_path, ro
         str(root / "models/toy/vision"), num_queries=8, clip_dim=dec_dim, route="direct"
     ).save_pretrained(tmp_path / "enc")
     Image.fromarray(np.full((48, 40, 3), 128, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "x").mkdir()
+    Image.fromarray(np.full((40, 64, 3), 60, np.uint8)).save(tmp_path / "x" / "a.jpg")  # the same stem
     (tmp_path / "b.png").write_bytes(b"not a png")
     out = tmp_path / "out"
     rc = vlv_main(
@@ -418,6 +420,7 @@ def test_vlv_reconstruct_command_writes_pngs_and_reports_a_bad_file(tmp_path, ro
             "reconstruct",
             str(tmp_path / "b.png"),
             str(tmp_path / "a.png"),
+            str(tmp_path / "x"),
             "--encoder",
             str(tmp_path / "enc"),
             "--decoder",
@@ -433,8 +436,9 @@ def test_vlv_reconstruct_command_writes_pngs_and_reports_a_bad_file(tmp_path, ro
     )
     assert rc == 1  # one file failed, the other was still reconstructed
     assert "b.png: cannot read image" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["a_recon_cfg1.png", "a_recon_cfg3.png"]
-    assert Image.open(out / "a_recon_cfg3.png").size == (32, 32)
+    names = sorted(p.name for p in out.iterdir())  # a.png and x/a.jpg do not overwrite each other
+    assert names == ["a_jpg_recon_cfg1.png", "a_jpg_recon_cfg3.png", "a_png_recon_cfg1.png", "a_png_recon_cfg3.png"]
+    assert Image.open(out / "a_png_recon_cfg3.png").size == (32, 32)
     # the route is the encoder's: another one is refused before anything is decoded
     with pytest.raises(SystemExit, match="trained on route 'direct', not 'text_encoder'"):
         vlv_main(
@@ -513,3 +517,14 @@ def test_train_mode_keeps_every_part_without_a_trainable_parameter_in_eval():
     train_mode(model)
     assert model.training and not frozen.training and not frozen[1].training
     assert mixed.training and mixed[1].training and not mixed[0].training
+
+
+def test_output_stems_are_distinct_and_stay_plain_where_they_can():
+    from vlv.cli import output_stems
+
+    names = output_stems(["p/chelsea.jpg", "p/chelsea.webp", "q/cat.png", "r/cat.png", "dog.png"])
+    assert names["p/chelsea.jpg"] == "chelsea_jpg" and names["p/chelsea.webp"] == "chelsea_webp"
+    assert names["dog.png"] == "dog"  # unique: the plain stem
+    assert names["q/cat.png"].startswith("cat_png_") and names["q/cat.png"] != names["r/cat.png"]
+    assert len(set(names.values())) == len(names)
+    assert output_stems(["r/cat.png", "q/cat.png"]) == {k: names[k] for k in ("r/cat.png", "q/cat.png")}

@@ -40,17 +40,46 @@ STAGES = {
 }
 
 
+def output_stems(paths: list[str]) -> dict[str, str]:
+    """A distinct name stem for each input file: its stem; with its extension where two inputs share
+    a stem (``chelsea.jpg``, ``chelsea.webp``); with a hash of its path where even that is shared
+    (``a/x.png``, ``b/x.png``). Deterministic for a given set of inputs."""
+    import hashlib
+    from collections import Counter
+    from pathlib import Path
+
+    def with_ext(p: Path) -> str:
+        return f"{p.stem}_{p.suffix.lstrip('.')}" if p.suffix else p.stem
+
+    stems = Counter(Path(p).stem for p in paths)
+    names = {p: Path(p).stem if stems[Path(p).stem] == 1 else with_ext(Path(p)) for p in paths}
+    taken = Counter(names.values())
+    for p, name in names.items():
+        if taken[name] > 1:
+            names[p] = f"{name}_{hashlib.sha1(str(Path(p).resolve()).encode()).hexdigest()[:8]}"
+    return names
+
+
+def input_files(paths: list[str]) -> list[str]:
+    """The image files named: each file, and each file of a folder (sorted, hidden ones left out)."""
+    from pathlib import Path
+
+    files: list[str] = []
+    for p in map(Path, paths):
+        files += (
+            [str(f) for f in sorted(p.iterdir()) if f.is_file() and not f.name.startswith(".")]
+            if p.is_dir()
+            else [str(p)]
+        )
+    return files
+
+
 def read_images(paths: list[str]):
     """Yield (path, PIL image) for each image file, or each file of a folder (sorted); a file that
     cannot be read is reported on stderr and skipped. The last value of ``status`` is 1 if any failed."""
-    from pathlib import Path
-
     from vlv.data.shards import BadImage, decode_image
 
-    files: list[Path] = []
-    for p in map(Path, paths):
-        files += sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
-    for path in files:
+    for path in input_files(paths):
         try:
             with open(path, "rb") as f:
                 yield str(path), decode_image(f.read())
@@ -111,6 +140,7 @@ def _reconstruct(argv) -> int:
     from PIL import Image
 
     from vlv.config import ROOT, load_config
+    from vlv.data.shards import square_crop
     from vlv.models import ROUTES
 
     cfg = load_config(ROOT / "config.yaml")
@@ -136,15 +166,16 @@ def _reconstruct(argv) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     status = 0
+    names = output_stems(input_files(args.images))
     for path, img in read_images(args.images):
         if img is None:
             status = 1
             continue
-        arr = np.asarray(img.resize((side, side), Image.Resampling.BICUBIC))
+        arr = np.asarray(square_crop(img, side))  # the centre crop every stage uses, not a squash
         with torch.no_grad():
             cond = dec.condition(encoder(encoder.preprocess([arr])))
         for g in args.guidance:
-            target = out / f"{Path(path).stem}_recon_cfg{g:g}.png"
+            target = out / f"{names[path]}_recon_cfg{g:g}.png"
             Image.fromarray(dec.sample(cond, g, args.steps, args.seed)[0]).save(target)
             print(target)
     return status
@@ -157,6 +188,7 @@ def _compose(argv) -> int:
     from PIL import Image
 
     from vlv.config import ROOT, load_config
+    from vlv.data.shards import square_crop
     from vlv.models import ROUTES
 
     cfg = load_config(ROOT / "config.yaml")
@@ -187,7 +219,7 @@ def _compose(argv) -> int:
         return 1
     encoder, dec = _encoder_and_decoder(args)
     side = dec.unet.config.sample_size * dec.pipe.vae_scale_factor
-    a, b = (np.asarray(img.convert("RGB").resize((side, side), Image.Resampling.BICUBIC))[None] for img in pair)
+    a, b = (np.asarray(square_crop(img.convert("RGB"), side))[None] for img in pair)
     n_q = encoder.config["num_queries"]
     ks = token_counts(args.tokens_from_a or [n_q // 4, n_q // 2, 3 * n_q // 4], n_q)
     renders = compose_images(encoder, dec, a, b, ks, args.guidance, args.steps, args.seed, "cpu")
