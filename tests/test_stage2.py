@@ -326,6 +326,17 @@ def test_vlv_caption_command_on_a_folder_with_a_corrupt_file(root, tmp_path, cap
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "c.jpg"]
     assert all(isinstance(r["caption"], str) for r in rows)
+    # stopped while writing c.jpg's line, with a new image since: the rerun mends the end and
+    # captions only what is not in the file yet
+    text = out.read_text()
+    out.write_text(text[: text.index("\n") + 1] + text[text.index("\n") + 1 :][:10])
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(folder / "d.png")
+    rc = vlv_main(["caption", str(folder), "--captioner", str(tmp_path / "captioner"), "--max-new-tokens", "8",
+                   "--batch-size", "1", "--out", str(out)])  # fmt: skip
+    assert rc == 1 and "1 of 4 images already in" in capsys.readouterr().err
+    again = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["image"].rsplit("/", 1)[-1] for r in again] == ["a.png", "c.jpg", "d.png"]
+    assert again[:2] == rows  # the same captions for the same images
 
 
 def _scene():

@@ -232,17 +232,38 @@ def _compose(argv) -> int:
     return 0
 
 
+def _captioned(out: str) -> set[str]:
+    """The images an earlier run already wrote to ``out``. A last line cut short (a run stopped while
+    writing) is dropped from the file, so that the run goes on from a clean end."""
+    from pathlib import Path
+
+    if not Path(out).exists():
+        return set()
+    lines, done = Path(out).read_text().splitlines(keepends=True), set()
+    for n, line in enumerate(lines):
+        try:
+            done.add(json.loads(line)["image"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            if n != len(lines) - 1:
+                raise SystemExit(f"{out}, line {n + 1}: not a caption record; not appending to it") from None
+            Path(out).write_text("".join(lines[:n]))
+    return done
+
+
 def _caption(argv) -> int:
     import numpy as np
+    from tqdm import tqdm
 
     p = argparse.ArgumentParser(
-        prog="vlv caption", description="Caption image files or folders with a trained VLV captioner."
+        prog="vlv caption",
+        description="Caption image files or folders with a trained VLV captioner. With --out, each batch is "
+        "written as it is done, and a rerun with the same --out captions only the images not in it yet.",
     )
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--captioner", required=True, help="a finetune_stage2 output folder")
     p.add_argument("--num-beams", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="images decoded and captioned at a time")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="JSONL output ({image, caption} per line); default: print")
     args = p.parse_args(argv)
@@ -250,23 +271,36 @@ def _caption(argv) -> int:
     from vlv.models.captioners import VLVCaptionerBackend
     from vlv.training import pick_device
 
+    files = input_files(args.images)
+    done = _captioned(args.out) if args.out else set()
+    todo = [f for f in files if f not in done]
+    if done:
+        print(f"{len(files) - len(todo)} of {len(files)} images already in {args.out}", file=sys.stderr)
     backend = VLVCaptionerBackend(
         args.captioner, args.num_beams, args.max_new_tokens, pick_device(args.device), args.batch_size
     )
-    done = []
-    todo = list(read_images(args.images))
-    good = [(path, img) for path, img in todo if img is not None]
-    status = int(len(good) < len(todo))
-    for i in range(0, len(good), args.batch_size):
-        chunk = good[i : i + args.batch_size]
-        caps = backend.caption([np.asarray(img.convert("RGB")) for _, img in chunk])
-        done += [{"image": path, "caption": c} for (path, _), c in zip(chunk, caps)]
-    lines = [json.dumps(r) for r in done]
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("".join(line + "\n" for line in lines))
-    else:
-        print("\n".join(lines))
+    sink = open(args.out, "a") if args.out else sys.stdout  # noqa: SIM115 - closed below
+    status, batch = 0, []
+
+    def write(batch):
+        caps = backend.caption([np.asarray(img) for _, img in batch])
+        sink.write("".join(json.dumps({"image": path, "caption": c}) + "\n" for (path, _), c in zip(batch, caps)))
+        sink.flush()
+
+    try:
+        for path, img in tqdm(read_images(todo), total=len(todo), desc="caption", disable=not args.out):
+            if img is None:
+                status = 1
+                continue
+            batch.append((path, img))
+            if len(batch) == args.batch_size:
+                write(batch)
+                batch = []
+        if batch:
+            write(batch)
+    finally:
+        if args.out:
+            sink.close()
     return status
 
 
