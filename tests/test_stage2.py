@@ -188,6 +188,27 @@ def test_teacher_captioning_resumes_without_duplicates(micro_config, tmp_path):
     assert final[0]["caption"].startswith("The image shows")
     assert synthesize_captions.main(args) == 0  # a rerun captions nothing new
     assert len(work.read_text().splitlines()) == n
+    before = out.read_text()
+    # the split drawn again with another seed: the same keys, other images. The old captions are not
+    # reused: the result equals a run from an empty work file
+    other = json.loads(shapes)
+    other["splits"]["pairs"]["seed"] += 97
+    redrawn = tmp_path / "pairs_other_seed"
+    assert generate_shapes.main(["--params", json.dumps(other), "--split", "pairs", "--out", str(redrawn)]) == 0
+    again = [a if a != str(pairs) else str(redrawn) for a in args]
+    again[again.index("--shapes") + 1] = json.dumps(other)
+    assert synthesize_captions.main(again) == 0
+    fresh = [a if a != str(work) else str(tmp_path / "fresh.jsonl") for a in again]
+    fresh[fresh.index("--out") + 1] = str(tmp_path / "fresh_captions.jsonl")
+    assert synthesize_captions.main(fresh) == 0
+    assert out.read_text() == (tmp_path / "fresh_captions.jsonl").read_text() != before
+    assert len(work.read_text().splitlines()) == 2 * n  # every image captioned again, once
+    # another teacher setting: captioned again too
+    changed = [
+        a if a != json.dumps(micro_config["teacher"]) else json.dumps({**micro_config["teacher"], "max_new_tokens": 7})
+        for a in again
+    ]
+    assert synthesize_captions.main(changed) == 0 and len(work.read_text().splitlines()) == 3 * n
 
 
 def test_local_vlm_teacher_runs_florence2_and_records_empty_captions(micro_config, root, tmp_path):

@@ -3,7 +3,10 @@
 Captions are appended, one JSON line per image, to ``--work`` (a file Snakemake does not delete
 when the job fails); the images are streamed from the shards one batch at a time. A rerun reads it first and captions only the images not in it, so a stopped
 run continues where it stopped and no image is captioned twice. A torn last line (a kill mid-write)
-is dropped and redone. Images the teacher could not caption (e.g. an API that kept failing) are
+is dropped and redone. Each line names the sample it was made from (a digest of its image and
+metadata bytes) and the teacher settings (``TEACHER_KEYS``): a line made for other images under the
+same keys (a split drawn with another seed) or by another teacher is not reused, and those images
+are captioned again. Images the teacher could not caption (e.g. an API that kept failing) are
 recorded in ``<work>.failures.jsonl`` and retried by the next run. When every image is done, the
 captions are written, sorted by key, to ``--out`` with a manifest beside it.
 
@@ -19,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -27,15 +31,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vlv.cli_common import load_params, setup_logging, stage_parser
-from vlv.data.shards import ShardIndex, iter_batches
+from vlv.data.shards import ShardIndex, iter_batches, iter_dir
 from vlv.manifest import build_manifest, write_manifest
 from vlv.models.captioners import CaptionFailure, make_teacher
-from vlv.training import pick_device
+from vlv.training import fingerprint, pick_device
+
+# The teacher settings a caption depends on (not batch size, rate limits or timeouts).
+TEACHER_KEYS = ("backend", "model", "prompt", "max_new_tokens")
 
 
-def read_done(path: Path) -> dict[str, str]:
-    """key -> caption from an append-only JSONL file; a torn last line is cut off the file."""
-    done: dict[str, str] = {}
+def read_done(path: Path) -> list[dict]:
+    """The records of an append-only JSONL file, in order; a torn last line is cut off the file."""
+    done: list[dict] = []
     if not path.exists():
         return done
     good_bytes = 0
@@ -43,14 +50,36 @@ def read_done(path: Path) -> dict[str, str]:
         for raw in f:
             try:
                 rec = json.loads(raw)
-                done.setdefault(rec["key"], rec["caption"])
+                rec["key"], rec["caption"]  # noqa: B018 - a record has both
             except (json.JSONDecodeError, KeyError, TypeError):
                 break
+            done.append(rec)
             good_bytes += len(raw)
     if good_bytes < path.stat().st_size:
         with path.open("r+b") as f:
             f.truncate(good_bytes)
     return done
+
+
+def sample_digests(directory) -> dict[str, str]:
+    """key -> a digest of the sample's bytes (its image and its metadata), read from the shards."""
+    out = {}
+    for key, parts in iter_dir(directory):
+        h = hashlib.sha256()
+        for ext in sorted(parts):
+            h.update(ext.encode() + b"\0" + parts[ext])
+        out[key] = h.hexdigest()[:16]
+    return out
+
+
+def reusable(records: list[dict], digests: dict[str, str], teacher: str) -> tuple[dict[str, str], int]:
+    """key -> caption of the records made from these very samples by this teacher setting, and how
+    many records were not (stale: made for other images under the same key, or by another teacher)."""
+    done: dict[str, str] = {}
+    for r in records:
+        if r.get("sample") == digests.get(r["key"]) and r.get("teacher_config") == teacher:
+            done.setdefault(r["key"], r["caption"])
+    return done, sum(r["key"] not in done for r in records)
 
 
 def _append(path: Path, records: list[dict]) -> None:
@@ -79,7 +108,11 @@ def main(argv=None) -> int:
     keys = ShardIndex(args.images).keys  # from the tar headers; the images are streamed below
     if not keys:
         raise SystemExit(f"no images in {args.images}")
-    done = read_done(work)
+    digests = sample_digests(args.images)
+    teacher_config = fingerprint({k: cfg.get(k) for k in TEACHER_KEYS})
+    done, stale = reusable(read_done(work), digests, teacher_config)
+    if stale:
+        log.warning("%d captions in %s were made for other images or by another teacher: not reused", stale, work)
     n_todo = sum(k not in done for k in keys)
     if args.limit is not None:
         n_todo = min(n_todo, args.limit)
@@ -99,18 +132,20 @@ def main(argv=None) -> int:
             left -= len(batch_keys)
             try:
                 caps = teacher.caption(images, metas)
-                recs = [{"key": k, "caption": c, "teacher": teacher.name} for k, c in zip(batch_keys, caps)]
+                recs = [{"key": k, "caption": c} for k, c in zip(batch_keys, caps)]
             except CaptionFailure:  # caption one by one to find and record the failing images
                 recs = []
                 for i, k in enumerate(batch_keys):
                     try:
                         caption = teacher.caption(images[[i]], [metas[i]])[0]
-                        recs.append({"key": k, "caption": caption, "teacher": teacher.name})
+                        recs.append({"key": k, "caption": caption})
                     except CaptionFailure as e:
                         failures.append({"key": k, "error": str(e)})
             empty = [r for r in recs if not r["caption"].strip()]
             failures += [{"key": r["key"], "error": "the teacher returned an empty caption"} for r in empty]
             recs = [r for r in recs if r["caption"].strip()]
+            for r in recs:
+                r.update(teacher=teacher.name, sample=digests[r["key"]], teacher_config=teacher_config)
             _append(work, recs)
             done.update((r["key"], r["caption"]) for r in recs)
             bar.update(len(batch_keys))
