@@ -173,7 +173,7 @@ def free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def main(argv=None) -> int:
+def _parser():
     p = stage_parser(__doc__)
     for name in ("--images", "--subset", "--vision", "--decoder"):
         p.add_argument(name, default=None, help="(not with --paper-sized)")
@@ -185,68 +185,64 @@ def main(argv=None) -> int:
     p.add_argument("--tuned", action="store_true", help="also run (d): (c) with the UNet's speed settings")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--out", default=None, help="optional JSON report")
-    args = p.parse_args(argv)
-    setup_logging()
-    cfg = load_params(args.params)
-    if args.batch_size:
-        cfg["batch_size"] = args.batch_size
+    return p
+
+
+def planned_runs(cfg: dict, large_batch: int | None, tuned: bool) -> list[tuple[str, dict, int]]:
+    """(name, the settings it changes, batch size) of each run: SETTINGS, then the optional extras."""
     runs = [(name, over, cfg["batch_size"]) for name, over in SETTINGS.items()]
-    if args.large_batch:
+    if large_batch:
         name, over, _ = runs[-1]
-        runs.append((f"{name}_b{args.large_batch}", over, args.large_batch))
-    if args.tuned:
+        runs.append((f"{name}_b{large_batch}", over, large_batch))
+    if tuned:
         name, over, batch = runs[-1]
         runs.append((f"d_tuned_b{batch}", {**over, **TUNED}, batch))
-    rows = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.paper_sized:
-            images, subset, vision, decoder, side = paper_sized_inputs(
-                Path(tmp), args.paper_sized, args.n_images, args.models
-            )
-            cfg["image_size"] = side
-        elif None in (args.images, args.subset, args.vision, args.decoder):
-            raise SystemExit("give --images, --subset, --vision and --decoder, or --paper-sized")
-        else:
-            images, subset, vision, decoder = args.images, args.subset, args.vision, args.decoder
-        flops, vision_flops = step_flops(cfg, vision, decoder, min(cfg["batch_size"], 4))
-        for name, over, batch in runs:
-            params = {
-                **cfg,
-                **{k: False for k in TUNED},  # the UNet's speed settings only where a setting names them
-                **over,
-                "batch_size": batch,
-                "noise_draws": 1,  # a training-objective choice, not a speed one: images/s as the paper trains
-                "steps": args.steps,
-                "warmup_steps": 1,
-                "checkpoint_every": 10**9,
-                "log_every": 1,
-            }
-            out = Path(tmp) / name
-            args_run = ["--params", json.dumps(params), "--images", images, "--subset", subset, "--vision", vision,
-                        "--decoder", decoder, "--out", str(out), "--work", str(Path(tmp) / f"w_{name}")]  # fmt: skip
-            error = run_stage("vlv.stages.distill_stage1", args_run)
-            if error:  # e.g. a setting too large for this device: say so, go on
-                rows[name] = {**over, "batch_size": batch, "error": error}
-                continue
-            man = json.loads((out / "manifest.json").read_text())
-            steady = steady_rate(out / "loss.csv", batch)
-            rate = steady or man["images_per_second"]
-            model_flops = flops - (vision_flops if over["cache_vision_features"] else 0.0)
-            rows[name] = {
-                **over,
-                "batch_size": batch,
-                "steps": args.steps,
-                "device": man["device"],
-                "images_per_second_whole_run": man["images_per_second"],
-                "images_per_second": round(rate, 2),
-                "peak_memory_gib": man.get("peak_memory_gib"),
-                "achieved_tflops": round(model_flops * rate / 1e12, 3),
-            }
+    return runs
+
+
+def run_setting(cfg: dict, over: dict, batch: int, steps: int, inputs: tuple, tmp: Path, name: str, flops) -> dict:
+    """One setting trained by the stage itself for ``steps`` steps: its row of the report."""
+    images, subset, vision, decoder = inputs
+    params = {
+        **cfg,
+        **{k: False for k in TUNED},  # the UNet's speed settings only where a setting names them
+        **over,
+        "batch_size": batch,
+        "noise_draws": 1,  # a training-objective choice, not a speed one: images/s as the paper trains
+        "steps": steps,
+        "warmup_steps": 1,
+        "checkpoint_every": 10**9,
+        "log_every": 1,
+    }
+    out = tmp / name
+    args_run = ["--params", json.dumps(params), "--images", images, "--subset", subset, "--vision", vision,
+                "--decoder", decoder, "--out", str(out), "--work", str(tmp / f"w_{name}")]  # fmt: skip
+    error = run_stage("vlv.stages.distill_stage1", args_run)
+    if error:  # e.g. a setting too large for this device: say so, go on
+        return {**over, "batch_size": batch, "error": error}
+    man = json.loads((out / "manifest.json").read_text())
+    rate = steady_rate(out / "loss.csv", batch) or man["images_per_second"]
+    total, vision_part = flops
+    model_flops = total - (vision_part if over["cache_vision_features"] else 0.0)
+    return {
+        **over,
+        "batch_size": batch,
+        "steps": steps,
+        "device": man["device"],
+        "images_per_second_whole_run": man["images_per_second"],
+        "images_per_second": round(rate, 2),
+        "peak_memory_gib": man.get("peak_memory_gib"),
+        "achieved_tflops": round(model_flops * rate / 1e12, 3),
+    }
+
+
+def print_table(rows: dict, flops: float, vision_flops: float, models: str | None) -> float:
+    """The report as a table; returns the ratio b/a."""
     base = rows["a_official_style"].get("images_per_second") or float("nan")
     ratio = rows["b_ours"].get("images_per_second", float("nan")) / base
     print(
         f"model FLOPs per training image: {flops / 1e9:.1f} GFLOP, of which the vision tower's forward "
-        f"{vision_flops / 1e9:.1f} ({args.paper_sized or 'given models'})"
+        f"{vision_flops / 1e9:.1f} ({models or 'given models'})"
     )
     print(
         f"{'setting':30s} {'device':7s} {'prec':5s} {'lat':4s} {'vis':4s} {'ckpt':5s} {'batch':>5s} {'images/s':>9s}"
@@ -268,12 +264,36 @@ def main(argv=None) -> int:
         f" against the target of {TARGET_PER_GPU} per H200 (images/s after the first step; lat/vis: cached VAE"
         " latents / vision features)"
     )
+    return ratio
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging()
+    cfg = load_params(args.params)
+    if args.batch_size:
+        cfg["batch_size"] = args.batch_size
+    runs = planned_runs(cfg, args.large_batch, args.tuned)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.paper_sized:
+            *inputs, side = paper_sized_inputs(Path(tmp), args.paper_sized, args.n_images, args.models)
+            cfg["image_size"] = side
+        elif None in (args.images, args.subset, args.vision, args.decoder):
+            raise SystemExit("give --images, --subset, --vision and --decoder, or --paper-sized")
+        else:
+            inputs = [args.images, args.subset, args.vision, args.decoder]
+        flops = step_flops(cfg, inputs[2], inputs[3], min(cfg["batch_size"], 4))
+        rows = {
+            name: run_setting(cfg, over, batch, args.steps, inputs, Path(tmp), name, flops)
+            for name, over, batch in runs
+        }
+    ratio = print_table(rows, *flops, args.paper_sized)
     if args.out:
         report = {
             "settings": rows,
             "ratio_b_over_a": ratio,
-            "gflops_per_image": flops / 1e9,
-            "vision_forward_gflops_per_image": vision_flops / 1e9,
+            "gflops_per_image": flops[0] / 1e9,
+            "vision_forward_gflops_per_image": flops[1] / 1e9,
             "target_images_per_second_per_h200": TARGET_PER_GPU,
             "models": args.paper_sized,
         }
