@@ -91,14 +91,18 @@ def run_snakemake(workdir: Path, *args: str, configfiles=(ROOT / "config.yaml", 
     return res
 
 
-def dvc_repro(wd: Path, *args: str) -> str:
-    """``dvc repro`` in ``wd``; its output (stdout and stderr)."""
+def dvc(wd: Path, *args: str) -> str:
+    """``dvc ARGS`` in ``wd`` with this environment's tools; its output (stdout and stderr)."""
     env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
-    dvc = str(Path(sys.executable).parent / "dvc")
-    res = subprocess.run([dvc, "repro", *args], cwd=wd, capture_output=True, text=True, env=env, timeout=1800)
+    exe = str(Path(sys.executable).parent / "dvc")
+    res = subprocess.run([exe, *args], cwd=wd, capture_output=True, text=True, env=env, timeout=1800)
     if res.returncode != 0:
-        raise AssertionError(f"dvc repro failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+        raise AssertionError(f"dvc {args[0]} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res.stdout + res.stderr
+
+
+def dvc_repro(wd: Path, *args: str) -> str:
+    return dvc(wd, "repro", *args)
 
 
 def repository_copy(wd: Path, config: dict) -> Path:

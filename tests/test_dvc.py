@@ -1,6 +1,5 @@
 """The DVC layer and the Snakefile agree: every table has a stage, every stage target is a Snakemake output."""
 
-import os
 import re
 import shlex
 import subprocess
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, TABLE_FILES, dvc_repro, run_snakemake, workflow_dir
+from conftest import ROOT, TABLE_FILES, dvc, dvc_repro, run_snakemake, workflow_dir
 
 TABLES = ("coco", "arena", "vqa", "no_stage1", "spatial")
 
@@ -116,10 +115,7 @@ def test_dvc_repro_over_the_micro_run_then_nothing_then_only_evaluation(micro_al
     assert inside <= {f"table_{t}" for t in TABLES} | {"evaluate_captions_shapes"}, inside
     differ = [f for f in TABLE_FILES if (wd / f).read_bytes() != (micro_all / f).read_bytes()]
     assert differ == [] and (wd / "dvc.lock").exists(), differ
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
-    dvc = str(Path(sys.executable).parent / "dvc")
-    plots = subprocess.run([dvc, "plots", "show", "-o", "plots"], cwd=wd, capture_output=True, text=True, env=env)
-    assert plots.returncode == 0, plots.stdout + plots.stderr
+    dvc(wd, "plots", "show", "-o", "plots")  # fails the test if it fails
     html = (wd / "plots" / "index.html").read_text()
     assert "training_loss" in html and "distance_vs_guidance" in html
     second = dvc_repro(wd)

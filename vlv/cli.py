@@ -166,8 +166,9 @@ def _reconstruct(argv) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     status = 0
-    names = output_stems(input_files(args.images))
-    for path, img in read_images(args.images):
+    files = input_files(args.images)
+    names = output_stems(files)
+    for path, img in read_images(files):
         if img is None:
             status = 1
             continue
@@ -232,24 +233,6 @@ def _compose(argv) -> int:
     return 0
 
 
-def _captioned(out: str) -> set[str]:
-    """The images an earlier run already wrote to ``out``. A last line cut short (a run stopped while
-    writing) is dropped from the file, so that the run goes on from a clean end."""
-    from pathlib import Path
-
-    if not Path(out).exists():
-        return set()
-    lines, done = Path(out).read_text().splitlines(keepends=True), set()
-    for n, line in enumerate(lines):
-        try:
-            done.add(json.loads(line)["image"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            if n != len(lines) - 1:
-                raise SystemExit(f"{out}, line {n + 1}: not a caption record; not appending to it") from None
-            Path(out).write_text("".join(lines[:n]))
-    return done
-
-
 def _caption(argv) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -268,39 +251,41 @@ def _caption(argv) -> int:
     p.add_argument("--out", default=None, help="JSONL output ({image, caption} per line); default: print")
     args = p.parse_args(argv)
 
+    from vlv.data.records import RecordsError, append_records, read_records
     from vlv.models.captioners import VLVCaptionerBackend
     from vlv.training import pick_device
 
     files = input_files(args.images)
-    done = _captioned(args.out) if args.out else set()
+    try:
+        done = {r["image"] for r in read_records(args.out, ("image", "caption"))} if args.out else set()
+    except RecordsError as e:
+        raise SystemExit(f"{e}: not appending to it") from None
     todo = [f for f in files if f not in done]
     if done:
         print(f"{len(files) - len(todo)} of {len(files)} images already in {args.out}", file=sys.stderr)
     backend = VLVCaptionerBackend(
         args.captioner, args.num_beams, args.max_new_tokens, pick_device(args.device), args.batch_size
     )
-    sink = open(args.out, "a") if args.out else sys.stdout  # noqa: SIM115 - closed below
     status, batch = 0, []
 
     def write(batch):
         caps = backend.caption([np.asarray(img) for _, img in batch])
-        sink.write("".join(json.dumps({"image": path, "caption": c}) + "\n" for (path, _), c in zip(batch, caps)))
-        sink.flush()
-
-    try:
-        for path, img in tqdm(read_images(todo), total=len(todo), desc="caption", disable=not args.out):
-            if img is None:
-                status = 1
-                continue
-            batch.append((path, img))
-            if len(batch) == args.batch_size:
-                write(batch)
-                batch = []
-        if batch:
-            write(batch)
-    finally:
+        records = [{"image": path, "caption": c} for (path, _), c in zip(batch, caps)]
         if args.out:
-            sink.close()
+            append_records(args.out, records)
+        else:
+            print("\n".join(json.dumps(r) for r in records), flush=True)
+
+    for path, img in tqdm(read_images(todo), total=len(todo), desc="caption", disable=not args.out):
+        if img is None:
+            status = 1
+            continue
+        batch.append((path, img))
+        if len(batch) == args.batch_size:
+            write(batch)
+            batch = []
+    if batch:
+        write(batch)
     return status
 
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.data.records import RecordsError, append_records, read_records
 from vlv.data.shards import ShardIndex, iter_batches, iter_dir
 from vlv.manifest import build_manifest, write_manifest
 from vlv.models.captioners import CaptionFailure, make_teacher
@@ -38,27 +38,6 @@ from vlv.training import fingerprint, pick_device
 
 # The teacher settings a caption depends on (not batch size, rate limits or timeouts).
 TEACHER_KEYS = ("backend", "model", "prompt", "max_new_tokens")
-
-
-def read_done(path: Path) -> list[dict]:
-    """The records of an append-only JSONL file, in order; a torn last line is cut off the file."""
-    done: list[dict] = []
-    if not path.exists():
-        return done
-    good_bytes = 0
-    with path.open("rb") as f:
-        for raw in f:
-            try:
-                rec = json.loads(raw)
-                rec["key"], rec["caption"]  # noqa: B018 - a record has both
-            except (json.JSONDecodeError, KeyError, TypeError):
-                break
-            done.append(rec)
-            good_bytes += len(raw)
-    if good_bytes < path.stat().st_size:
-        with path.open("r+b") as f:
-            f.truncate(good_bytes)
-    return done
 
 
 def sample_digests(directory) -> dict[str, str]:
@@ -82,14 +61,6 @@ def reusable(records: list[dict], digests: dict[str, str], teacher: str) -> tupl
     return done, sum(r["key"] not in done for r in records)
 
 
-def _append(path: Path, records: list[dict]) -> None:
-    with path.open("a") as f:
-        for r in records:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def main(argv=None) -> int:
     p = stage_parser(__doc__)
     p.add_argument("--images", required=True, help="shard folder of the images to caption")
@@ -110,7 +81,11 @@ def main(argv=None) -> int:
         raise SystemExit(f"no images in {args.images}")
     digests = sample_digests(args.images)
     teacher_config = fingerprint({k: cfg.get(k) for k in TEACHER_KEYS})
-    done, stale = reusable(read_done(work), digests, teacher_config)
+    try:
+        recorded = read_records(work, ("key", "caption"))
+    except RecordsError as e:
+        raise SystemExit(str(e)) from None
+    done, stale = reusable(recorded, digests, teacher_config)
     if stale:
         log.warning("%d captions in %s were made for other images or by another teacher: not reused", stale, work)
     n_todo = sum(k not in done for k in keys)
@@ -146,14 +121,14 @@ def main(argv=None) -> int:
             recs = [r for r in recs if r["caption"].strip()]
             for r in recs:
                 r.update(teacher=teacher.name, sample=digests[r["key"]], teacher_config=teacher_config)
-            _append(work, recs)
+            append_records(work, recs)
             done.update((r["key"], r["caption"]) for r in recs)
             bar.update(len(batch_keys))
             bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - t0, 1e-9):.1f}", refresh=False)
         bar.close()
         seconds = time.time() - t0
     if failures:
-        _append(failures_path, failures)
+        append_records(failures_path, failures)
     missing = [k for k in keys if k not in done]
     if missing:
         raise SystemExit(
