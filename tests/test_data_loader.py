@@ -13,6 +13,8 @@ from vlv.data.loader import (
     FeatureCache,
     ShardImages,
     StepBatches,
+    StepData,
+    as_is,
     gather,
     make_loader,
 )
@@ -181,3 +183,38 @@ def test_feature_cache_file_is_never_seen_half_made(pool, tmp_path, monkeypatch)
     rows = cache.build(len(data), _loader_for(data), _Features(), "test")
     assert seen == []  # the name the others look for did not exist yet
     assert cache.array_path.exists() and rows.shape[0] == len(data)
+
+
+def test_a_bf16_cache_and_step_data_give_each_step_its_rows_in_workers_as_inline(pool, tmp_path):
+    """A bf16 cache keeps its values' bf16 bits (half a float32 cache's bytes) and is not continued as a
+    float32 one; StepData gives each step the images and every cache's rows, the same from a loader
+    worker (which opens the cache files itself) as inline, and pinned where asked."""
+    data = ShardImages(ShardIndex(pool))
+    n = len(data)
+    want = torch.from_numpy(np.stack([data[i] for i in range(n)])).float().mean(dim=3) / 7
+    fn = lambda batch: batch[0].float().mean(dim=3) / 7  # noqa: E731
+    half = FeatureCache(tmp_path / "h", "x", chunk=16, dtype=torch.bfloat16)
+    rows = half.build(n, _loader_for(data), fn, "test")
+    assert rows.dtype == np.int16 and half.array_path.stat().st_size < 0.6 * want.numel() * 4
+    assert torch.equal(gather(rows, [3, 0]), want[[3, 0]].to(torch.bfloat16))
+    assert not torch.equal(want.to(torch.bfloat16).float(), want)  # the rounding is real
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        FeatureCache(tmp_path / "f16", "x", dtype=torch.float16)
+    full = FeatureCache(tmp_path / "h", "x", chunk=16)  # the same folder and inputs, float32: rebuilt
+    assert torch.equal(gather(full.build(n, _loader_for(data), fn, "test"), [3]), want[[3]])
+
+    half = FeatureCache(tmp_path / "h2", "x", chunk=16, dtype=torch.bfloat16)
+    half.build(n, _loader_for(data), fn, "test")
+    files = {"features": full.array_path, "half": half.array_path}
+    for images in (data, None):
+        step = StepData(n, images, Collate(_mean_pixel, "test"), files)
+        batches = StepBatches(n, seed=1, batch_size=5, start=0, steps=3)
+        inline = list(make_loader(step, batches, as_is, workers=0))
+        worker = list(make_loader(step, batches, as_is, workers=1))
+        assert len(inline) == len(worker) == 3
+        for s, (a, b) in enumerate(zip(inline, worker, strict=True)):
+            assert a.keys() == b.keys() == ({"features", "half"} | ({"images", "pixel_values"} if images else set()))
+            assert all(torch.equal(a[k], b[k]) for k in a)
+            assert torch.equal(a["features"], want[batches.mine(s)]) and a["half"].dtype == torch.bfloat16
+    if torch.cuda.is_available():  # pinned batches, for asynchronous copies
+        assert next(iter(make_loader(step, batches, as_is, 0, pin_memory=True)))["half"].is_pinned()

@@ -258,19 +258,27 @@ def test_paper_sized_florence_and_llm_have_the_published_sizes():
 
 
 def test_stage1_benchmark_runs_on_paper_classes_at_tiny_size(micro_config, tmp_path, capsys):
+    """The benchmark's rows run in one process, one after another, each compared with its reference
+    row step by step (on the CPU the tuned row computes in fp32 like its reference, so their losses
+    agree closely); a row past the time budget is skipped and said so."""
     from vlv.bench import stage1 as benchmark_stage1
 
     params = json.dumps({**micro_config["stage1"], "num_queries": 8})
     out = tmp_path / "speed.json"
     args = ["--params", params, "--paper-sized", "tiny", "--n-images", "8", "--batch-size", "4", "--steps", "3"]
-    assert benchmark_stage1.main([*args, "--large-batch", "8", "--out", str(out)]) == 0
+    assert benchmark_stage1.main([*args, "--large-batch", "8", "--rows", "cdab", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert list(report["settings"]) == ["a_official_style", "b_ours", "c_ours_vision_cached", "c_ours_vision_cached_b8"]
+    assert list(report["settings"]) == ["c_cached_b8", "d_tuned_b8", "a_official_style_b4", "b_ours_b4"]
     assert 0 < report["vision_forward_gflops_per_image"] < report["gflops_per_image"]
-    rows = report["settings"].values()
-    assert all(r["images_per_second"] > 0 and r["peak_memory_gib"] is None for r in rows)
-    assert report["settings"]["c_ours_vision_cached_b8"]["batch_size"] == 8
-    assert "ratio b/a" in capsys.readouterr().out
+    rows = report["settings"]
+    assert all(r["images_per_second"] > 0 and r["peak_memory_gib"] is None for r in rows.values())
+    assert rows["d_tuned_b8"]["channels_last"] and rows["d_tuned_b8"]["micro_batch_size"] is None
+    assert rows["d_tuned_b8"]["reference"] == "c_cached_b8" and rows["b_ours_b4"]["reference"] == "a_official_style_b4"
+    assert all(r["loss_within_tolerance"] for r in (rows["d_tuned_b8"], rows["b_ours_b4"]))
+    assert len(rows["c_cached_b8"]["losses"]) == 3
+    assert "against the target of 210" in capsys.readouterr().out
+    assert benchmark_stage1.main([*args, "--rows", "cd", "--budget-s", "0", "--out", str(out)]) == 0
+    assert all("past the budget" in r["skipped"] for r in json.loads(out.read_text())["settings"].values())
 
 
 @pytest.fixture
@@ -288,16 +296,16 @@ def test_unet_speed_settings_store_it_in_bf16_channels_last_compiled_and_compute
     micro_config, tmp_path, fresh_accelerate_state
 ):
     """frozen_bf16 and channels_last change the frozen UNet's storage, not what it computes: the first
-    step's loss (before any update) is the plain bf16 run's to rounding. compile_unet compiles it in
+    step's loss (before any update) is the plain bf16 run's to rounding. compile: [unet] compiles it in
     place (run here it took 70 s of compiling for the micro UNet, so this test only builds it)."""
     pool, subset = _data(micro_config, tmp_path)
     vision, t2i = ROOT / "models/toy/vision", ROOT / "models/toy/t2i"
     tuned = {"frozen_bf16": True, "channels_last": True}
-    params = _micro_stage1(micro_config, precision="bf16", **tuned, compile_unet=True)
+    params = _micro_stage1(micro_config, precision="bf16", **tuned, compile=["unet"])
     _, dec = distill_stage1.build(params, str(vision), str(t2i), "cpu")
     conv = dec.unet.conv_in.weight
     assert conv.dtype == torch.bfloat16 and conv.is_contiguous(memory_format=torch.channels_last)
-    assert dec.unet._compiled_call_impl is not None and dec.text_encoder.dtype == torch.float32
+    assert dec.unet._compiled_call_impl is not None and dec.text_encoder.dtype == torch.bfloat16
     with pytest.raises(SystemExit, match="needs precision bf16"):
         distill_stage1.build({**params, "precision": "fp32"}, str(vision), str(t2i), "cpu")
     first = {}

@@ -219,6 +219,17 @@ def train_mode(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def adamw(params: list, cfg: dict, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW with ``cfg``'s lr, betas and weight decay. ``fused`` (one kernel for every tensor's update;
+    the same update to float rounding, checked in tests/test_stage1_speed.py) by default where every
+    parameter is on a GPU; elsewhere torch's default implementation, so CPU runs keep their bytes."""
+    if fused is None:
+        fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(
+        params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], fused=fused or None
+    )
+
+
 def train(
     acc,
     model: torch.nn.Module,
@@ -238,15 +249,14 @@ def train(
     item per step from the resumed step on; None: the loss needs none) and
     ``step_loss(model, step, batch)``, which runs
     the step's backward passes and returns the loss (detached; ``accumulate`` helps). The loop owns
-    the rest: AdamW (``cfg``'s lr, betas, weight_decay), the learning-rate schedule
+    the rest: AdamW (``adamw``), the learning-rate schedule
     (``lr_multiplier`` of ``cfg``'s lr_schedule, cosine when absent), ``accelerate.prepare``,
     resuming from the newest checkpoint under ``work`` made with the same ``settings``, the
     progress bar, clipping, the loss log (``out/loss.csv``), the finite-loss check and the periodic
     checkpoints. Frozen parts stay in eval mode while the model trains (``train_mode``). The stage then saves
     its model (``whole_model``) and calls ``finish_training``.
     """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    opt = adamw([p for p in model.parameters() if p.requires_grad], cfg)
     steps = int(cfg["steps"])
     schedule = cfg.get("lr_schedule", "cosine")
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -7,9 +7,12 @@ batch a pure function of (seed, step), and what is frozen and deterministic cach
   replacement) from ``default_rng([seed, s])``; process ``rank`` takes its slice. So 1 and N
   processes see the same global batch, a resumed run the same batches as an uninterrupted one, and
   any number of loader workers the same data.
-- ``FeatureCache``: a float32 array on disk (``.npy``, memory-mapped), filled in order in chunks by a
-  frozen function of the images (stage 1: the VAE latent distributions; stage 2: the frozen encoder's
-  caption input), resumed from the last finished chunk, tied by a fingerprint to what it was made from.
+- ``FeatureCache``: a float32 (or bf16) array on disk (``.npy``, memory-mapped), filled in order in
+  chunks by a frozen function of the images (stage 1: the VAE latent distributions and the vision
+  tower's features; stage 2: the frozen encoder's caption input), resumed from the last finished
+  chunk, tied by a fingerprint to what it was made from.
+- ``StepData``: what one step reads, as a dict: the images (decoded and preprocessed) and the rows
+  of each cache, gathered in a loader worker and pinned, so the device does not wait on the host.
 """
 
 from __future__ import annotations
@@ -100,13 +103,15 @@ class StepBatches:
         return max(0, self.steps - self.start)
 
 
-def make_loader(dataset, batches, collate, workers: int) -> torch.utils.data.DataLoader:
-    """A DataLoader over explicit batches of positions; ``workers`` processes decode ahead (0: in this one)."""
+def make_loader(dataset, batches, collate, workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over explicit batches of positions; ``workers`` processes decode ahead (0: in this one);
+    ``pin_memory``: batches in page-locked memory, for asynchronous copies to a GPU."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batches,
         collate_fn=collate,
         num_workers=workers,
+        pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
         generator=torch.Generator().manual_seed(0),  # its seed draw must not move the global RNG (dropout)
@@ -141,10 +146,16 @@ class FeatureCache:
         world: int = 1,
         barrier=None,
         chunk: int = CACHE_CHUNK,
+        dtype: torch.dtype = torch.float32,
     ):
+        """``dtype``: float32, or bfloat16 (half the disk and host-to-device traffic; stored as its int16
+        bit patterns, numpy having no bf16, and read back as bf16 by ``gather``)."""
+        if dtype not in STORED:
+            raise ValueError(f"a cache holds float32 or bfloat16, not {dtype}")
         self.dir = Path(directory)
         self.chunk = chunk
-        self.fingerprint = f"{fingerprint}-w{world}"
+        self.dtype = dtype
+        self.fingerprint = f"{fingerprint}-w{world}" + ("" if dtype == torch.float32 else f"-{dtype}")
         self.rank, self.world = rank, world
         self.barrier = barrier or (lambda: None)
         self.array_path = self.dir / "features.npy"
@@ -187,12 +198,12 @@ class FeatureCache:
         elif self.rank == 0:  # the shape comes from the first chunk's values
             first = todo[0]
             with torch.no_grad():
-                values = fn(next(iter(loader_for([first])))).float().cpu().numpy()
+                values = self._stored(fn(next(iter(loader_for([first])))))
             self.dir.mkdir(parents=True, exist_ok=True)
             # made under another name and moved into place whole: another process that looks for the
             # file now must not find it before its header is written (it would open an empty file)
             partial = self.dir / "features.partial.npy"
-            array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, *values.shape[1:]))
+            array = np.lib.format.open_memmap(partial, mode="w+", dtype=values.dtype, shape=(n, *values.shape[1:]))
             array[first[0] : first[-1] + 1] = values
             array.flush()
             partial.replace(self.array_path)  # the mapping stays on the same file
@@ -205,7 +216,7 @@ class FeatureCache:
         bar = tqdm(total=len(mine), initial=done, desc=desc, unit="chunk", mininterval=5, disable=self.rank != 0)
         for positions, batch in zip(todo, loader_for(todo) if todo else [], strict=True):
             with torch.no_grad():
-                array[positions[0] : positions[-1] + 1] = fn(batch).float().cpu().numpy()
+                array[positions[0] : positions[-1] + 1] = self._stored(fn(batch))
             array.flush()
             done += 1
             self._write_json(done_path, {"chunks": done})
@@ -215,10 +226,48 @@ class FeatureCache:
         self.barrier()
         return np.load(self.array_path, mmap_mode="r")
 
+    def _stored(self, values: torch.Tensor) -> np.ndarray:
+        return values.to(self.dtype).cpu().view(STORED[self.dtype]).numpy()
+
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+STORED = {torch.float32: torch.float32, torch.bfloat16: torch.int16}  # a cache's dtype -> its numpy bits
+
+
 def gather(cache: np.ndarray, positions) -> torch.Tensor:
-    """Rows of a (memory-mapped) cache as a tensor."""
-    return torch.from_numpy(np.ascontiguousarray(cache[np.asarray(positions)]))
+    """Rows of a (memory-mapped) cache as a tensor (bf16 where the cache holds bf16 bit patterns)."""
+    rows = torch.from_numpy(np.ascontiguousarray(cache[np.asarray(positions)]))
+    return rows.view(torch.bfloat16) if rows.dtype == torch.int16 else rows
+
+
+class StepData(torch.utils.data.Dataset):
+    """What a step reads for a batch of positions, as one dict: ``images`` and ``pixel_values``
+    (``collate`` of the decoded images; only with ``images``) and, for each named cache file, its rows
+    (``gather``). A loader worker builds it, so the shard reads and the cache gathers overlap the step;
+    the caches are opened in the process that reads them (a memory map would be copied into a worker)."""
+
+    def __init__(self, n: int, images: ShardImages | None, collate, caches: dict[str, Path]):
+        self.n, self.images, self.collate, self.caches = n, images, collate, caches
+        self._open: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        for name, path in self.caches.items():
+            if name not in self._open:
+                self._open[name] = np.load(path, mmap_mode="r")
+        batch = {name: gather(array, positions) for name, array in self._open.items()}
+        if self.images is not None:
+            batch["images"], batch["pixel_values"] = self.collate([self.images[i] for i in positions])
+        return batch
+
+    def __getstate__(self):
+        return {**self.__dict__, "_open": {}}
+
+
+def as_is(batch):
+    """A DataLoader's collate_fn for datasets that build whole batches (``__getitems__``)."""
+    return batch

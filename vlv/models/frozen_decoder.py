@@ -11,6 +11,8 @@ weight is frozen; gradients flow through to ``z``. The same class loads the toy 
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -93,9 +95,26 @@ class FrozenT2IDecoder(torch.nn.Module):
     def train(self, mode: bool = True):  # the decoder never leaves eval mode
         return super().train(False)
 
+    def store_frozen_in(self, dtype: torch.dtype) -> FrozenT2IDecoder:
+        """Store the text encoder and the UNet in ``dtype`` (bf16 for speed). They then compute in it
+        with autocast off: their inputs are cast to it, so no pass re-casts fp32 weights, and the
+        gradient still flows back to the caption embeddings (in their own dtype). The VAE stays as it
+        is (its latents are cached)."""
+        self.text_encoder.to(dtype)
+        self.unet.to(dtype)
+        return self
+
+    def _frozen_precision(self, x: torch.Tensor):
+        """Autocast off where the frozen towers are stored in low precision (see ``store_frozen_in``)."""
+        if self.unet.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, enabled=False)
+
     def condition(self, z: torch.Tensor) -> torch.Tensor:
         """UNet conditioning from caption embeddings, along the configured route."""
-        return unet_condition(self.text_encoder, z, self.route)
+        with self._frozen_precision(z):
+            te = self.text_encoder
+            return unet_condition(te, z if te.dtype == torch.float32 else z.to(te.dtype), self.route)
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
@@ -123,7 +142,8 @@ class FrozenT2IDecoder(torch.nn.Module):
         self, latents: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """The denoising MSE with the scheduler's target (epsilon for SD 2.1-base, v for the toy)."""
-        return denoising_loss(self.unet, self.noise_scheduler, latents, cond, noise, timesteps)
+        with self._frozen_precision(latents):
+            return denoising_loss(self.unet, self.noise_scheduler, latents, cond, noise, timesteps)
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, guidance: float, steps: int, seed: int) -> np.ndarray:

@@ -33,7 +33,16 @@ import numpy as np
 import torch
 
 from vlv.cli_common import load_params, setup_logging, stage_parser
-from vlv.data.loader import Collate, FeatureCache, ShardImages, StepBatches, gather, make_loader, path_stamp
+from vlv.data.loader import (
+    Collate,
+    FeatureCache,
+    ShardImages,
+    StepBatches,
+    StepData,
+    as_is,
+    make_loader,
+    path_stamp,
+)
 from vlv.data.shards import ShardIndex
 from vlv.models.frozen_decoder import FrozenT2IDecoder
 from vlv.models.vlv_encoder import VLVEncoder
@@ -64,16 +73,21 @@ def training_keys(subset_json: str, data_percent: float = 100, seed: int = 0) ->
     return [keys[i] for i in sorted(chosen)]
 
 
+COMPILABLE = ("unet", "text_encoder", "language_model")  # what stage1.compile may name
+
+
 def build(params: dict, vision: str, decoder: str, device) -> tuple[VLVEncoder, FrozenT2IDecoder]:
+    """The encoder and the frozen decoder with the stage's speed settings applied (none of which
+    changes what is trained beyond float rounding; ``vlv.bench.stage1.switch_check`` measures it)."""
     dec = FrozenT2IDecoder(decoder, route=params["route"]).to(device)
-    if params["frozen_bf16"]:  # it never trains: stored in the precision autocast computes it in
+    if params["frozen_bf16"]:  # it never trains: stored and computed in bf16, autocast off for it
         if params["precision"] != "bf16":
-            raise SystemExit("stage1.frozen_bf16 stores the frozen UNet in bf16: it needs precision bf16")
-        dec.unet.to(torch.bfloat16)
+            raise SystemExit(
+                "stage1.frozen_bf16 stores the frozen UNet and text encoder in bf16: it needs precision bf16"
+            )
+        dec.store_frozen_in(torch.bfloat16)
     if params["channels_last"]:
         dec.unet.to(memory_format=torch.channels_last)
-    if params["compile_unet"]:
-        dec.unet.compile()  # in place: the same module, its forward compiled on the first call
     if params["num_queries"] > dec.max_tokens and params["route"] == "text_encoder":
         raise SystemExit(
             f"stage1.num_queries={params['num_queries']} exceeds the text encoder's {dec.max_tokens} positions"
@@ -83,17 +97,36 @@ def build(params: dict, vision: str, decoder: str, device) -> tuple[VLVEncoder, 
     if params["gradient_checkpointing"]:
         enc.florence.gradient_checkpointing_enable()
         dec.unet.enable_gradient_checkpointing()
+    unknown = set(params["compile"]) - set(COMPILABLE)
+    if unknown:
+        raise SystemExit(f"stage1.compile names {sorted(unknown)}; it takes {list(COMPILABLE)}")
+    lm = enc.florence.model.language_model
+    te = dec.text_encoder  # the modules the step calls (the text model's own forward is not one of them)
+    compiled = {
+        "unet": [dec.unet],
+        "text_encoder": [te.encoder, te.final_layer_norm],
+        "language_model": [lm.encoder, lm.decoder],
+    }
+    for name in params["compile"]:
+        for module in compiled[name]:
+            module.compile()  # in place: the same module, its forward compiled on its first call
     return enc, dec
 
 
+def vision_cache_dtype(cfg: dict) -> torch.dtype:
+    """What the vision-feature cache stores: bf16 when the step computes in bf16 (the features' first
+    use, the encoder's input embeddings, rounds them to bf16 in any case), else float32."""
+    return torch.bfloat16 if cfg["precision"] == "bf16" else torch.float32
+
+
 def build_caches(cfg, args, acc, enc, dec, index, loader):
-    """The disk caches a run trains from: the VAE's latent distributions (``cache_latents``) and the
-    frozen vision tower's features (``cache_vision_features``), each computed once into ``--work``.
-    Returns (latents or None, vision features or None, the caches to clear when done)."""
+    """The disk caches a run trains from: the VAE's latent distributions (``cache_latents``, float32)
+    and the frozen vision tower's features (``cache_vision_features``, in bf16 when the step computes
+    in bf16: its first use casts them to the encoder's dtype), each computed once into ``--work``.
+    Returns ({"latents" / "vision": the cache file}, the caches to clear when done)."""
     rank, world = acc.process_index, acc.num_processes
     images_stamp = {"images": index.keys, "shards": path_stamp(args.images)}
-    caches = []
-    cached = None
+    files, caches = {}, []
     if cfg["cache_latents"]:  # the frozen VAE is deterministic: its latent distributions, once, on disk
         cache = FeatureCache(
             Path(args.work) / "latents",
@@ -102,15 +135,15 @@ def build_caches(cfg, args, acc, enc, dec, index, loader):
             world,
             acc.wait_for_everyone,
         )
-        cached = cache.build(
+        cache.build(
             len(index),
             loader,
             lambda b: dec.latent_dist(to_pixels(b[0]).to(acc.device)).parameters,
             "VAE latents",
             piece=cfg["micro_batch_size"],
         )
+        files["latents"] = cache.array_path
         caches.append(cache)
-    vision_cached = None
     if cfg["cache_vision_features"]:  # a frozen vision tower without augmentation: a function of the image
         if "vision_tower" in cfg["trainable"]:
             raise SystemExit("stage1.cache_vision_features needs a frozen vision tower, but trainable has vision_tower")
@@ -120,24 +153,24 @@ def build_caches(cfg, args, acc, enc, dec, index, loader):
             rank,
             world,
             acc.wait_for_everyone,
+            dtype=vision_cache_dtype(cfg),
         )
 
         def vision_features(b):
             with acc.autocast():  # the precision the step itself would compute them in
                 return enc.image_features(b[1].to(acc.device))
 
-        vision_cached = vcache.build(
-            len(index), loader, vision_features, "vision features", piece=cfg["micro_batch_size"]
-        )
+        vcache.build(len(index), loader, vision_features, "vision features", piece=cfg["micro_batch_size"])
+        files["vision"] = vcache.array_path
         caches.append(vcache)
+    return files, caches
 
-    return cached, vision_cached, caches
 
-
-def make_step_loss(cfg, acc, dec, batches, cached, vision_cached):
+def make_step_loss(cfg, acc, dec):
     """The step's loss for ``train``: the step's timesteps and noise from (seed, step) for the whole
-    global batch, this process's slice of it, the latents (cached or encoded), then the encoder and the
-    frozen decoder's denoising loss, backward in micro batches."""
+    global batch, this process's slice of it, the latents (from the cache's rows or encoded from the
+    images), then the encoder (on the images or the cached vision features) and the frozen decoder's
+    denoising loss, backward in micro batches. ``batch``: a ``StepData`` dict."""
     rank, world = acc.process_index, acc.num_processes
     per_proc = cfg["batch_size"] // world
     chunks = micro_batches(per_proc, cfg["micro_batch_size"])
@@ -145,7 +178,6 @@ def make_step_loss(cfg, acc, dec, batches, cached, vision_cached):
     scaling = dec.vae.config.scaling_factor
 
     def step_loss(model, step, batch):
-        images, pixel_values = batch or (None, None)
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         # draws x global batch: each image is noised `noise_draws` times (the encoder runs once for them)
         timesteps = torch.randint(
@@ -153,28 +185,28 @@ def make_step_loss(cfg, acc, dec, batches, cached, vision_cached):
         )
         noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
         mine = slice(rank * per_proc, (rank + 1) * per_proc)
+        device = {"device": acc.device, "non_blocking": True}  # from pinned memory: asynchronous
         with torch.no_grad():
-            if cached is not None:
+            if "latents" in batch:
                 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
                 # in the layout the VAE gives its (NHWC-born) images, as the uncached path has it
-                params = gather(cached, batches.mine(step)).to(acc.device, memory_format=torch.channels_last)
-                dist = DiagonalGaussianDistribution(params)
+                dist = DiagonalGaussianDistribution(batch["latents"].to(**device, memory_format=torch.channels_last))
             else:
-                dist = dec.latent_dist(to_pixels(images).to(acc.device))
+                dist = dec.latent_dist(to_pixels(batch["images"]).to(acc.device))
             latents = dist.sample(generator=torch.Generator(device=acc.device).manual_seed(noise_seed + rank)) * scaling
         # noise for the whole global batch, then this process's slice: same draws for any world size
         gen = torch.Generator().manual_seed(noise_seed)
         noise = torch.randn((draws, cfg["batch_size"], *latents.shape[1:]), generator=gen)[:, mine]
         t_mine = timesteps[:, mine]
-        feats = None if vision_cached is None else gather(vision_cached, batches.mine(step))
+        feats = batch["vision"].to(**device) if "vision" in batch else None
 
         def loss_fn(c):
             with acc.autocast():
                 if feats is None:
-                    z = model(pixel_values[c].to(acc.device))
+                    z = model(batch["pixel_values"][c].to(acc.device))
                 else:
-                    z = model(image_features=feats[c].to(acc.device))
+                    z = model(image_features=feats[c])
                 cond, n = dec.condition(z), c.stop - c.start
                 loss = dec.diffusion_loss(  # the mean over every (image, draw) pair of this micro batch
                     latents[c].repeat(draws, 1, 1, 1),
@@ -203,6 +235,7 @@ def main(argv=None) -> int:
     log = setup_logging()
     cfg = load_params(args.params)
     acc = make_accelerator(args.cpu, cfg["precision"])
+    torch.backends.cudnn.benchmark = bool(cfg["cudnn_benchmark"])  # (CUDA convolutions only)
     world, rank = acc.num_processes, acc.process_index
     if cfg["batch_size"] % world:
         raise SystemExit(f"stage1.batch_size={cfg['batch_size']} is not divisible by {world} processes")
@@ -226,17 +259,17 @@ def main(argv=None) -> int:
         return make_loader(dataset, batches, collate, args.workers)
 
     enc.to(acc.device)
-    cached, vision_cached, caches = build_caches(cfg, args, acc, enc, dec, index, loader)
+    files, caches = build_caches(cfg, args, acc, enc, dec, index, loader)
+    reads_images = not {"latents", "vision"} <= files.keys()  # with both caches, no step reads an image
+    data = StepData(len(index), dataset if reads_images else None, collate, files)
 
-    def step_batches(start):  # this process's positions for each step from `start` on
-        return StepBatches(len(index), seed, cfg["batch_size"], start, cfg["steps"], rank, world)
+    def step_data(start):  # this process's data for each step from `start` on
+        batches = StepBatches(len(index), seed, cfg["batch_size"], start, cfg["steps"], rank, world)
+        return make_loader(data, batches, as_is, args.workers, pin_memory=acc.device.type == "cuda")
 
-    step_loss = make_step_loss(cfg, acc, dec, step_batches(0), cached, vision_cached)
-    reads_images = cached is None or vision_cached is None  # with both caches, no step reads an image
     run = train(
-        acc, enc, cfg, step_loss, stage="distill_stage1", work=args.work, out=args.out,
-        settings={**cfg, "world_size": world},
-        batches=(lambda start: loader(step_batches(start))) if reads_images else None, strict=reads_images,
+        acc, enc, cfg, make_step_loss(cfg, acc, dec), stage="distill_stage1", work=args.work, out=args.out,
+        settings={**cfg, "world_size": world}, batches=step_data, strict=True,
     )  # fmt: skip
     final = whole_model(acc, run.model, lambda: build(cfg, args.vision, args.decoder, "cpu")[0])
     if acc.is_main_process:
