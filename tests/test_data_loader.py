@@ -2,6 +2,7 @@
 the on-disk feature cache."""
 
 import json
+import tarfile
 import threading
 
 import numpy as np
@@ -218,3 +219,35 @@ def test_a_bf16_cache_and_step_data_give_each_step_its_rows_in_workers_as_inline
             assert torch.equal(a["features"], want[batches.mine(s)]) and a["half"].dtype == torch.bfloat16
     if torch.cuda.is_available():  # pinned batches, for asynchronous copies
         assert next(iter(make_loader(step, batches, as_is, 0, pin_memory=True)))["half"].is_pinned()
+
+
+def test_a_cut_short_shard_is_read_up_to_the_break_and_reported(pool, tmp_path, monkeypatch, caplog):
+    """A shard cut short (a partial copy, a full disk) or empty: every reader uses the samples before
+    the break, leaves out the rest, warns once, and every stage's manifest then lists the shard."""
+    import shutil
+
+    from vlv.data import shards
+    from vlv.manifest import build_manifest
+
+    monkeypatch.setattr(shards, "_BROKEN", {})  # this test's reports only
+    copy = tmp_path / "pool"
+    shutil.copytree(pool, copy)
+    full = ShardIndex(copy).keys
+    cut = sorted(copy.glob("shard-*.tar"))[1]
+    in_cut = sum(1 for _ in shards.iter_shard(cut))
+    cut.write_bytes(cut.read_bytes()[: int(cut.stat().st_size * 0.6)])
+    index = ShardIndex(copy)
+    streamed = [k for k, _ in shards.iter_dir(copy)]
+    assert len(full) - in_cut < len(index) < len(full) and set(index.keys) <= set(full)
+    assert set(streamed) <= set(index.keys) and len(index) - len(streamed) <= 1  # (the sample mid-break)
+    assert all(np.array_equal(ShardImages(index)[i], ShardImages(ShardIndex(pool))[i]) for i in range(len(index)))
+    [report] = shards.broken_shards()
+    assert report["shard"] == str(cut) and 0 < report["samples_read"] < in_cut and "Error" in report["error"]
+    assert caplog.text.count("is broken after") == 1  # reported once, however often it is read
+    with pytest.raises(tarfile.ReadError):
+        list(shards.iter_shard(cut, strict=True))
+    (copy / "shard-99999.tar").write_bytes(b"")  # an empty file named as a shard: nothing from it
+    assert ShardIndex(copy).keys == index.keys and len(shards.broken_shards()) == 2
+    assert build_manifest("x", {}, 0)["broken_shards"] == shards.broken_shards()
+    monkeypatch.setattr(shards, "_BROKEN", {})
+    assert "broken_shards" not in build_manifest("x", {}, 0)

@@ -160,6 +160,11 @@ def test_killed_and_resumed_stage1_ends_with_the_same_weights(micro_config, tmp_
     with killed_at_step(monkeypatch, 3):
         distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "run", tmp_path / "w_run"))
     assert (tmp_path / "w_run" / "latents" / "features.npy").exists()  # the VAE latents, cached on disk
+    fewer = tmp_path / "fewer.json"  # the checkpoint is not resumed onto other training data
+    kept = json.loads(subset.read_text())
+    fewer.write_text(json.dumps({**kept, "kept": kept["kept"][1:]}))
+    with pytest.raises(SystemExit, match="other training data"):
+        distill_stage1.main(_stage1_args(params, pool, fewer, vision, t2i, tmp_path / "run", tmp_path / "w_run"))
     # resumed with two loader worker processes: the data, and so the weights, are the same
     args = _stage1_args(params, pool, subset, vision, t2i, tmp_path / "run", tmp_path / "w_run")
     assert distill_stage1.main([*args, "--workers", "2"]) == 0
@@ -536,3 +541,21 @@ def test_output_stems_are_distinct_and_stay_plain_where_they_can():
     assert names["q/cat.png"].startswith("cat_png_") and names["q/cat.png"] != names["r/cat.png"]
     assert len(set(names.values())) == len(names)
     assert output_stems(["r/cat.png", "q/cat.png"]) == {k: names[k] for k in ("r/cat.png", "q/cat.png")}
+
+
+def test_stage1_trains_on_the_readable_part_of_a_cut_short_pool(micro_config, tmp_path, root, monkeypatch):
+    """A pool shard cut short no longer stops stage 1 (it died with tarfile.ReadError): the images
+    before the break train, and the manifest names the shard and what was read of it."""
+    from vlv.data import shards
+
+    monkeypatch.setattr(shards, "_BROKEN", {})
+    pool, subset = _data(micro_config, tmp_path)
+    cut = sorted(pool.glob("shard-*.tar"))[0]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    params = _micro_stage1(micro_config, steps=2)
+    vision, t2i = root / "models/toy/vision", root / "models/toy/t2i"
+    out = tmp_path / "enc"
+    assert distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, out, tmp_path / "w")) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    [broken] = manifest["broken_shards"]
+    assert broken["shard"] == str(cut) and 0 < manifest["training_images"] < 40

@@ -71,3 +71,55 @@ def test_checkpoints_of_other_settings_are_not_resumed(tmp_path):
     assert Checkpointer(tmp_path, fingerprint=fingerprint({"lr": 0.1})).load_latest()["step"] == 5
     assert Checkpointer(tmp_path, fingerprint=fingerprint({"lr": 0.2})).load_latest() is None
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # discarded, not kept to confuse a later run
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
+    from vlv.training import Checkpointer
+
+    ckpt = Checkpointer(tmp_path, fingerprint="f")
+    ckpt.save(2, {"x": torch.full((3,), 2.0)})
+    newest = ckpt.save(4, {"x": torch.full((3,), 4.0)})
+    newest.write_bytes(newest.read_bytes()[:100])  # a copy cut short
+    state = Checkpointer(tmp_path, fingerprint="f").load_latest()
+    assert state["step"] == 2 and torch.equal(state["x"], torch.full((3,), 2.0))
+    assert "cannot be read" in caplog.text and newest.with_suffix(".corrupt").exists() and not newest.exists()
+    (tmp_path / "step-00000002.pt").write_bytes(b"")  # and none readable at all: start over
+    assert Checkpointer(tmp_path, fingerprint="f").load_latest() is None
+    Checkpointer(tmp_path).clear()
+    assert not tmp_path.exists()  # the set-aside files go with the rest
+
+
+def test_checkpoints_are_synced_before_their_name_appears_and_refuse_other_data(tmp_path, monkeypatch):
+    import os
+
+    from vlv.training import Checkpointer
+
+    events = []
+    real_fsync, real_replace = os.fsync, type(tmp_path).replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(type(tmp_path), "replace", lambda self, t: events.append("rename") or real_replace(self, t))
+    Checkpointer(tmp_path, fingerprint="f", data="pool-a").save(3, {"x": torch.zeros(1)})
+    assert events[:2] == ["fsync", "rename"]  # the file's bytes, then its name (then the folder's entry)
+    with pytest.raises(SystemExit, match=f"other training data.*delete {tmp_path}"):
+        Checkpointer(tmp_path, fingerprint="f", data="pool-b").load_latest()
+    assert Checkpointer(tmp_path, fingerprint="f", data="pool-a").load_latest()["step"] == 3  # kept
+
+
+def test_checkpoints_carry_every_random_generator(tmp_path):
+    import io
+    import random
+
+    import numpy as np
+
+    from vlv.training import rng_state, set_rng_state
+
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    random.gauss(0, 1), np.random.randn()  # with a Gauss draw kept by each
+    buf = io.BytesIO()
+    torch.save(rng_state(), buf)
+    draws = lambda: (random.random(), random.gauss(0, 1), np.random.rand(), np.random.randn(), float(torch.rand(1)))  # noqa: E731
+    before = draws()
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    buf.seek(0)
+    set_rng_state(torch.load(buf, weights_only=True))
+    assert draws() == before

@@ -68,7 +68,10 @@ def cpu_description() -> dict[str, str | None]:
 def build_manifest(
     stage: str, config: dict, seed: int | None, device: str = "cpu", precision: str = "fp32", **extra
 ) -> dict:
-    """Everything needed to tell how an artefact was made. Volatile fields live under ``run``."""
+    """Everything needed to tell how an artefact was made. Volatile fields live under ``run``; the
+    shards this process found cut short, with what was read of each, under ``broken_shards``."""
+    from vlv.data.shards import broken_shards
+
     return {
         "stage": stage,
         "config": config,
@@ -83,6 +86,7 @@ def build_manifest(
             "cpu": cpu_description(),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
+        **({"broken_shards": broken} if (broken := broken_shards()) else {}),
         **extra,
     }
 

@@ -240,6 +240,7 @@ def train(
     work: str | os.PathLike,
     out: str | os.PathLike,
     settings: dict,
+    data: object = None,
     batches: Callable[[int], Iterable] | None = None,
     strict: bool = False,
 ) -> TrainingRun:
@@ -251,7 +252,9 @@ def train(
     the step's backward passes and returns the loss (detached; ``accumulate`` helps). The loop owns
     the rest: AdamW (``adamw``), the learning-rate schedule
     (``lr_multiplier`` of ``cfg``'s lr_schedule, cosine when absent), ``accelerate.prepare``,
-    resuming from the newest checkpoint under ``work`` made with the same ``settings``, the
+    resuming from the newest checkpoint under ``work`` made with the same ``settings`` (one made with
+    other settings is discarded; one made from other ``data``, what identifies the training data, stops
+    the run: see ``Checkpointer``), the
     progress bar, clipping, the loss log (``out/loss.csv``), the finite-loss check and the periodic
     checkpoints. Frozen parts stay in eval mode while the model trains (``train_mode``). The stage then saves
     its model (``whole_model``) and calls ``finish_training``.
@@ -264,7 +267,7 @@ def train(
     )
     prepared, opt = acc.prepare(model, opt)  # the scheduler stays unprepared: one step per global step
     trainable = [p for p in prepared.parameters() if p.requires_grad]  # FSDP puts sharded ones in their place
-    ckpt = Checkpointer(work, fingerprint=fingerprint(settings))
+    ckpt = Checkpointer(work, fingerprint=fingerprint(settings), data=None if data is None else fingerprint(data))
     start = resume_trainable(acc, ckpt, prepared, opt, sched, str(work))
     loss_log = LossLog(Path(out) / "loss.csv", resume_step=start) if acc.is_main_process else None
     run = TrainingRun(stage, steps, prepared, trainable, start, ckpt, loss_log)
@@ -316,8 +319,8 @@ def peak_memory_gib(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
 
 
-def fingerprint(params: dict) -> str:
-    """A short hash of a stage's settings, to tie checkpoints to them."""
+def fingerprint(params) -> str:
+    """A short hash of a stage's settings (or any JSON value), to tie checkpoints and caches to them."""
     import json
 
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
@@ -327,8 +330,10 @@ class Checkpointer:
     """Keeps the newest ``keep`` checkpoints under ``directory`` and resumes from the newest.
 
     ``directory`` should be outside Snakemake's declared outputs, which it deletes on failure.
-    Each checkpoint is written to a temporary name and renamed, so a kill mid-write leaves the
-    previous one intact. Loading uses ``weights_only=True``.
+    Each checkpoint is written to a temporary name, synced to the disk and renamed, so a kill or a
+    power loss mid-write leaves the previous one intact; a newest checkpoint that cannot be read all
+    the same (a disk error, a copy cut short) is set aside as ``*.corrupt`` with a warning and the one
+    before it is resumed. Loading uses ``weights_only=True``.
     """
 
     # What the stages store changed (3: the toy stand-ins' too through torch's state-dict API, every
@@ -336,12 +341,17 @@ class Checkpointer:
     # FSDP; before: by position): older checkpoints are discarded.
     FORMAT = 3
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 2, fingerprint: str | None = None):
+    def __init__(
+        self, directory: str | os.PathLike, keep: int = 2, fingerprint: str | None = None, data: str | None = None
+    ):
         self.dir = Path(directory)
         self.keep = keep
         # A checkpoint is resumed only by a run with the same settings (e.g. the same JSON params);
         # one left by a run with other settings is discarded instead of silently continued.
         self.fingerprint = fingerprint
+        # ... and from the same training data: a checkpoint made from other data stops the run (it is
+        # kept: the data may be what changed by mistake).
+        self.data = data
 
     def _all(self) -> list[Path]:
         if not self.dir.exists():
@@ -356,41 +366,103 @@ class Checkpointer:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"step-{step:08d}.pt"
         tmp = path.with_suffix(".tmp")
-        torch.save({"step": step, "fingerprint": self.fingerprint, "format": self.FORMAT, **state}, tmp)
+        with open(tmp, "wb") as f:
+            torch.save({"step": step, "fingerprint": self.fingerprint, "data": self.data, "format": self.FORMAT,
+                        **state}, f)  # fmt: skip
+            f.flush()
+            os.fsync(f.fileno())  # the bytes on the disk before the name says they are there
         tmp.replace(path)
+        _fsync_dir(self.dir)
         for old in self._all()[: -self.keep]:
             old.unlink()
         return path
 
     def load_latest(self) -> dict | None:
-        path = self.latest()
-        if path is None:
+        state = None
+        while state is None and (path := self.latest()) is not None:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 (any unreadable file: zip, pickle or disk errors)
+                path.replace(path.with_suffix(".corrupt"))
+                logging.getLogger("vlv").warning(
+                    "checkpoint %s cannot be read (%s: %s); set aside as .corrupt, trying the one before it",
+                    path, type(e).__name__, e,
+                )  # fmt: skip
+        if state is None:
             return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("fingerprint") != self.fingerprint or state.get("format") != self.FORMAT:
             logging.getLogger("vlv").warning(
                 "ignoring checkpoints in %s: they were made with other settings or an older format", self.dir
             )
             self.clear()
             return None
+        if state.get("data") != self.data:
+            raise SystemExit(
+                f"the checkpoints in {self.dir} were made from other training data than this run's (the images, "
+                f"the subset or the captions changed since). To start over, delete {self.dir}; to go on from "
+                "them, restore the data they were made from"
+            )
         return state
 
     def clear(self) -> None:
         """Remove the checkpoints (other things kept in the folder, such as caches, stay)."""
-        for f in [*self._all(), *self.dir.glob("step-*.tmp")] if self.dir.exists() else []:
+        found = (
+            [*self._all(), *self.dir.glob("step-*.tmp"), *self.dir.glob("step-*.corrupt")] if self.dir.exists() else []
+        )
+        for f in found:
             f.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.dir.rmdir()  # only when nothing else is left in it
 
 
+def _fsync_dir(directory: Path) -> None:
+    """Sync a folder's entries (a rename) to the disk, where the system allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    """Every random generator a step may draw from: torch's (CPU and CUDA), NumPy's and Python's. (The
+    data position is the step itself: each step's batch is a function of the seed and the step.)"""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": _numpy_state_tensors(np.random.get_state()),
+        "python": _python_state_tensor(random.getstate()),
+    }
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if torch.cuda.is_available() and state.get("cuda"):
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:  # (checkpoints made before these were recorded have only torch's)
+        keys, pos, gauss = state["numpy"]["keys"], state["numpy"]["pos"], state["numpy"]["gauss"]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), int(pos), int(gauss[0]), float(gauss[1])))
+    if "python" in state:
+        *words, has_gauss, gauss = state["python"].tolist()
+        random.setstate((3, tuple(int(w) for w in words), gauss if has_gauss else None))
+
+
+def _numpy_state_tensors(st) -> dict:
+    """NumPy's legacy generator state as tensors (a ``weights_only`` load reads tensors, not arrays)."""
+    _, keys, pos, has_gauss, gauss = st
+    return {
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": torch.tensor(pos),
+        "gauss": torch.tensor([float(has_gauss), gauss], dtype=torch.float64),
+    }
+
+
+def _python_state_tensor(st) -> torch.Tensor:
+    """Python's generator state (version 3: 625 words, then whether a Gauss draw is kept and its value)
+    as a tensor (float64 holds every 32-bit word exactly)."""
+    _, words, gauss_next = st
+    return torch.tensor([*words, gauss_next is not None, gauss_next or 0.0], dtype=torch.float64)
 
 
 class LossLog:

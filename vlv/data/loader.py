@@ -118,6 +118,16 @@ def make_loader(dataset, batches, collate, workers: int, pin_memory: bool = Fals
     )
 
 
+def data_stamp(index: ShardIndex, **extra) -> dict:
+    """What identifies a run's training data, cheaply: a digest of its keys in order, each shard's name
+    and size, and ``extra`` (e.g. a digest of the captions). Modification times are left out, so a
+    restored copy of the same data (``dvc checkout``) is the same data."""
+    import hashlib
+
+    keys = hashlib.sha256("\n".join(index.keys).encode()).hexdigest()
+    return {"keys": keys, "shards": [[Path(p).name, Path(p).stat().st_size] for p in index.paths], **extra}
+
+
 def path_stamp(path: str) -> object:
     """What identifies a model argument's contents cheaply: for a local folder, each file's name, size
     and modification time (a rerun that rewrites it changes the stamp); for a hub id, the id."""

@@ -2,13 +2,17 @@
 
 Writing is deterministic (fixed member metadata, sorted keys within a sample), so the same samples
 give the same bytes. Reading never crashes on a bad member: it yields what it can and the caller
-decides (``decode_image`` raises ``BadImage`` with the reason).
+decides (``decode_image`` raises ``BadImage`` with the reason). A shard cut short (a partial copy, a
+full disk) or unreadable is read up to the break: its complete samples are used, the one being read
+is left out, and the shard is reported once (a warning, and ``broken_shards()``, which every stage's
+manifest records).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tarfile
 import warnings
@@ -19,6 +23,24 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+SHARD_ERRORS = (tarfile.TarError, OSError, EOFError)  # what a cut-short or unreadable tar raises
+_BROKEN: dict[str, dict] = {}  # shard path -> what was read of it and why it stopped (this process)
+
+
+def broken_shards() -> list[dict]:
+    """The shards this process found cut short or unreadable: each one's path, the samples read from
+    it, and the error. ``vlv.manifest.build_manifest`` records them in the stage's manifest."""
+    return list(_BROKEN.values())
+
+
+def _report_broken(path: str | os.PathLike, samples_read: int, error: BaseException) -> None:
+    entry = {"shard": str(path), "samples_read": samples_read, "error": f"{type(error).__name__}: {error}"}
+    if str(path) not in _BROKEN:
+        logging.getLogger("vlv").warning(
+            "shard %s is broken after %d samples (%s): the samples before the break are used, the rest left out",
+            path, samples_read, entry["error"],
+        )  # fmt: skip
+    _BROKEN[str(path)] = entry
 
 
 class BadImage(ValueError):
@@ -107,21 +129,29 @@ def write_shard(path: str | os.PathLike, samples: Iterable[tuple[str, dict[str, 
     return n
 
 
-def iter_shard(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Samples of one shard in order; members of one key are grouped."""
-    key, parts = None, {}
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = os.path.basename(member.name)
-            k, _, ext = name.partition(".")
-            if key is not None and k != key:
-                yield key, parts
-                parts = {}
-            key = k
-            f = tar.extractfile(member)
-            parts[ext] = f.read() if f is not None else b""
+def iter_shard(path: str | os.PathLike, strict: bool = False) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Samples of one shard in order; members of one key are grouped. A shard that breaks off is read
+    up to the break and reported (``broken_shards``); ``strict``: raise instead."""
+    key, parts, n = None, {}, 0
+    try:
+        with tarfile.open(path, "r") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = os.path.basename(member.name)
+                k, _, ext = name.partition(".")
+                if key is not None and k != key:
+                    yield key, parts
+                    n += 1
+                    parts = {}
+                key = k
+                f = tar.extractfile(member)
+                parts[ext] = f.read() if f is not None else b""
+    except SHARD_ERRORS as e:
+        if strict:
+            raise
+        _report_broken(path, n, e)
+        return  # the sample being read when it broke may lack parts: left out
     if key is not None:
         yield key, parts
 
@@ -202,15 +232,22 @@ class ShardIndex:
         self.keys: list[str] = []
         shard, offset, size = [], [], []
         for s, path in enumerate(self.paths):
-            with tarfile.open(path, "r:") as tar:  # headers only: tarfile seeks over the data
-                for member in tar:
-                    k, _, ext = os.path.basename(member.name).partition(".")
-                    if not member.isfile() or ext not in IMAGE_EXTS or (wanted is not None and k not in wanted):
-                        continue
-                    self.keys.append(k)
-                    shard.append(s)
-                    offset.append(member.offset_data)
-                    size.append(member.size)
+            end, n = os.path.getsize(path), 0
+            try:
+                with tarfile.open(path, "r:") as tar:  # headers only: tarfile seeks over the data
+                    for member in tar:
+                        k, _, ext = os.path.basename(member.name).partition(".")
+                        if not member.isfile() or ext not in IMAGE_EXTS or member.offset_data + member.size > end:
+                            continue  # (an image whose bytes run past the end of a cut-short file: left out)
+                        n += 1
+                        if wanted is not None and k not in wanted:
+                            continue
+                        self.keys.append(k)
+                        shard.append(s)
+                        offset.append(member.offset_data)
+                        size.append(member.size)
+            except SHARD_ERRORS as e:
+                _report_broken(path, n, e)
         self.shard = np.asarray(shard, dtype=np.int32)
         self.offset = np.asarray(offset, dtype=np.int64)
         self.size = np.asarray(size, dtype=np.int64)

@@ -40,6 +40,7 @@ from vlv.data.loader import (
     StepBatches,
     StepData,
     as_is,
+    data_stamp,
     make_loader,
     path_stamp,
 )
@@ -269,7 +270,7 @@ def main(argv=None) -> int:
 
     run = train(
         acc, enc, cfg, make_step_loss(cfg, acc, dec), stage="distill_stage1", work=args.work, out=args.out,
-        settings={**cfg, "world_size": world}, batches=step_data, strict=True,
+        settings={**cfg, "world_size": world}, data=data_stamp(index), batches=step_data, strict=True,
     )  # fmt: skip
     final = whole_model(acc, run.model, lambda: build(cfg, args.vision, args.decoder, "cpu")[0])
     if acc.is_main_process:

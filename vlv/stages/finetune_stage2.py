@@ -30,7 +30,16 @@ import numpy as np
 import torch
 
 from vlv.cli_common import load_params, setup_logging, stage_parser
-from vlv.data.loader import Collate, FeatureCache, ShardImages, StepBatches, gather, make_loader, path_stamp
+from vlv.data.loader import (
+    Collate,
+    FeatureCache,
+    ShardImages,
+    StepBatches,
+    data_stamp,
+    gather,
+    make_loader,
+    path_stamp,
+)
 from vlv.data.shards import ShardIndex
 from vlv.models.vlv_captioner import TRAINABLE, VLVCaptioner
 from vlv.training import (
@@ -186,6 +195,7 @@ def main(argv=None) -> int:
     run = train(
         acc, cap, cfg, step_loss, stage="finetune_stage2", work=args.work, out=args.out,
         settings={**cfg, "world_size": world, "init": args.init, "pairs": len(keys)},
+        data=data_stamp(index, captions=fingerprint(captions)),
         batches=None if cached is not None else (lambda start: loader(step_batches(start))),  # images when not cached
     )  # fmt: skip
     final = whole_model(acc, run.model, lambda: build(cfg, args.init, args.encoder, args.t2i, args.llm))

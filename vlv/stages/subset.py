@@ -121,7 +121,7 @@ def select(images_dir: str, cfg: dict, scorer, work: str | None = None) -> dict:
     for i, shard in enumerate(shards[done:], start=done):
         n_read = 0
         try:
-            for key, parts in iter_shard(shard):
+            for key, parts in iter_shard(shard, strict=True):
                 n_read += 1
                 bar.update()
                 img, reason = check_image(parts, cfg)
