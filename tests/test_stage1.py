@@ -559,3 +559,66 @@ def test_stage1_trains_on_the_readable_part_of_a_cut_short_pool(micro_config, tm
     manifest = json.loads((out / "manifest.json").read_text())
     [broken] = manifest["broken_shards"]
     assert broken["shard"] == str(cut) and 0 < manifest["training_images"] < 40
+
+
+def _kill_when(proc, ready, timeout: float = 120.0) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled every millisecond); False if it ended first."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.001)
+    proc.wait(timeout=timeout)
+    return False
+
+
+@pytest.mark.slow
+def test_stage1_killed_with_sigkill_at_any_moment_ends_as_an_uninterrupted_run(micro_config, tmp_path, root):
+    """Real kills (SIGKILL, no clean-up) of the stage as its own process: while it fills the latent
+    cache, at a random moment while it trains, and while a checkpoint is being written (a ``.tmp``
+    file is there); each rerun goes on from what was left, and the final weights equal an
+    uninterrupted run's. (Snakemake itself is not in the loop: it reruns the job, which is this.)"""
+    import random
+    import time
+
+    pool, subset = _data(micro_config, tmp_path)
+    params = _micro_stage1(micro_config, steps=10, checkpoint_every=1)  # a write each step: kills land near one
+    vision, t2i = root / "models/toy/vision", root / "models/toy/t2i"
+    assert distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "ref", tmp_path / "wr")) == 0
+    work, out = tmp_path / "w", tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlv.stages.distill_stage1",
+        *_stage1_args(params, pool, subset, vision, t2i, out, work),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    rng = random.Random(0)
+    at_random = {"moment": None}
+
+    def training_for_a_while():  # a random moment after the first checkpoint
+        if not list(work.glob("step-*.pt")):
+            return False
+        at_random["moment"] = at_random["moment"] or time.time() + rng.uniform(0.0, 1.0)
+        return time.time() >= at_random["moment"]
+
+    moments = {
+        "filling the cache": lambda: (work / "latents").exists(),
+        "training": training_for_a_while,
+        "writing a checkpoint": lambda: bool(list(work.glob("step-*.tmp"))),
+    }
+    killed = []
+    for name, ready in moments.items():
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if _kill_when(proc, ready):
+            killed.append(name)
+    assert killed[:2] == ["filling the cache", "training"]  # (a write is caught when the poll is quick enough)
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    ref, run = _weights(tmp_path / "ref"), _weights(out)
+    assert ref.keys() == run.keys() and all(torch.equal(ref[k], run[k]) for k in ref), killed
+    assert json.loads((out / "manifest.json").read_text())["resumed_from_step"] > 0
