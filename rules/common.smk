@@ -66,7 +66,13 @@ def inception_input():
 
 
 def inception_arg(wildcards, input):
-    return f"--inception-weights {shlex.quote(str(input.inception))}" if input.inception else ""
+    """--inception-weights, and its pinned SHA-256 where data.files pins the file (checked at load)."""
+    if not input.inception:
+        return ""
+    path = str(input.inception)
+    pinned = config["data"].get("files", {}).get(os.path.basename(path), {}).get("sha256")
+    digest = f" --inception-sha256 {pinned}" if pinned else ""
+    return f"--inception-weights {shlex.quote(path)}{digest}"
 
 
 def local_model_input(section, kind):

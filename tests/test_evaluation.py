@@ -1,6 +1,7 @@
 """Evaluation metrics against independent references, and the coco table."""
 
 import csv
+import hashlib
 import json
 import math
 import re
@@ -50,7 +51,10 @@ def test_paper_fid_loads_a_torchscript_inception_and_measures_with_it(images, tm
     from vlv.models.paper_sized import TinyInception, build_tiny_inception
 
     path = build_tiny_inception(tmp_path / "inception.pt", features=6)
-    name, feature = feature_space("paper", None, str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    name, feature = feature_space("paper", None, str(path), inception_sha256=digest.upper())
+    with pytest.raises(SystemExit, match="not the pinned"):  # a file changed since its download is refused
+        feature_space("paper", None, str(path), inception_sha256="0" * 64)
     assert name == "FID" and feature.batch < len(images)  # several batches below
     x = torch.from_numpy(images).permute(0, 3, 1, 2)
     shifted = {s: np.clip(images.astype(int) + s, 0, 255).astype(np.uint8) for s in (20, 60)}

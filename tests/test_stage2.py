@@ -8,7 +8,7 @@ import torch
 from conftest import chat_server, killed_at_step
 from safetensors.torch import load_file
 
-from vlv.models.captioners import APICaptioner, APISettings, CaptionFailure
+from vlv.models.captioners import APICaptioner, APISettings, CaptionFailure, ChatAPI
 from vlv.models.paper_sized import build_tiny_llava
 from vlv.models.vlv_captioner import TRAINABLE, VLVCaptioner
 from vlv.shapes.judge import score_caption
@@ -322,6 +322,55 @@ def test_api_teacher_retries_rate_limits_and_reports_failures(monkeypatch):
         assert body["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
         with pytest.raises(CaptionFailure, match="HTTP 500 after 3 attempt"):
             api.caption_one(img)
+
+
+def test_the_api_key_goes_only_over_https_and_stays_with_its_host(monkeypatch):
+    """The key is refused over plain http except to this machine, and a redirect to another origin
+    goes on without it (urllib would repeat it there); a redirect within the origin keeps it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen = {}
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 (a 302 turns the POST into a GET)
+            seen[self.path] = self.headers.get("Authorization")
+            data = json.dumps({"choices": [{"message": {"content": "moved"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path.startswith("/v1/"):  # the first hop: on to the other path (same origin)
+                self.send_response(302)
+                self.send_header("Location", self.server.next_url)
+                self.end_headers()
+
+    monkeypatch.setenv("VLV_TEST_KEY", "sk-secret")
+    settings = dict(model="m", key_env="VLV_TEST_KEY", requests_per_minute=6000, max_retries=0, timeout_s=5,
+                    max_tokens=5)  # fmt: skip
+    for bad in ("http://api.example.com/v1", "ftp://127.0.0.1/v1"):
+        with pytest.raises(SystemExit, match="only over https"):
+            ChatAPI(APISettings(base_url=bad, **settings))
+    ChatAPI(APISettings(base_url="https://api.example.com/v1", **settings))  # accepted (not called)
+    servers = [HTTPServer(("127.0.0.1", 0), Elsewhere) for _ in range(2)]  # two origins (ports)
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    first, other = servers
+    try:
+        for target, expect in ((other, None), (first, "Bearer sk-secret")):
+            first.next_url = f"http://127.0.0.1:{target.server_port}/landed"
+            api = ChatAPI(APISettings(base_url=f"http://127.0.0.1:{first.server_port}/v1", **settings))
+            assert api.complete("hi") == "moved"
+            assert seen.pop("/landed") == expect
+    finally:
+        for server in servers:
+            server.shutdown()
 
 
 def test_vlv_caption_command_on_a_folder_with_a_corrupt_file(root, tmp_path, capsys):

@@ -45,9 +45,14 @@ def frechet_distance(feature: torch.nn.Module, real: np.ndarray, fake: np.ndarra
 
 
 def feature_space(
-    profile: str, clip: str | None, inception_weights: str | None, device: str | torch.device = "cpu"
+    profile: str,
+    clip: str | None,
+    inception_weights: str | None,
+    device: str | torch.device = "cpu",
+    inception_sha256: str | None = None,
 ) -> tuple[str, torch.nn.Module]:
-    """(name of the metric, feature module) for the profile."""
+    """(name of the metric, feature module) for the profile; the Inception file is checked against
+    ``inception_sha256`` where given."""
     if profile == "toy":
         from vlv.models.clip_features import ClipFeatures
 
@@ -56,7 +61,7 @@ def feature_space(
 
     if not inception_weights:
         raise SystemExit("the paper profile's FID needs --inception-weights (config models.inception)")
-    return "FID", InceptionFeatures(inception_weights, device)
+    return "FID", InceptionFeatures(inception_weights, device, sha256=inception_sha256)
 
 
 def distances_per_guidance(feature, images: str, renders: str, keys: list[str], guidances: list[float]) -> dict:
@@ -99,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default="toy", choices=["toy", "paper"])
     p.add_argument("--clip", default=None)
     p.add_argument("--inception-weights", default=None, help="Inception-v3 TorchScript file (paper profile)")
+    p.add_argument("--inception-sha256", default=None, help="its pinned SHA-256 (config data.files), checked at load")
     p.add_argument("--device", default="auto")
     p.add_argument("--images", required=True, help="the original evaluation images")
     p.add_argument("--renders", required=True, help="render_captions tar")
@@ -106,7 +112,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     log = setup_logging()
     cfg = load_params(args.params)
-    metric, feature = feature_space(args.profile, args.clip, args.inception_weights, pick_device(args.device))
+    device = pick_device(args.device)
+    metric, feature = feature_space(args.profile, args.clip, args.inception_weights, device, args.inception_sha256)
     keys = ShardIndex(args.images).keys[: cfg["n_images"]]
     result = {"metric": metric, "images": len(keys), "guidance": {}}
     if hasattr(feature, "description"):  # the paper profile's Inception names its features

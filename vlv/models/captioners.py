@@ -21,6 +21,7 @@ import logging
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -191,18 +192,52 @@ class APISettings:
     max_tokens: int
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _origin(url: str) -> tuple:
+    u = urllib.parse.urlsplit(url)
+    return u.scheme, u.hostname, u.port or {"http": 80, "https": 443}.get(u.scheme)
+
+
+class _KeyStaysWithItsHost(urllib.request.HTTPRedirectHandler):
+    """urllib repeats every header on a redirect, the key included, to wherever it points: here a
+    redirect to another origin (scheme, host or port) goes on without the ``Authorization`` header."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_KeyStaysWithItsHost)
+
+
+def check_base_url(base_url: str) -> str:
+    """An API base URL the key may be sent to: https, or plain http to this machine only (a local server)."""
+    u = urllib.parse.urlsplit(base_url)
+    if u.scheme == "https" or (u.scheme == "http" and u.hostname in LOOPBACK):
+        return base_url
+    raise SystemExit(
+        f"api.base_url {base_url!r}: the key is sent only over https (plain http only to 127.0.0.1 or localhost)"
+    )
+
+
 class ChatAPI:
     """An OpenAI-compatible ``/chat/completions`` endpoint: ``complete(content) -> str``.
 
     Requests are spaced to ``requests_per_minute``; a 429, 5xx or network error is retried with
     exponential backoff up to ``max_retries`` times; then the request raises ``CaptionFailure``, which
     the caller records. The key is read from the environment variable the config names, never from
-    the config itself.
+    the config itself; it goes only over https (or to a server on this machine) and is not repeated
+    on a redirect to another origin.
     """
 
     def __init__(
         self, settings: APISettings, purpose: str = "the API teacher", alternative: str = "teacher.backend: local"
     ):
+        check_base_url(settings.base_url)
         key = os.environ.get(settings.key_env)
         if not key:
             raise SystemExit(
@@ -236,7 +271,7 @@ class ChatAPI:
                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.key}"},
             )
             try:
-                with urllib.request.urlopen(req, timeout=self.s.timeout_s) as r:
+                with _OPENER.open(req, timeout=self.s.timeout_s) as r:
                     reply = json.loads(r.read())
                 text = reply["choices"][0]["message"]["content"]
                 if not isinstance(text, str) or not text.strip():

@@ -8,11 +8,13 @@ their Inception module). It takes uint8-valued NCHW images of any size, resizes 
 inside, as TensorFlow did, and with ``return_features=True`` returns the 2048 pool features.
 
 Loading executes no pickled Python: a TorchScript archive holds tensors and TorchScript code, run by
-TorchScript's own interpreter. The download rule checks its SHA-256 (``data.files``).
+TorchScript's own interpreter. The download rule checks its SHA-256 (``data.files``), and loading
+checks it again where the digest is given (a file replaced or damaged since is refused).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -28,7 +30,9 @@ class InceptionFeatures(torch.nn.Module):
 
     description = "Inception-v3 pool features (TF 2015-12-05 weights, NVIDIA's TorchScript)"
 
-    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu", batch: int = 64):
+    def __init__(
+        self, path: str | os.PathLike, device: str | torch.device = "cpu", batch: int = 64, sha256: str | None = None
+    ):
         super().__init__()
         path = Path(path)
         if not path.is_file():
@@ -36,6 +40,14 @@ class InceptionFeatures(torch.nn.Module):
                 f"FID needs the Inception-v3 TorchScript file at {path}: rule download fetches it from "
                 f"{INCEPTION_URL} (config data.files), or put it there yourself"
             )
+        if sha256 is not None:  # the pinned digest: what is loaded is what was checked at download
+            with path.open("rb") as f:
+                found = hashlib.file_digest(f, "sha256").hexdigest()
+            if found != sha256.lower():
+                raise SystemExit(
+                    f"the Inception-v3 file {path} has SHA-256 {found}, not the pinned {sha256}: it changed since "
+                    "it was downloaded; delete it and rerun (rule download fetches it again)"
+                )
         with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; loading still works
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
