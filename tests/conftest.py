@@ -1,6 +1,7 @@
 import json
 import os
 import random
+import runpy
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
+# No network but loopback, here and in every Python process the tests start (tests/offline/sitecustomize.py)
+OFFLINE = ROOT / "tests" / "offline"
+runpy.run_path(str(OFFLINE / "sitecustomize.py"))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(OFFLINE), *filter(None, [os.environ.get("PYTHONPATH")])])
 MICRO = ROOT / "tests" / "config.micro.yaml"
 
 
