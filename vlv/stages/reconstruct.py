@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,49 @@ def detector_scores(scenes, renders: np.ndarray, spec) -> dict:
     return summarise([score_scene(s, detect(im, spec), spec) for s, im in zip(scenes, renders)])
 
 
+def render_all(dec: FrozenT2IDecoder, conds: dict, guidance: list[float], steps: int, seed: int) -> dict:
+    """The renders of the grid: the reconstructions and the true captions' (the bound) at each guidance
+    scale, and the empty caption's (the floor) at guidance 1; keyed as the grid's rows."""
+    renders: dict[str, np.ndarray] = {}
+    for g in guidance:
+        logging.getLogger("vlv").info("sampling %d reconstructions and bounds at guidance %g", len(conds["recon"]), g)
+        renders[f"recon cfg{g:g}"] = sample_all(dec, conds["recon"], g, steps, seed)
+        renders[f"caption cfg{g:g}"] = sample_all(dec, conds["caption"], g, steps, seed)
+    renders["empty caption"] = sample_all(dec, conds["empty caption"], 1.0, steps, seed)
+    return renders
+
+
+def shapes_detector(shapes: dict, metas: list[dict], renders: dict, guidance: list[float]) -> dict:
+    """The Shapes detector's scores of every row of renders against the scene graphs, and for each
+    guidance the share of the floor-to-bound gap the reconstructions close."""
+    from vlv.shapes.world import Scene, WorldSpec
+
+    spec = WorldSpec.from_config(shapes)
+    scenes = [Scene.from_json(m["scene"]) for m in metas]
+    scores = {name: detector_scores(scenes, r, spec) for name, r in renders.items()}
+    for g in guidance:
+        r, b, f = (scores[k]["colour_shape_recall"] for k in (f"recon cfg{g:g}", f"caption cfg{g:g}", "empty caption"))
+        scores[f"recon cfg{g:g}"]["share_of_floor_to_bound_closed"] = (r - f) / (b - f) if b != f else None
+    return scores
+
+
+def save_renders(out: Path, keys: list[str], images: np.ndarray, renders: dict, guidance: list[float]) -> None:
+    """grid.png (the originals above every row of renders) and reconstructions.tar (each guidance's)."""
+    save_image_grid(
+        out / "grid.png",
+        {"original": images, **renders},
+        title="VLV reconstructions: image -> caption embeddings -> frozen decoder",
+    )
+    write_shard(
+        out / "reconstructions.tar",
+        (
+            (f"{k}-cfg{g:g}".replace(".", "p"), {"png": encode_png(renders[f"recon cfg{g:g}"][i])})
+            for g in guidance
+            for i, k in enumerate(keys)
+        ),
+    )
+
+
 def main(argv=None) -> int:
     p = stage_parser(__doc__)
     p.add_argument("--encoder", required=True)
@@ -120,44 +164,15 @@ def main(argv=None) -> int:
             recon_cond.shape[1],
         )
 
-    renders: dict[str, np.ndarray] = {}
-    for g in cfg["reconstruct_guidance"]:
-        log.info("sampling %d reconstructions and bounds at guidance %g", len(images), g)
-        renders[f"recon cfg{g:g}"] = sample_all(dec, recon_cond, g, cfg["reconstruct_steps"], seed)
-        renders[f"caption cfg{g:g}"] = sample_all(dec, caption_cond, g, cfg["reconstruct_steps"], seed)
-    renders["empty caption"] = sample_all(dec, empty_cond, 1.0, cfg["reconstruct_steps"], seed)
-
+    conds = {"recon": recon_cond, "caption": caption_cond, "empty caption": empty_cond}
+    renders = render_all(dec, conds, cfg["reconstruct_guidance"], cfg["reconstruct_steps"], seed)
     if args.shapes:
-        from vlv.shapes.world import Scene, WorldSpec
-
-        spec = WorldSpec.from_config(json.loads(args.shapes))
-        scenes = [Scene.from_json(m["scene"]) for m in metas]
-        metrics["detector"] = {name: detector_scores(scenes, r, spec) for name, r in renders.items()}
-        for g in cfg["reconstruct_guidance"]:
-            r, b, f = (
-                metrics["detector"][k]["colour_shape_recall"]
-                for k in (f"recon cfg{g:g}", f"caption cfg{g:g}", "empty caption")
-            )
-            metrics["detector"][f"recon cfg{g:g}"]["share_of_floor_to_bound_closed"] = (
-                (r - f) / (b - f) if b != f else None
-            )
+        metrics["detector"] = shapes_detector(json.loads(args.shapes), metas, renders, cfg["reconstruct_guidance"])
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    save_image_grid(
-        out / "grid.png",
-        {"original": images, **renders},
-        title="VLV reconstructions: image -> caption embeddings -> frozen decoder",
-    )
-    write_shard(
-        out / "reconstructions.tar",
-        (
-            (f"{k}-cfg{g:g}".replace(".", "p"), {"png": encode_png(renders[f"recon cfg{g:g}"][i])})
-            for g in cfg["reconstruct_guidance"]
-            for i, k in enumerate(keys)
-        ),
-    )
+    save_renders(out, keys, images, renders, cfg["reconstruct_guidance"])
     write_manifest(
         out / "manifest.json",
         build_manifest("reconstruct", cfg, seed, device=str(device), encoder=args.encoder, decoder=args.decoder),

@@ -61,6 +61,60 @@ def reusable(records: list[dict], digests: dict[str, str], teacher: str) -> tupl
     return done, sum(r["key"] not in done for r in records)
 
 
+def caption_batch(teacher, keys: list[str], images, metas: list[dict]) -> tuple[list[dict], list[dict]]:
+    """A batch's caption records and failures: one call for the batch, and where it fails one call per
+    image to find the failing ones; an empty caption is a failure too."""
+    try:
+        recs = [{"key": k, "caption": c} for k, c in zip(keys, teacher.caption(images, metas), strict=True)]
+        failures = []
+    except CaptionFailure:  # caption one by one to find and record the failing images
+        recs, failures = [], []
+        for i, k in enumerate(keys):
+            try:
+                recs.append({"key": k, "caption": teacher.caption(images[[i]], [metas[i]])[0]})
+            except CaptionFailure as e:
+                failures.append({"key": k, "error": str(e)})
+    failures += [
+        {"key": r["key"], "error": "the teacher returned an empty caption"} for r in recs if not r["caption"].strip()
+    ]
+    return [r for r in recs if r["caption"].strip()], failures
+
+
+def run_teacher(args, cfg: dict, done: dict, n_todo: int, stamp: dict) -> tuple[list[dict], float]:
+    """Caption up to ``n_todo`` images not in ``done``, appending each batch's records (with ``stamp``:
+    the sample digests and the teacher's fingerprint) to the work file and to ``done``; returns the
+    failures and the seconds it took."""
+    work, digests = Path(args.work), stamp["digests"]
+    teacher = make_teacher(cfg, json.loads(args.shapes) if args.shapes else None, pick_device(args.device))
+    bar = tqdm(total=n_todo, desc=f"teacher {teacher.name}", unit="img", mininterval=5)
+    failures, t0, left = [], time.time(), n_todo
+    for batch_keys, images, metas in iter_batches(args.images, int(cfg["batch_size"]), skip=set(done)):
+        if left <= 0:
+            break
+        batch_keys, images, metas = batch_keys[:left], images[:left], metas[:left]
+        left -= len(batch_keys)
+        recs, failed = caption_batch(teacher, batch_keys, images, metas)
+        failures += failed
+        for r in recs:
+            r.update(teacher=teacher.name, sample=digests[r["key"]], teacher_config=stamp["teacher_config"])
+        append_records(work, recs)
+        done.update((r["key"], r["caption"]) for r in recs)
+        bar.update(len(batch_keys))
+        bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - t0, 1e-9):.1f}", refresh=False)
+    bar.close()
+    return failures, time.time() - t0
+
+
+def write_captions(out: Path, keys: list[str], done: dict) -> None:
+    """The captions file: one ``{"key", "caption"}`` line per image, in key order, written whole."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        for k in sorted(keys):
+            f.write(json.dumps({"key": k, "caption": done[k]}, sort_keys=True) + "\n")
+    tmp.replace(out)
+
+
 def main(argv=None) -> int:
     p = stage_parser(__doc__)
     p.add_argument("--images", required=True, help="shard folder of the images to caption")
@@ -79,54 +133,22 @@ def main(argv=None) -> int:
     keys = ShardIndex(args.images).keys  # from the tar headers; the images are streamed below
     if not keys:
         raise SystemExit(f"no images in {args.images}")
-    digests = sample_digests(args.images)
-    teacher_config = fingerprint({k: cfg.get(k) for k in TEACHER_KEYS})
+    stamp = {
+        "digests": sample_digests(args.images),
+        "teacher_config": fingerprint({k: cfg.get(k) for k in TEACHER_KEYS}),
+    }
     try:
         recorded = read_records(work, ("key", "caption"))
     except RecordsError as e:
         raise SystemExit(str(e)) from None
-    done, stale = reusable(recorded, digests, teacher_config)
+    done, stale = reusable(recorded, stamp["digests"], stamp["teacher_config"])
     if stale:
         log.warning("%d captions in %s were made for other images or by another teacher: not reused", stale, work)
     n_todo = sum(k not in done for k in keys)
     if args.limit is not None:
         n_todo = min(n_todo, args.limit)
     log.info("%d images, %d captioned before, %d to caption now", len(keys), len(done), n_todo)
-    failures: list[dict] = []
-    seconds = 0.0
-    if n_todo:
-        teacher = make_teacher(cfg, json.loads(args.shapes) if args.shapes else None, pick_device(args.device))
-        bs = int(cfg["batch_size"])
-        bar = tqdm(total=n_todo, desc=f"teacher {teacher.name}", unit="img", mininterval=5)
-        t0 = time.time()
-        left = n_todo
-        for batch_keys, images, metas in iter_batches(args.images, bs, skip=set(done)):
-            if left <= 0:
-                break
-            batch_keys, images, metas = batch_keys[:left], images[:left], metas[:left]
-            left -= len(batch_keys)
-            try:
-                caps = teacher.caption(images, metas)
-                recs = [{"key": k, "caption": c} for k, c in zip(batch_keys, caps)]
-            except CaptionFailure:  # caption one by one to find and record the failing images
-                recs = []
-                for i, k in enumerate(batch_keys):
-                    try:
-                        caption = teacher.caption(images[[i]], [metas[i]])[0]
-                        recs.append({"key": k, "caption": caption})
-                    except CaptionFailure as e:
-                        failures.append({"key": k, "error": str(e)})
-            empty = [r for r in recs if not r["caption"].strip()]
-            failures += [{"key": r["key"], "error": "the teacher returned an empty caption"} for r in empty]
-            recs = [r for r in recs if r["caption"].strip()]
-            for r in recs:
-                r.update(teacher=teacher.name, sample=digests[r["key"]], teacher_config=teacher_config)
-            append_records(work, recs)
-            done.update((r["key"], r["caption"]) for r in recs)
-            bar.update(len(batch_keys))
-            bar.set_postfix(img_per_s=f"{bar.n / max(time.time() - t0, 1e-9):.1f}", refresh=False)
-        bar.close()
-        seconds = time.time() - t0
+    failures, seconds = run_teacher(args, cfg, done, n_todo, stamp) if n_todo else ([], 0.0)
     if failures:
         append_records(failures_path, failures)
     missing = [k for k in keys if k not in done]
@@ -136,12 +158,7 @@ def main(argv=None) -> int:
             f"({len(failures)} failed this run, listed in {failures_path}); rerun to continue"
         )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        for k in sorted(keys):
-            f.write(json.dumps({"key": k, "caption": done[k]}, sort_keys=True) + "\n")
-    tmp.replace(out)
+    write_captions(out, keys, done)
     write_manifest(
         out.with_name("manifest.json"),
         build_manifest(
