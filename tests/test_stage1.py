@@ -582,13 +582,21 @@ def test_stage1_killed_with_sigkill_at_any_moment_ends_as_an_uninterrupted_run(m
     """Real kills (SIGKILL, no clean-up) of the stage as its own process: while it fills the latent
     cache, at a random moment while it trains, and while a checkpoint is being written (a ``.tmp``
     file is there); each rerun goes on from what was left, and the final weights equal an
-    uninterrupted run's. (Snakemake itself is not in the loop: it reruns the job, which is this.)"""
+    uninterrupted run's. Dropout is on in the trained language model and drop-path in the frozen
+    tower, so a resumed run matches only if the checkpoint restores the random generators.
+    (Snakemake itself is not in the loop: it reruns the job, which is this.)"""
     import random
+    import shutil
     import time
 
     pool, subset = _data(micro_config, tmp_path)
     params = _micro_stage1(micro_config, steps=10, checkpoint_every=1)  # a write each step: kills land near one
-    vision, t2i = root / "models/toy/vision", root / "models/toy/t2i"
+    vision, t2i = tmp_path / "vision", root / "models/toy/t2i"
+    shutil.copytree(root / "models/toy/vision", vision)
+    config = json.loads((vision / "config.json").read_text())
+    config["text_config"].update(dropout=0.1, attention_dropout=0.1)
+    config["vision_config"]["drop_path_rate"] = 0.5
+    (vision / "config.json").write_text(json.dumps(config))
     assert distill_stage1.main(_stage1_args(params, pool, subset, vision, t2i, tmp_path / "ref", tmp_path / "wr")) == 0
     work, out = tmp_path / "w", tmp_path / "run"
     cmd = [
