@@ -204,7 +204,7 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
     """
     from vlv.variants import parse_captioner, stage1_overrides
 
-    s1, s2, e, d = cfg["stage1"], cfg["stage2"], cfg["evaluation"], cfg["data"]
+    s1, s2, e = cfg["stage1"], cfg["stage2"], cfg["evaluation"]
     if name == "stage1":
         return {**s1, **stage1_overrides(variant or "encoder")}
     if name == "stage2":
@@ -225,6 +225,20 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
             "steps": s1["reconstruct_steps"],
             "seed": e["seed"],
         }
+    if name in ("download", "laion", "coco"):
+        return paper_data_params(cfg, name, variant)
+    if name == "cost":
+        return cost_params(cfg, extra["captioners"], extra["gpus"])
+    value = section(cfg, name)
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key '{name}' is a value, not a section")
+    return value
+
+
+def paper_data_params(cfg: dict, name: str, variant: str | None = None) -> dict:
+    """The paper data's stage parameters: ``download`` (``variant``: a ``data.files`` key), ``laion``
+    (its section with the image size and the subset's shape limits) and ``coco``."""
+    d, e = cfg["data"], cfg["evaluation"]
     if name == "download":
         return d["files"][variant]
     if name == "laion":
@@ -234,29 +248,27 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
             "image_size": d["image_size"],
             **{k: sub[k] for k in ("min_side", "min_aspect", "max_aspect")},
         }
-    if name == "coco":
-        return {
-            "n_images": e["n_images"],
-            "seed": e["seed"],
-            "shard_size": d["coco_shard_size"],
-            "image_size": d["image_size"],
-        }
-    if name == "cost":
-        pairs = d["pairs"] or cfg["shapes"]["splits"]["pairs"]["n"]
-        n_caps, gpus = extra["captioners"], extra["gpus"]
-        scale = {
-            "subset": {"items": None, "gpus": 1},
-            "synthesize_captions": {"items": pairs, "gpus": 1},
-            "distill_stage1": {"items": s1["steps"] * s1["batch_size"], "gpus": max(gpus["stage1"], 1)},
-            "finetune_stage2": {"items": s2["steps"] * s2["batch_size"], "gpus": max(gpus["stage2"], 1)},
-            "caption": {"items": e["n_images"] * n_caps, "gpus": 1},
-            "render_captions": {"items": e["n_images"] * len(e["renderer_guidance"]) * n_caps, "gpus": 1},
-        }
-        return {"budget_gpu_hours": PAPER_BUDGET_GPU_HOURS, "scale": scale}
-    value = section(cfg, name)
-    if not isinstance(value, dict):
-        raise ConfigError(f"config key '{name}' is a value, not a section")
-    return value
+    return {
+        "n_images": e["n_images"],
+        "seed": e["seed"],
+        "shard_size": d["coco_shard_size"],
+        "image_size": d["image_size"],
+    }
+
+
+def cost_params(cfg: dict, n_captioners: int, gpus: dict) -> dict:
+    """The cost report's scale: the items each stage handles and the GPUs it runs on."""
+    s1, s2, e = cfg["stage1"], cfg["stage2"], cfg["evaluation"]
+    pairs = cfg["data"]["pairs"] or cfg["shapes"]["splits"]["pairs"]["n"]
+    scale = {
+        "subset": {"items": None, "gpus": 1},
+        "synthesize_captions": {"items": pairs, "gpus": 1},
+        "distill_stage1": {"items": s1["steps"] * s1["batch_size"], "gpus": max(gpus["stage1"], 1)},
+        "finetune_stage2": {"items": s2["steps"] * s2["batch_size"], "gpus": max(gpus["stage2"], 1)},
+        "caption": {"items": e["n_images"] * n_captioners, "gpus": 1},
+        "render_captions": {"items": e["n_images"] * len(e["renderer_guidance"]) * n_captioners, "gpus": 1},
+    }
+    return {"budget_gpu_hours": PAPER_BUDGET_GPU_HOURS, "scale": scale}
 
 
 def section(cfg: dict, dotted: str):
