@@ -90,6 +90,14 @@ class ClipScorer:
         return (f @ self.text.T).squeeze(-1).float().cpu().numpy()
 
 
+def save_state(state_file: Path, state: dict) -> None:
+    """The selection so far, written whole (a stop mid-write leaves the previous state)."""
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(state_file)
+
+
 def select(images_dir: str, cfg: dict, scorer, work: str | None = None) -> dict:
     """Keep or reject every sample. Images are scored in batches of ``batch_size`` that end with each
     shard; with ``work``, the results so far are saved after every shard and a rerun (same settings,
@@ -136,14 +144,16 @@ def select(images_dir: str, cfg: dict, scorer, work: str | None = None) -> dict:
             broken_shards.append({"shard": shard.name, "samples_read": n_read, "error": f"{type(e).__name__}: {e}"})
         flush()
         if state_file is not None:
-            state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"fingerprint": fp, "shards_done": i + 1, "kept": kept, "rejected": rejected,
-                                       "broken_shards": broken_shards}))  # fmt: skip
-            tmp.replace(state_file)
+            save_state(state_file, {"fingerprint": fp, "shards_done": i + 1, "kept": kept, "rejected": rejected,
+                                    "broken_shards": broken_shards})  # fmt: skip
     bar.close()
+    return ranked(kept, rejected, broken_shards, cfg["top_n"])
+
+
+def ranked(kept: list[dict], rejected: list[dict], broken_shards: list[dict], top_n: int | None) -> dict:
+    """The selection: the kept samples by CLIP score (ties by key), the best ``top_n`` kept and the rest
+    rejected with their rank, each kept sample's rank, and the counts by reason."""
     kept.sort(key=lambda r: (-r["clip_score"], r["key"]))
-    top_n = cfg["top_n"]
     if top_n is not None and len(kept) > top_n:
         for rank, r in enumerate(kept[top_n:], start=top_n + 1):
             rejected.append({**r, "reason": f"below the top {top_n} by CLIP score (rank {rank})"})
