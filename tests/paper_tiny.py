@@ -37,6 +37,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from vlv.config import ROOT
+from vlv.paper_data.prepare_coco import sample_ids
 
 
 def build_models(out: Path, seed: int = 0) -> dict[str, Path]:
@@ -85,6 +86,36 @@ def _jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+N_EVAL = 8  # evaluation.n_images of the overlay
+# Files under COCO's .jpg names that are not plain JPEGs: decodable ones first, then two broken ones
+ODD_FILES = ("cmyk_jpeg", "png_16bit", "palette_png", "rgba_png", "exif_rotated_jpeg", "truncated_jpeg", "text")
+BROKEN_FILES = ("truncated_jpeg", "text")
+
+
+def _odd_file(kind: str, img: Image.Image) -> bytes:
+    """``img`` stored as ``kind`` (see ODD_FILES)."""
+    buf = io.BytesIO()
+    if kind == "cmyk_jpeg":
+        img.convert("CMYK").save(buf, format="JPEG", quality=90)
+    elif kind == "png_16bit":
+        Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257).save(buf, format="PNG")
+    elif kind == "palette_png":
+        img.convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(buf, format="PNG")
+    elif kind == "rgba_png":
+        rgba = img.convert("RGBA")
+        rgba.putalpha(Image.new("L", img.size, 128))
+        rgba.save(buf, format="PNG")
+    elif kind == "exif_rotated_jpeg":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90 degrees to show
+        img.transpose(Image.Transpose.ROTATE_90).save(buf, format="JPEG", quality=90, exif=exif)
+    elif kind == "truncated_jpeg":
+        return _jpeg(img)[: len(_jpeg(img)) // 2]
+    elif kind == "text":
+        return b"this is not an image\n"
+    return buf.getvalue()
+
+
 def _picture(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     """A flat background with one coloured disc or box: something for the models to look at."""
     img = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 256, 3)))
@@ -110,10 +141,13 @@ def build_data(out: Path, inception: Path, n_coco: int = 12, n_laion: int = 40, 
     ids = sorted(int(i) for i in rng.choice(500_000, n_coco, replace=False))
     images, anns, questions, answers, ok_questions, ok_answers = {}, [], [], [], [], []
     meta = []
+    # the evaluation sample (n_images 8, seed 0, as prepare_coco draws it) gets odd files: one in each of
+    # the odd formats, which the pipeline must show as meant, and two broken ones, which it must skip
+    odd = dict(zip(sample_ids(ids, N_EVAL, 0), ODD_FILES, strict=False))
     for i in ids:
         w, h = int(rng.integers(48, 96)), int(rng.integers(48, 96))
         name = f"COCO_val2014_{i:012d}.jpg"
-        images[f"val2014/{name}"] = _jpeg(_picture(rng, w, h))
+        images[f"val2014/{name}"] = _odd_file(odd[i], _picture(rng, w, h)) if i in odd else _jpeg(_picture(rng, w, h))
         meta.append({"id": i, "file_name": name, "width": w, "height": h})
         anns += [{"id": 10 * i + j, "image_id": i, "caption": f"a picture number {j} of a thing"} for j in range(5)]
         for k, (q, a) in enumerate([("how many objects are there?", "1"), ("is there a shape?", "yes")]):
@@ -231,7 +265,7 @@ def overlay(models: dict, data: dict, img2dataset: str) -> dict:
                 "llava15_7b": m["llava"],
             },
         },  # fmt: skip
-        "evaluation": {"n_images": 8, "renderer_steps": 2, "renderer_guidance": [1.0, 3.0]},
+        "evaluation": {"n_images": N_EVAL, "renderer_steps": 2, "renderer_guidance": [1.0, 3.0]},
         "arena": {"model": m["llava"], "n_images": 4, "batch_size": 4, "max_new_tokens": 8},
         "vqa": {"model": m["llm"], "shots": [0, 2], "batch_size": 8, "max_new_tokens": 4},
         "ablations": {

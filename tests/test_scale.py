@@ -378,7 +378,8 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     img2dataset, the subset, stage 2's pairs, stage 1 and both stage-2 captioners through the
     committed accelerate config with 2 processes, the local VLM teacher (Qwen2.5-VL's class, the
     profile's default), every captioner, Table 3 and
-    Table 1's renders and their FID, and the cost report."""
+    Table 1's renders and their FID, and the cost report; the COCO sample holds odd files (CMYK,
+    16-bit, palette, RGBA, EXIF-rotated, truncated, text)."""
     import paper_tiny
 
     assert paper_tiny.main(["--out", str(tmp_path / "pt"), "--img2dataset", img2dataset_exe]) == 0
@@ -402,6 +403,11 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     )
     _, images, metas = load_images(res / "prepare_coco/eval")
     assert images.shape[1:] == (32, 32, 3) and all(len(m["captions"]) == 5 for m in metas)
+    # the sample's odd files (CMYK, 16-bit, palette, RGBA, EXIF-rotated) are in the split as meant;
+    # the broken two are skipped, each named with its reason, and the run goes on with the rest
+    skipped = json.loads((res / "prepare_coco/eval/manifest.json").read_text())["skipped"]
+    n_eval = paper_tiny.N_EVAL - len(paper_tiny.BROKEN_FILES)
+    assert len(images) == n_eval and len(skipped) == 2 and all("undecodable image" in r for r in skipped.values())
     rows = list(csv.DictReader((res / "tables/vqa.csv").open()))
     names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100", "florence2_large", "qwen25vl_7b"]
     names += ["llava15_7b"]
@@ -410,7 +416,7 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     assert len(vqav2) + len(okvqa) == len(rows)
     for part in (vqav2, okvqa):
         assert [r["captioner"] for r in part] == [n for n in names for _ in (0, 2)]
-    assert {r["metric"] for r in rows} == {"vqa_accuracy"} and {r["questions"] for r in vqav2} == {"16"}
+    assert {r["metric"] for r in rows} == {"vqa_accuracy"} and {r["questions"] for r in vqav2} == {str(2 * n_eval)}
     on_split = sum(int(k) % 2 for k in json.loads((res / "prepare_coco/eval/images.json").read_text()))
     assert on_split > 0 and {r["questions"] for r in okvqa} == {str(on_split)}  # OK-VQA asks about odd ids only
     metrics = json.loads((res / "tables/vqa.json").read_text())
@@ -419,10 +425,10 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     renders = {
         k: np.asarray(decode_image(parts["png"])) for k, parts in iter_shard(res / "render_captions/vlv_pairs100.tar")
     }
-    assert len(renders) == 8 * 2 and {im.shape for im in renders.values()} == {(32, 32, 3)}  # 8 captions x 2 guidances
+    assert len(renders) == n_eval * 2 and {im.shape for im in renders.values()} == {(32, 32, 3)}  # x 2 guidances
     assert json.loads((res / "render_captions/vlv_pairs100.manifest.json").read_text())["renderer"].endswith("sd3")
     fid = json.loads((res / "evaluate/fid/vlv_pairs100.json").read_text())  # the TorchScript Inception stand-in
-    assert fid["metric"] == "FID" and fid["features"].startswith("Inception-v3") and fid["images"] == 8
+    assert fid["metric"] == "FID" and fid["features"].startswith("Inception-v3") and fid["images"] == n_eval
     assert set(fid["guidance"]) == {"1", "3"} and all(math.isfinite(v) and v >= 0 for v in fid["guidance"].values())
     cost = {r["stage"]: r for r in csv.DictReader((res / "tables/cost.csv").open())}
     assert (
