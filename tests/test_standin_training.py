@@ -103,6 +103,10 @@ def test_checkpoints_are_synced_before_their_name_appears_and_refuse_other_data(
     with pytest.raises(SystemExit, match=f"other training data.*delete {tmp_path}"):
         Checkpointer(tmp_path, fingerprint="f", data="pool-b").load_latest()
     assert Checkpointer(tmp_path, fingerprint="f", data="pool-a").load_latest()["step"] == 3  # kept
+    older = torch.load(tmp_path / "step-00000003.pt", weights_only=True)  # as saved before data was recorded
+    del older["data"]
+    torch.save(older, tmp_path / "step-00000003.pt")
+    assert Checkpointer(tmp_path, fingerprint="f", data="pool-b").load_latest()["step"] == 3  # (with a warning)
 
 
 def test_checkpoints_carry_every_random_generator(tmp_path):

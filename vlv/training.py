@@ -396,7 +396,11 @@ class Checkpointer:
             )
             self.clear()
             return None
-        if state.get("data") != self.data:
+        if "data" not in state:  # made before checkpoints recorded their data: resumed unchecked
+            logging.getLogger("vlv").warning(
+                "the checkpoints in %s do not record their training data: not checked", self.dir
+            )
+        elif state["data"] != self.data:
             raise SystemExit(
                 f"the checkpoints in {self.dir} were made from other training data than this run's (the images, "
                 f"the subset or the captions changed since). To start over, delete {self.dir}; to go on from "
