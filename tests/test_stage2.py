@@ -531,3 +531,15 @@ def test_captioning_streams_the_split_in_chunks_with_the_captions_of_one_pass(
     assert one == (tmp_path / "chunks.jsonl").read_text()
     keys = [json.loads(line)["key"] for line in one.splitlines()]
     assert keys == [json.loads(line)["key"] for line in (ev / "scenes.jsonl").read_text().splitlines()][:7]
+
+
+def test_caption_memory_benchmark_runs_the_command_per_size(tmp_path, capsys):
+    """The memory benchmark of vlv caption (figures: results/figures/caption_memory_cpu.json) at tiny sizes."""
+    from vlv.bench import caption_memory
+
+    out = tmp_path / "memory.json"
+    assert caption_memory.main(["--sizes", "3", "5", "--side", "40", "--batch-size", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["captions"] for r in report["sizes"].values()] == [3, 5]
+    assert all(r["peak_rss_mib"] > 50 for r in report["sizes"].values()) and report["ratio_last_over_first"] > 0
+    assert "peak for 5 / peak for 3" in capsys.readouterr().out
