@@ -313,3 +313,51 @@ def file_server(files: dict[str, bytes], cut_first: set[str] = frozenset()):
 
     with _serve(Handler) as url:
         yield url, seen
+
+
+def odd_image_folder(folder: Path) -> tuple[list[str], list[str]]:
+    """The issue's held-out folder of real-world oddities: (good files, broken files). Good: 16-bit,
+    RGBA, CMYK, palette, EXIF-rotated, animated GIF, WebP, TIFF, a 1-pixel image, a name with spaces
+    and accents, two files with the same stem. Broken: 0 bytes, text named .png, a truncated JPEG, a
+    decompression bomb (a PNG whose header claims 20 000 x 20 000 pixels)."""
+    import io
+    import struct
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((48, 40))
+    good = {
+        "sixteen bit.png": lambda p: Image.fromarray(np.asarray(picture.convert("L")).astype(np.uint16) * 257).save(p),
+        "rgba.png": lambda p: picture.convert("RGBA").save(p),
+        "cmyk.jpg": lambda p: picture.convert("CMYK").save(p),
+        "palette.png": lambda p: picture.convert("P", palette=Image.Palette.ADAPTIVE, colors=8).save(p),
+        "animated.gif": lambda p: picture.save(p, save_all=True, append_images=[picture.rotate(90)], duration=100),
+        "photo.webp": lambda p: picture.save(p),
+        "scan.tiff": lambda p: picture.save(p),
+        "one pixel.png": lambda p: Image.new("RGB", (1, 1), (200, 10, 10)).save(p),
+        "café crème.jpg": lambda p: picture.save(p),
+        "same.png": lambda p: picture.save(p),
+        "same.jpg": lambda p: picture.save(p),
+    }
+    for name, save in good.items():
+        save(folder / name)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned by 90 degrees
+    picture.save(folder / "rotated.jpg", exif=exif)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_bytes(b"this is not an image\n")
+    buf = io.BytesIO()
+    picture.save(buf, format="JPEG")
+    (folder / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")  # then its header made to claim 20 000 x 20 000
+    png = bytearray(buf.getvalue())
+    ihdr = bytes(png[12:16]) + struct.pack(">II", 20_000, 20_000) + bytes(png[24:29])
+    png[16:24] = ihdr[4:12]
+    png[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    (folder / "bomb.png").write_bytes(bytes(png))
+    return sorted([*good, "rotated.jpg"]), ["bomb.png", "cut.jpg", "empty.png", "text.png"]
