@@ -2,8 +2,10 @@ import csv
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, run_snakemake, workflow_dir
 
 pytestmark = pytest.mark.workflow
@@ -157,3 +159,43 @@ def test_micro_pretrain_toy_end_to_end(tmp_path):
     assert 0.0 <= report["clip"]["results/pretrain_toy/clip"]["top1_image_to_caption"] <= 1.0
     assert (wd / "results/pretrain_toy/samples.png").stat().st_size > 0
     shutil.rmtree(wd / "results")
+
+
+@pytest.mark.slow
+def test_snakemake_killed_with_sigkill_mid_training_then_rerun_ends_as_the_uninterrupted_run(micro_all_copy):
+    """The whole job as a user runs it: `snakemake` training stage 1 (micro) is sent SIGKILL, with
+    its job, once the first checkpoint is on disk; `snakemake --unlock` and a rerun with
+    `--rerun-incomplete` (as both profiles set) resume from that checkpoint, and the encoder equals
+    the one micro_all's uninterrupted run trained, tensor for tensor."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    wd = micro_all_copy
+    encoder = wd / "results/distill_stage1/encoder"
+    reference = load_file(str(encoder / "florence2/model.safetensors")) | load_file(
+        str(encoder / "vlv_head.safetensors")
+    )
+    shutil.rmtree(encoder)
+    work = wd / "work/toy/distill_stage1/encoder"
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    cmd = [shutil.which("snakemake", path=env["PATH"]), "-s", str(ROOT / "Snakefile"), "--directory", str(wd),
+           "--configfile", str(ROOT / "config.yaml"), str(ROOT / "tests/config.micro.yaml"), "--cores", "2",
+           "results/distill_stage1/encoder"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and not list(work.glob("step-*.pt")) and time.time() < deadline:
+        time.sleep(0.001)
+    assert proc.poll() is None, "the job ended before its first checkpoint could be caught"
+    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and its job, with no chance to clean up
+    proc.wait()
+    assert not encoder.exists() or not (encoder / "manifest.json").exists()
+    run_snakemake(wd, "--unlock")
+    run_snakemake(wd, "--cores", "2", "--rerun-incomplete", "results/distill_stage1/encoder")
+    assert json.loads((encoder / "manifest.json").read_text())["resumed_from_step"] > 0
+    trained = load_file(str(encoder / "florence2/model.safetensors")) | load_file(str(encoder / "vlv_head.safetensors"))
+    assert trained.keys() == reference.keys() and all(torch.equal(trained[k], reference[k]) for k in reference)
