@@ -89,7 +89,7 @@ def sample_flops(cfg: dict, encoder: str, t2i: str, llm: str, images: str, capti
     return float(counter.get_total_flops()), tokens
 
 
-def main(argv=None) -> int:
+def _parser():
     p = stage_parser(__doc__)
     p.add_argument("--paper-sized", choices=["paper", "tiny"], required=True)
     p.add_argument("--models", default=None, help="build the folders here, or reuse the stage-1 ones there")
@@ -100,51 +100,38 @@ def main(argv=None) -> int:
     p.add_argument("--route", default=None, help="override the params' stage-1 route")
     p.add_argument("--fsdp", default=None, metavar="CONFIG", help="also run a_config through this accelerate config")
     p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    setup_logging()
-    cfg = load_params(args.params)  # `vlv config stage2` gives stage 2's with what it inherits from stage 1
-    if args.route:
-        cfg["route"] = args.route
-    runs = {
-        "a_config": {},
-        "b_no_checkpointing": {"gradient_checkpointing": False, "micro_batch_size": args.micro_b},
+    return p
+
+
+def run_setting(name: str, params: dict, args, folders: tuple, tmp: Path, flops: float, tokens: int) -> dict:
+    """One setting trained by stage 2 itself (through ``--fsdp``'s config for c_fsdp): its row."""
+    encoder, t2i, llm, images, captions = folders
+    out = tmp / name
+    argv = ["--params", json.dumps(params), "--init", "vlv", "--encoder", encoder, "--t2i", t2i, "--llm", llm,
+            "--images", images, "--captions", captions, "--out", str(out), "--work", str(tmp / f"w_{name}"),
+            "--workers", str(args.workers)]  # fmt: skip
+    error = run_stage("vlv.stages.finetune_stage2", argv, args.fsdp if name == "c_fsdp" else None)
+    if error:  # e.g. too large for this device: say so, go on
+        return {"micro_batch_size": params["micro_batch_size"], "error": error}
+    man = json.loads((out / "manifest.json").read_text())
+    rate = steady_rate(out / "loss.csv", params["batch_size"])
+    return {
+        "distributed_type": man.get("distributed_type"),
+        "precision": params["precision"],
+        "gradient_checkpointing": params["gradient_checkpointing"],
+        "trainable": params["trainable"],
+        "batch_size": params["batch_size"],
+        "micro_batch_size": params["micro_batch_size"],
+        "steps": args.steps,
+        "device": man["device"],
+        "samples_per_second": None if rate is None else round(rate, 2),
+        "tokens_per_second": None if rate is None else round(rate * tokens),
+        "peak_memory_gib": man.get("peak_memory_gib"),
+        "achieved_tflops": None if rate is None else round(flops * rate / 1e12, 1),
     }
-    if args.fsdp:
-        runs["c_fsdp"] = {}
-    rows = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        encoder, t2i, llm, images, captions = inputs(
-            Path(tmp), args.paper_sized, args.n_images, args.models, cfg["max_caption_tokens"]
-        )
-        flops, tokens = sample_flops(cfg, encoder, t2i, llm, images, captions)
-        for name, over in runs.items():
-            # c_fsdp checkpoints once, halfway: the gather of the whole trainable state is part of the path
-            every = max(1, args.steps // 2) if name == "c_fsdp" else 10**9
-            params = {**cfg, **over, "steps": args.steps, "warmup_steps": 0, "checkpoint_every": every, "log_every": 1}
-            out = Path(tmp) / name
-            argv = ["--params", json.dumps(params), "--init", "vlv", "--encoder", encoder, "--t2i", t2i, "--llm", llm,
-                    "--images", images, "--captions", captions, "--out", str(out), "--work", str(Path(tmp) / f"w_{name}"),
-                    "--workers", str(args.workers)]  # fmt: skip
-            error = run_stage("vlv.stages.finetune_stage2", argv, args.fsdp if name == "c_fsdp" else None)
-            if error:  # e.g. too large for this device: say so, go on
-                rows[name] = {"micro_batch_size": params["micro_batch_size"], "error": error}
-                continue
-            man = json.loads((out / "manifest.json").read_text())
-            rate = steady_rate(out / "loss.csv", params["batch_size"])
-            rows[name] = {
-                "distributed_type": man.get("distributed_type"),
-                "precision": params["precision"],
-                "gradient_checkpointing": params["gradient_checkpointing"],
-                "trainable": params["trainable"],
-                "batch_size": params["batch_size"],
-                "micro_batch_size": params["micro_batch_size"],
-                "steps": args.steps,
-                "device": man["device"],
-                "samples_per_second": None if rate is None else round(rate, 2),
-                "tokens_per_second": None if rate is None else round(rate * tokens),
-                "peak_memory_gib": man.get("peak_memory_gib"),
-                "achieved_tflops": None if rate is None else round(flops * rate / 1e12, 1),
-            }
+
+
+def print_table(rows: dict, flops: float, tokens: int) -> None:
     print(f"model FLOPs per training sample: {flops / 1e12:.2f} TFLOP ({tokens} tokens: prefix + caption)")
     print(f"{'setting':20s} {'device':7s} {'prec':5s} {'ckpt':5s} {'batch':>5s} {'micro':>5s} {'samples/s':>9s} "
           f"{'tokens/s':>9s} {'peak GiB':>8s} {'TFLOP/s':>8s}")  # fmt: skip
@@ -159,6 +146,30 @@ def main(argv=None) -> int:
             f"{r['batch_size']:5d} {str(r['micro_batch_size']):>5s} {sps:>9s} {str(r['tokens_per_second']):>9s} "
             f"{peak:>8s} {str(r['achieved_tflops']):>8s}"
         )
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging()
+    cfg = load_params(args.params)  # `vlv config stage2` gives stage 2's with what it inherits from stage 1
+    if args.route:
+        cfg["route"] = args.route
+    runs = {
+        "a_config": {},
+        "b_no_checkpointing": {"gradient_checkpointing": False, "micro_batch_size": args.micro_b},
+    }
+    if args.fsdp:
+        runs["c_fsdp"] = {}
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = inputs(Path(tmp), args.paper_sized, args.n_images, args.models, cfg["max_caption_tokens"])
+        flops, tokens = sample_flops(cfg, *folders)
+        for name, over in runs.items():
+            # c_fsdp checkpoints once, halfway: the gather of the whole trainable state is part of the path
+            every = max(1, args.steps // 2) if name == "c_fsdp" else 10**9
+            params = {**cfg, **over, "steps": args.steps, "warmup_steps": 0, "checkpoint_every": every, "log_every": 1}
+            rows[name] = run_setting(name, params, args, folders, Path(tmp), flops, tokens)
+    print_table(rows, flops, tokens)
     if args.out:
         report = {
             "settings": rows,

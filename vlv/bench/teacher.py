@@ -42,7 +42,7 @@ def paper_pairs() -> int:
     return int(load_config(ROOT / "config.yaml", ROOT / "config" / "paper.yaml")["data"]["pairs"])
 
 
-def main(argv=None) -> int:
+def _parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--paper-sized", choices=["paper", "tiny"], required=True, help="random-weight teacher size")
     p.add_argument("--models", default=None, help="build the teacher folder here, or reuse it from there")
@@ -53,12 +53,12 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=None, help="captions to project to (default: the paper profile's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="optional JSON report")
-    args = p.parse_args(argv)
-    if args.n_images < 2 * args.batch_size:
-        raise SystemExit("--n-images must hold at least two batches (the first is a warm-up)")
-    device = pick_device(args.device)
-    side = args.image_size or (512 if args.paper_sized == "paper" else 32)
+    return p
 
+
+def timed_captions(args, device, side: int) -> tuple[LocalVLM, list[str], int, int, float]:
+    """The teacher built (or reused) and timed on Shapes images after a warm-up batch: (the VLM, the
+    timed captions, how many images were timed, prompt tokens per image, seconds)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.models or tmp) / f"qwen25vl_{args.paper_sized}"
         if not (folder / "config.json").exists():
@@ -81,10 +81,18 @@ def main(argv=None) -> int:
         captions = vlm.caption(timed)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+        return vlm, captions, len(timed), prompt_tokens, time.perf_counter() - t0
 
-    rate = len(timed) / seconds
-    tokens = len(timed) * args.max_new_tokens / seconds
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.n_images < 2 * args.batch_size:
+        raise SystemExit("--n-images must hold at least two batches (the first is a warm-up)")
+    device = pick_device(args.device)
+    side = args.image_size or (512 if args.paper_sized == "paper" else 32)
+    vlm, captions, n_timed, prompt_tokens, seconds = timed_captions(args, device, side)
+    rate = n_timed / seconds
+    tokens = n_timed * args.max_new_tokens / seconds
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     pairs = args.pairs or paper_pairs()
     hours = pairs / rate / 3600
@@ -97,7 +105,7 @@ def main(argv=None) -> int:
         "prompt_tokens_per_image": prompt_tokens,
         "new_tokens_per_caption": args.max_new_tokens,
         "batch_size": args.batch_size,
-        "images_timed": len(timed),
+        "images_timed": n_timed,
         "seconds": round(seconds, 2),
         "images_per_second": round(rate, 3),
         "generated_tokens_per_second": round(tokens, 1),
@@ -111,7 +119,7 @@ def main(argv=None) -> int:
         f"({prompt_tokens} prompt tokens), batch {args.batch_size}, {args.max_new_tokens} new tokens per caption"
     )
     print(
-        f"{len(timed)} images in {seconds:.1f} s: {rate:.2f} images/s, {tokens:.0f} generated tokens/s"
+        f"{n_timed} images in {seconds:.1f} s: {rate:.2f} images/s, {tokens:.0f} generated tokens/s"
         + (f", peak {peak:.1f} GiB" if peak is not None else "")
         + f"; {pairs:,} teacher captions: {hours:.0f} device-hours at this rate"
     )
