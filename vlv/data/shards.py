@@ -33,6 +33,21 @@ def broken_shards() -> list[dict]:
     return list(_BROKEN.values())
 
 
+def cut_short(path: str | os.PathLike) -> bool:
+    """Whether a tar file lacks its closing zero blocks: cut short at a member boundary, where tarfile
+    stops reading without an error (every tar this project reads, its own and img2dataset's, ends
+    with them)."""
+    size = os.path.getsize(path)
+    if size < 2 * tarfile.BLOCKSIZE:
+        return True
+    with open(path, "rb") as f:
+        f.seek(size - 2 * tarfile.BLOCKSIZE)
+        return f.read() != bytes(2 * tarfile.BLOCKSIZE)
+
+
+CUT_SHORT = "the file ends without the archive's closing blocks: cut short"
+
+
 def _report_broken(path: str | os.PathLike, samples_read: int, error: BaseException) -> None:
     entry = {"shard": str(path), "samples_read": samples_read, "error": f"{type(error).__name__}: {error}"}
     if str(path) not in _BROKEN:
@@ -147,6 +162,8 @@ def iter_shard(path: str | os.PathLike, strict: bool = False) -> Iterator[tuple[
                 key = k
                 f = tar.extractfile(member)
                 parts[ext] = f.read() if f is not None else b""
+        if cut_short(path):
+            raise tarfile.ReadError(CUT_SHORT)
     except SHARD_ERRORS as e:
         if strict:
             raise
@@ -232,11 +249,12 @@ class ShardIndex:
         self.keys: list[str] = []
         shard, offset, size = [], [], []
         for s, path in enumerate(self.paths):
-            end, n = os.path.getsize(path), 0
+            end, n, last = os.path.getsize(path), 0, None
             try:
                 with tarfile.open(path, "r:") as tar:  # headers only: tarfile seeks over the data
                     for member in tar:
                         k, _, ext = os.path.basename(member.name).partition(".")
+                        last = k if member.isfile() else last
                         if not member.isfile() or ext not in IMAGE_EXTS or member.offset_data + member.size > end:
                             continue  # (an image whose bytes run past the end of a cut-short file: left out)
                         n += 1
@@ -246,7 +264,13 @@ class ShardIndex:
                         shard.append(s)
                         offset.append(member.offset_data)
                         size.append(member.size)
+                if cut_short(path):
+                    raise tarfile.ReadError(CUT_SHORT)
             except SHARD_ERRORS as e:
+                if shard and shard[-1] == s and self.keys[-1] == last:  # the sample mid-break, as iter_shard
+                    for column in (self.keys, shard, offset, size):
+                        column.pop()
+                    n -= 1
                 _report_broken(path, n, e)
         self.shard = np.asarray(shard, dtype=np.int32)
         self.offset = np.asarray(offset, dtype=np.int64)
