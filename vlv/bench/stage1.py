@@ -82,13 +82,18 @@ TARGET_PER_GPU = 210  # images/s per H200 with cached features (the GPU-speed is
 LOSS_TOLERANCE = 0.02  # largest relative loss difference from the reference row that counts as rounding
 
 
-def steady_rate(loss_csv: Path, batch: int) -> float | None:
-    """Images/s after the first logged step (log_every 1), so start-up work (kernel selection,
-    allocator growth, the loader's first batch) is left out; None with fewer than two rows."""
+def loss_rows(loss_csv: Path) -> list[dict]:
+    """The rows of a stage's loss.csv (step, loss, lr, seconds)."""
     import csv
 
     with loss_csv.open() as f:
-        rows = list(csv.DictReader(f))
+        return list(csv.DictReader(f))
+
+
+def steady_rate(loss_csv: Path, batch: int) -> float | None:
+    """Images/s after the first logged step (log_every 1), so start-up work (kernel selection,
+    allocator growth, the loader's first batch) is left out; None with fewer than two rows."""
+    rows = loss_rows(loss_csv)
     if len(rows) < 2:
         return None
     steps = int(rows[-1]["step"]) - int(rows[0]["step"])
@@ -237,13 +242,6 @@ def run_in_process(argv: list[str]) -> str | None:
         free_device_memory()
 
 
-def losses(loss_csv: Path) -> list[float]:
-    import csv
-
-    with loss_csv.open() as f:
-        return [float(r["loss"]) for r in csv.DictReader(f)]
-
-
 def run_setting(cfg: dict, over: dict, batch: int, steps: int, inputs: tuple, tmp: Path, name: str, flops) -> dict:
     """One setting trained by the stage itself for ``steps`` steps: its row of the report. A large batch
     that does not fit in one pass is run again in two."""
@@ -273,6 +271,7 @@ def run_setting(cfg: dict, over: dict, batch: int, steps: int, inputs: tuple, tm
         return {**row, "error": error}
     man = json.loads((out / "manifest.json").read_text())
     rate = steady_rate(out / "loss.csv", batch) or man["images_per_second"]
+    rows = loss_rows(out / "loss.csv")
     total, vision_part = flops
     model_flops = total - (vision_part if over["cache_vision_features"] else 0.0)
     return {
@@ -281,19 +280,11 @@ def run_setting(cfg: dict, over: dict, batch: int, steps: int, inputs: tuple, tm
         "device": man["device"],
         "images_per_second_whole_run": man["images_per_second"],
         "images_per_second": round(rate, 2),
-        "first_step_seconds": round(first_step_seconds(out / "loss.csv"), 2),
+        "first_step_seconds": round(float(rows[0]["seconds"]), 2),  # start-up, and compiling where asked
         "peak_memory_gib": man.get("peak_memory_gib"),
         "achieved_tflops": round(model_flops * rate / 1e12, 3),
-        "losses": losses(out / "loss.csv"),
+        "losses": [float(r["loss"]) for r in rows],
     }
-
-
-def first_step_seconds(loss_csv: Path) -> float:
-    """Seconds of the first step (log_every 1): start-up work, and compiling where a part is compiled."""
-    import csv
-
-    with loss_csv.open() as f:
-        return float(next(csv.DictReader(f))["seconds"])
 
 
 def compare_losses(rows: dict, runs) -> None:

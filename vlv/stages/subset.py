@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from vlv.cli_common import load_params, setup_logging, stage_parser
-from vlv.data.shards import BadImage, decode_image, image_bytes, iter_shard, shard_paths
+from vlv.data.shards import SHARD_ERRORS, BadImage, decode_image, image_bytes, iter_shard, shard_paths
 from vlv.manifest import build_manifest, write_manifest
 from vlv.training import fingerprint, pick_device
 
@@ -140,7 +139,7 @@ def select(images_dir: str, cfg: dict, scorer, work: str | None = None) -> dict:
                 batch_meta.append({"key": key, "shard": shard.name})
                 if len(batch) >= cfg["batch_size"]:
                     flush()
-        except (tarfile.TarError, OSError, EOFError) as e:
+        except SHARD_ERRORS as e:
             broken_shards.append({"shard": shard.name, "samples_read": n_read, "error": f"{type(e).__name__}: {e}"})
         flush()
         if state_file is not None:
