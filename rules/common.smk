@@ -116,16 +116,17 @@ def stage2_llm_arg(wildcards, input):
 
 def captioners(group="main"):
     """The captioners an evaluation compares (names of results/caption/<name>.jsonl). ``main``: the
-    references, the teacher, VLV, no-stage-1 and the open VLMs; ``data_efficiency``: VLV and the
-    direct (no-stage-1) captioner on the whole pair set and on each share in stage2.pair_percents.
+    references, the teacher, VLV, no-stage-1, the direct captioner and the open VLMs;
+    ``data_efficiency``: VLV and the direct captioner on the whole pair set and on each share in
+    stage2.pair_percents.
     """
     if group == "data_efficiency":
         percents = [100, *config["stage2"]["pair_percents"]]
-        return [f"{init}_pairs{pct}" for pct in percents for init in ("vlv", "no_stage1")]
+        return [f"{init}_pairs{pct}" for pct in percents for init in ("vlv", "direct")]
     if group == "ablations":
         groups = ablation_captioners()
         return list(dict.fromkeys(groups["trainable"] + groups["llm"]))
-    names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100"]
+    names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100", "direct_pairs100"]
     return names + open_captioners()
 
 

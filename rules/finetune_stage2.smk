@@ -1,6 +1,6 @@
 # Stage 2: the caption decoder, from the stage-1 encoder (init "vlv") or from the encoder before
-# distillation (init "no_stage1": the paper's Table 7 and the direct captioner of the
-# data-efficiency comparison), on a share of the pair set (percent). {name} is
+# distillation (init "no_stage1": the paper's Table 7; init "direct": the direct captioner, with
+# its own recipe stage2.direct), on a share of the pair set (percent). {name} is
 # <init>_pairs<percent>[-<trainable>][-llm_<key>] (vlv/variants.py): the suffixes are ablations.
 
 

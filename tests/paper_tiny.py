@@ -255,6 +255,7 @@ def overlay(models: dict, data: dict, img2dataset: str) -> dict:
             "micro_batch_size": 1,
             "log_every": 1,
             "checkpoint_every": 100,
+            "direct": {"steps": 2, "validate_every": 1},
             "max_caption_tokens": 32,
             "max_new_tokens": 8,
             "num_beams": 1,

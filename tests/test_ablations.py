@@ -27,6 +27,8 @@ def test_variant_names_parse_to_the_config_values_they_change():
     }  # fmt: skip
     assert parse_captioner("vlv_pairs100-mlp-llm_small")["llm"] == "small"
     assert parse_captioner("teacher") is None and parse_captioner("vlv_pairs100-llm_small-mlp") is None
+    assert parse_captioner("direct_pairs10") == {"init": "direct", "percent": 10, "trainable": None, "llm": None}
+    assert parse_captioner("direct_pairs100-mlp") is None  # the direct captioner has its own recipe
     assert captioner_name("vlv", 100, "mlp", "large") == "vlv_pairs100-mlp-llm_large"
     with pytest.raises(ValueError):
         captioner_name("vlv", 100, "everything")

@@ -8,10 +8,12 @@ import torch
 from conftest import chat_server, killed_at_step
 from safetensors.torch import load_file
 
+from vlv.config import stage_params
 from vlv.models.captioners import APICaptioner, APISettings, CaptionFailure, ChatAPI
 from vlv.models.paper_sized import build_tiny_llava
 from vlv.models.vlv_captioner import TRAINABLE, VLVCaptioner
 from vlv.shapes.judge import score_caption
+from vlv.shapes.splits import split_scenes
 from vlv.shapes.world import Scene, ShapeObject
 from vlv.stages import caption, finetune_stage2, generate_shapes, synthesize_captions
 
@@ -61,15 +63,16 @@ def test_trainable_set_freezes_exactly_what_it_says(captioner, trainable):
     expected = {id(p) for p in captioner.psi.parameters()}
     if trainable != "mlp":
         expected |= {id(p) for p in captioner.llm.parameters()}
-    if trainable == "mlp_llm_encoder":
-        expected |= {id(p) for part in ("language_encoder", "language_decoder") for p in enc.part_parameters(part)}
+    encoder_parts = {
+        "mlp_llm_encoder": ["language_encoder", "language_decoder"],
+        "all_but_vision": ["language_encoder", "language_decoder", "queries", "projection"],
+        "all": ["language_encoder", "language_decoder", "queries", "projection", "vision_tower"],
+    }.get(trainable, [])
+    expected |= {id(p) for part in encoder_parts for p in enc.part_parameters(part)}
     got = {id(p) for p in captioner.parameters() if p.requires_grad}
     names = {id(p): n for n, p in captioner.named_parameters()}
     assert got == expected, sorted(names[i] for i in got ^ expected)[:5]
     assert not any(p.requires_grad for p in captioner.text_encoder.parameters())  # always frozen
-    assert not any(
-        p.requires_grad for part in ("vision_tower", "queries", "projection") for p in enc.part_parameters(part)
-    )
 
 
 def test_lora_trains_only_the_adapters_and_merges_on_save(root, tmp_path):
@@ -152,6 +155,63 @@ def test_killed_and_resumed_stage2_ends_with_the_same_weights(micro_config, root
     assert caption.main([*args, "--images", str(pairs), "--n-images", "5", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 5 and all(isinstance(r["caption"], str) for r in rows)
+
+
+def _direct_args(micro_config, root, pairs, caps, out, work):
+    params = stage_params(micro_config, "stage2", "direct_pairs100")
+    args = _stage2_args(micro_config, root, pairs, caps, out, work, **params)
+    return [*args[:3], "direct", *args[4:]]  # --init direct
+
+
+def test_direct_captioner_trains_its_set_and_keeps_the_weights_of_its_best_validation(
+    micro_config, root, tmp_path, monkeypatch
+):
+    pairs, caps = _pairs(micro_config, tmp_path)
+    n_pairs = micro_config["shapes"]["splits"]["pairs"]["n"]
+    params = stage_params(micro_config, "stage2", "direct_pairs100")
+    assert params["trainable"] == "all_but_vision" and params["validate_every"] == 2 and params["steps"] == 4
+    # the validation part: seeded, disjoint from what trains and from the evaluation split
+    rows = [json.loads(line) for line in caps.read_text().splitlines()]
+    trained, held = finetune_stage2.held_out(params, {r["key"]: r["caption"] for r in rows})
+    eval_keys = {generate_shapes.sample_key(s.id) for s in split_scenes(micro_config["shapes"], "eval")}
+    assert len(held) == round(n_pairs * params["validation_percent"] / 100) and not held.keys() & trained.keys()
+    assert not held.keys() & eval_keys and len(trained) + len(held) == n_pairs
+    assert finetune_stage2.held_out({**params, "seed": 5}, {r["key"]: r["caption"] for r in rows})[1] != held
+
+    # validation says step 2 is best (then worse): the saved weights are those of step 2, also when
+    # the run is killed after it and resumed
+    monkeypatch.setattr(finetune_stage2.Validation, "loss", lambda self, model: [1.0, 2.0][len(self.rows)])
+    assert finetune_stage2.main(_direct_args(micro_config, root, pairs, caps, tmp_path / "ref", tmp_path / "w0")) == 0
+    with killed_at_step(monkeypatch, 3):
+        finetune_stage2.main(_direct_args(micro_config, root, pairs, caps, tmp_path / "run", tmp_path / "w1"))
+    at_step2 = torch.load(tmp_path / "w1/step-00000002.pt", weights_only=True)["trainable"]
+    assert finetune_stage2.main(_direct_args(micro_config, root, pairs, caps, tmp_path / "run", tmp_path / "w1")) == 0
+    ref = dict(VLVCaptioner.from_pretrained(tmp_path / "ref").named_parameters())
+    run = dict(VLVCaptioner.from_pretrained(tmp_path / "run").named_parameters())
+    assert ref.keys() == run.keys() and all(torch.equal(ref[k], run[k]) for k in ref)
+    trained_names = {n for n, p in VLVCaptioner.from_pretrained(tmp_path / "ref").named_parameters()} & at_step2.keys()
+    assert len(trained_names) > 50 and all(torch.equal(at_step2[k], ref[k]) for k in trained_names)
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert manifest["validation"] == {"pairs": len(held), "chosen_step": 2, "validation_loss": 1.0}
+    assert manifest["pairs"] == len(trained) and manifest["resumed_from_step"] == 2
+    assert (tmp_path / "run/validation.csv").read_text().splitlines() == ["step,validation_loss", "2,1.0", "4,2.0"]
+
+    # what trains is exactly its set: the vision tower and the CLIP text encoder are the starting
+    # weights bit for bit, everything in the set moved
+    torch.manual_seed(0)
+    start = VLVCaptioner.build(str(root / "models/toy/vision"), str(root / "models/toy/t2i"),
+                               str(root / "models/toy/lm"), params["route"], params["num_queries"])  # fmt: skip
+    start.set_trainable(params["trainable"])
+    init = dict(start.named_parameters())
+    frozen = {n for n, p in init.items() if not p.requires_grad}
+    tower = {id(p) for p in start.encoder.part_parameters("vision_tower")} | {
+        id(p) for p in start.text_encoder.parameters()
+    }
+    assert frozen == {n for n, p in init.items() if id(p) in tower}
+    assert all(torch.equal(init[n], ref[n]) for n in frozen)
+    moved = {n for n in init if n not in frozen and not torch.equal(init[n], ref[n])}
+    parts = {n.split(".")[0] for n in moved} | {n.split(".")[1] for n in moved if n.startswith("encoder.")}
+    assert {"psi", "llm", "encoder"} <= parts, parts
 
 
 def test_frozen_encoder_caches_its_output_and_a_share_of_pairs_is_used(micro_config, root, tmp_path):

@@ -70,7 +70,14 @@ def test_dry_run_of_the_paper_profile_writes_under_its_own_root(tmp_path):
     launch = "accelerate launch --config_file config/accelerate/ddp.yaml --num_processes 8 -m vlv.stages."
     assert launch + "distill_stage1" in out and launch + "finetune_stage2" in out
     # the paper profile captions with the open VLMs of Table 1 and has no Shapes judge
-    for name in ("florence2_large", "qwen25vl_7b", "llava15_7b", "vlv_pairs100", "no_stage1_pairs100"):
+    for name in (
+        "florence2_large",
+        "qwen25vl_7b",
+        "llava15_7b",
+        "vlv_pairs100",
+        "no_stage1_pairs100",
+        "direct_pairs100",
+    ):
         assert f"results/paper/caption/{name}.jsonl" in out
     assert "rule evaluate_captions_shapes:" not in out and "evaluate/captions_shapes_" not in out
 
@@ -94,11 +101,17 @@ def test_micro_all_end_to_end_then_nothing_to_do(micro_all_copy):
     assert metrics["images"] == 8 and set(metrics["detector"]) == {"recon cfg2", "caption cfg2", "empty caption"}
     assert (wd / "results/distill_stage1/encoder/vlv_encoder.json").exists()
     scores = json.loads((wd / "results/evaluate/captions_shapes_main.json").read_text())
-    assert set(scores) == {"reference", "teacher", "vlv_pairs100", "no_stage1_pairs100"}
+    assert set(scores) == {"reference", "teacher", "vlv_pairs100", "no_stage1_pairs100", "direct_pairs100"}
     assert scores["teacher"]["coverage"] == 1.0 and scores["teacher"]["exact"] == 1.0  # the oracle is exact
     assert scores["vlv_pairs100"]["captions"] == 16
     table = list(csv.DictReader((wd / "results/tables/coco.csv").open()))
-    assert [r["captioner"] for r in table] == ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100"]
+    assert [r["captioner"] for r in table] == [
+        "reference",
+        "teacher",
+        "vlv_pairs100",
+        "no_stage1_pairs100",
+        "direct_pairs100",
+    ]
     assert {r["metric"] for r in table} == {"FD-toyCLIP"} and all(float(r["FD-toyCLIP cfg2"]) >= 0 for r in table)
     assert (wd / "results/tables/coco.manifest.json").exists()
     arena = {
@@ -119,15 +132,21 @@ def test_micro_all_end_to_end_then_nothing_to_do(micro_all_copy):
     run_snakemake(wd, "--report", str(wd / "report.html"))  # tables, figures and training curves in one page
     html = (wd / "report.html").read_text(errors="replace")
     assert all(f"{t}.csv" in html for t in ("coco", "arena", "vqa", "spatial")) and "loss.png" in html
+    # the direct captioner: its own recipe, steps chosen on its held-out pairs
+    direct = json.loads((wd / "results/finetune_stage2/direct_pairs100/manifest.json").read_text())
+    assert direct["init"] == "direct" and direct["config"]["trainable"] == "all_but_vision"
+    assert direct["pairs"] == 24 and direct["validation"]["pairs"] == 8
     # the data-efficiency target reuses the whole-pair-set captioners and adds the quarter-set ones
-    whole = wd / "results/finetune_stage2/vlv_pairs100/manifest.json"
-    before = whole.stat().st_mtime_ns
+    whole = [wd / f"results/finetune_stage2/{n}_pairs100/manifest.json" for n in ("vlv", "direct")]
+    before = [m.stat().st_mtime_ns for m in whole]
     run_snakemake(wd, "--cores", "2", "data_efficiency")
-    assert whole.stat().st_mtime_ns == before  # not retrained
+    assert [m.stat().st_mtime_ns for m in whole] == before  # not retrained
     scores = json.loads((wd / "results/evaluate/captions_shapes_data_efficiency.json").read_text())
-    assert set(scores) == {"vlv_pairs100", "no_stage1_pairs100", "vlv_pairs25", "no_stage1_pairs25"}
+    assert set(scores) == {"vlv_pairs100", "direct_pairs100", "vlv_pairs25", "direct_pairs25"}
     quarter = json.loads((wd / "results/finetune_stage2/vlv_pairs25/manifest.json").read_text())
     assert quarter["pairs"] == 8 and quarter["init"] == "vlv"
+    direct_quarter = json.loads((wd / "results/finetune_stage2/direct_pairs25/manifest.json").read_text())
+    assert direct_quarter["pairs"] + direct_quarter["validation"]["pairs"] == 8
 
 
 def test_editing_a_module_a_stage_imports_plans_that_stage_again(micro_all_copy):

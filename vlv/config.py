@@ -193,7 +193,8 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
     stages whose parameters gather more than one section:
 
     - ``stage1``: the section with the values the stage-1 variant ``variant`` changes (``nq16``, ...);
-    - ``stage2``: the section with the trainable set the captioner name ``variant`` may change, plus
+    - ``stage2``: the section with the trainable set the captioner name ``variant`` may change (for
+      the direct captioner, ``direct_pairs<P>``, with ``stage2.direct`` in place of its values), plus
       what stage 2 inherits from stage 1 (``route``, ``num_queries``);
     - ``pretrain_toy.<model>``: the stand-in's section with the Shapes world beside it;
       ``pretrain_toy.benchmark``: the stand-ins' benchmark settings, likewise;
@@ -208,8 +209,13 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
     if name == "stage1":
         return {**s1, **stage1_overrides(variant or "encoder")}
     if name == "stage2":
-        trainable = (parse_captioner(variant or "vlv_pairs100") or {}).get("trainable") or s2["trainable"]
-        return {**s2, "trainable": trainable, "route": s1["route"], "num_queries": s1["num_queries"]}
+        captioner = parse_captioner(variant or "vlv_pairs100") or {}
+        base = {k: v for k, v in s2.items() if k != "direct"}
+        if captioner.get("init") == "direct":
+            base.update(s2["direct"])
+        else:
+            base["trainable"] = captioner.get("trainable") or s2["trainable"]
+        return {**base, "route": s1["route"], "num_queries": s1["num_queries"]}
     if name.startswith("pretrain_toy.") and "pretrain_toy" not in cfg:
         raise ConfigError(f"'{name}': the config has no pretrain_toy section (it is in config/pretrain_toy.yaml)")
     if name == "pretrain_toy.benchmark":

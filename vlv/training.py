@@ -243,6 +243,7 @@ def train(
     data: object = None,
     batches: Callable[[int], Iterable] | None = None,
     strict: bool = False,
+    after_step: Callable[[torch.nn.Module, int], None] | None = None,
 ) -> TrainingRun:
     """The training loop of every stage: stage 1, stage 2 and the toy stand-ins.
 
@@ -256,8 +257,9 @@ def train(
     other settings is discarded; one made from other ``data``, what identifies the training data, stops
     the run: see ``Checkpointer``), the
     progress bar, clipping, the loss log (``out/loss.csv``), the finite-loss check and the periodic
-    checkpoints. Frozen parts stay in eval mode while the model trains (``train_mode``). The stage then saves
-    its model (``whole_model``) and calls ``finish_training``.
+    checkpoints. Frozen parts stay in eval mode while the model trains (``train_mode``).
+    ``after_step(model, step)``, if given, runs after each step (the direct captioner's validation).
+    The stage then saves its model (``whole_model``) and calls ``finish_training``.
     """
     opt = adamw([p for p in model.parameters() if p.requires_grad], cfg)
     steps = int(cfg["steps"])
@@ -279,6 +281,8 @@ def train(
     for step, batch in zip(run.bar, loaded, strict=strict):
         loss = step_loss(prepared, step, batch)
         finish_step(acc, loss, prepared, trainable, opt, sched, step=step, cfg=cfg, run=run)
+        if after_step is not None:
+            after_step(prepared, step)
     run.seconds = time.time() - run.t0
     acc.wait_for_everyone()
     return run

@@ -5,10 +5,11 @@ A variant is the main run with a few config values changed; its name is its arte
 - stage-1 encoders, ``results/distill_stage1/<name>``: ``encoder`` (the config as it is),
   ``nq<N>`` (N learnable queries instead of ``stage1.num_queries``), ``data<P>`` (P % of the
   stage-1 subset instead of ``stage1.data_percent``);
-- captioners, ``results/finetune_stage2/<name>``: ``<init>_pairs<P>`` (init ``vlv`` or
-  ``no_stage1``, P % of the pair set), optionally followed by ``-<trainable>`` (``mlp``,
-  ``mlp_llm``, ``mlp_llm_encoder`` instead of ``stage2.trainable``) and ``-llm_<key>`` (the causal
-  LM ``ablations.llm.<key>`` instead of ``models.llm``), in that order.
+- captioners, ``results/finetune_stage2/<name>``: ``<init>_pairs<P>`` (init ``vlv``,
+  ``no_stage1`` or ``direct``, P % of the pair set), optionally followed by ``-<trainable>``
+  (``mlp``, ``mlp_llm``, ``mlp_llm_encoder`` instead of ``stage2.trainable``) and ``-llm_<key>``
+  (the causal LM ``ablations.llm.<key>`` instead of ``models.llm``), in that order. ``direct``
+  (the direct captioner, with its own recipe ``stage2.direct``) takes no suffix.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import re
 
 STAGE1_PATTERN = r"encoder|nq[0-9]+|data[0-9]+"
 TRAINABLE = ("mlp", "mlp_llm", "mlp_llm_encoder")
-CAPTIONER_PATTERN = r"(vlv|no_stage1)_pairs[0-9]+(-(mlp|mlp_llm|mlp_llm_encoder))?(-llm_[a-z0-9]+)?"
+INITS = ("vlv", "no_stage1", "direct")
+CAPTIONER_PATTERN = r"direct_pairs[0-9]+|(vlv|no_stage1)_pairs[0-9]+(-(mlp|mlp_llm|mlp_llm_encoder))?(-llm_[a-z0-9]+)?"
 _CAPTIONER = re.compile(
-    r"^(?P<init>vlv|no_stage1)_pairs(?P<percent>[0-9]+)"
+    r"^(?P<init>vlv|no_stage1|direct)_pairs(?P<percent>[0-9]+)"
     r"(-(?P<trainable>mlp_llm_encoder|mlp_llm|mlp))?(-llm_(?P<llm>[a-z0-9]+))?$"
 )
 
@@ -46,7 +48,7 @@ def parse_captioner(name: str) -> dict | None:
     is not one: reference, teacher, an open VLM). ``trainable`` and ``llm`` are None when the config's
     values hold."""
     m = _CAPTIONER.match(name)
-    if not m:
+    if not m or (m["init"] == "direct" and (m["trainable"] or m["llm"])):
         return None
     return {"init": m["init"], "percent": int(m["percent"]), "trainable": m["trainable"], "llm": m["llm"]}
 

@@ -9,7 +9,8 @@ generation stops by itself.
 
 What trains is one switch (``TRAINABLE``): ``mlp`` (psi only), ``mlp_llm`` (psi + LM) or
 ``mlp_llm_encoder`` (psi + LM + the encoder's language encoder and decoder: the paper's default,
-with the queries, phi and the vision tower frozen as in the official code). The CLIP text encoder
+with the queries, phi and the vision tower frozen as in the official code); the direct captioner
+(no stage 1) trains ``all_but_vision`` (queries and phi too) or ``all`` (the vision tower too). The CLIP text encoder
 is always frozen. The LM is fully fine-tuned or carries LoRA adapters (peft).
 
 The saved folder is self-describing: ``encoder/`` (a VLV encoder folder), ``text_encoder/``
@@ -34,6 +35,10 @@ TRAINABLE = {
     "mlp": [],
     "mlp_llm": [],
     "mlp_llm_encoder": ["language_encoder", "language_decoder"],
+    # the direct captioner's sets: every part of the encoder that can learn from pairs, with or
+    # without the vision tower (only the frozen CLIP text encoder's final norm stays as it was)
+    "all_but_vision": ["language_encoder", "language_decoder", "queries", "projection"],
+    "all": ["language_encoder", "language_decoder", "queries", "projection", "vision_tower"],
 }
 
 

@@ -4,9 +4,11 @@ The VLV encoder's caption embeddings pass the frozen CLIP text encoder, the MLP 
 the LM's input space as a prefix, and the LM learns the teacher caption with cross-entropy (no
 loss on the prefix or padding; an end-of-sequence token after each caption, so it learns to stop).
 ``--init vlv`` starts from the stage-1 encoder; ``--init no_stage1`` from the Florence-2 folder
-before distillation (queries and phi random): the paper's Table 7 baseline and the "direct
-captioner" of the data-efficiency comparison. ``--pairs-fraction`` trains on the first share of
-the pair set (sorted by key).
+before distillation (queries and phi random): the paper's Table 7 baseline. ``--init direct``, the
+direct captioner of the data-efficiency comparison, starts there too, with its own recipe
+(``stage2.direct`` in ``--params``: everything but the CLIP text encoder trains, and a seeded
+``validation_percent`` of its pairs is held out to choose the steps: ``Validation``).
+``--pairs-fraction`` trains on the first share of the pair set (sorted by key).
 
 accelerate for devices and processes; each step's batch is a pure function of (seed, step). When
 the encoder is frozen (``mlp``, ``mlp_llm``) its output T(z) is computed once and cached on disk in
@@ -49,9 +51,12 @@ from vlv.training import (
     make_accelerator,
     micro_batches,
     seed_everything,
+    sharded,
     train,
+    train_mode,
     whole_model,
 )
+from vlv.variants import INITS
 
 
 def read_pairs(captions_jsonl: str, fraction: float) -> dict[str, str]:
@@ -62,9 +67,110 @@ def read_pairs(captions_jsonl: str, fraction: float) -> dict[str, str]:
     return dict(list(pairs.items())[:n])
 
 
+def split_validation(keys: list[str], percent: float | None, seed: int) -> tuple[list[str], list[str]]:
+    """(training keys, validation keys): a seeded ``percent`` of ``keys`` held out, at least one and
+    never all (no validation part when ``percent`` is None or 0)."""
+    if not percent:
+        return list(keys), []
+    n_val = max(1, round(len(keys) * percent / 100))
+    if n_val >= len(keys):
+        raise SystemExit(f"{len(keys)} pairs leave none to train on after a {percent} % validation part")
+    held = set(np.random.default_rng([seed, 1]).choice(len(keys), n_val, replace=False).tolist())
+    return [k for i, k in enumerate(keys) if i not in held], [k for i, k in enumerate(keys) if i in held]
+
+
+class Validation:
+    """Steps chosen on held-out pairs (the direct captioner): the mean caption token loss on the
+    validation part every ``validate_every`` steps and after the last; the trainable weights at the
+    lowest loss so far are kept (in ``work``, so a resumed run keeps them) and are the ones saved.
+    Every process computes the same loss on the whole validation part (it is small)."""
+
+    def __init__(self, cfg, acc, cap, images: str, held: dict[str, str], collate, work: str, stamp: str):
+        if sharded(acc):
+            raise SystemExit("stage2.direct: choosing steps on validation keeps whole weights; not under FSDP")
+        self.acc, self.cap, self.stamp = acc, cap, stamp
+        self.every, self.steps = int(cfg["validate_every"]), int(cfg["steps"])
+        index = ShardIndex(images, held)
+        if len(index) != len(held):
+            raise SystemExit(f"{len(held) - len(index)} validation images are not in {images}")
+        self.keys = index.keys
+        self.tokens = [cap.tokenize([held[k]], cfg["max_caption_tokens"])["input_ids"][0] for k in self.keys]
+        batch, n = int(cfg["batch_size"]), len(self.keys)
+        chunks = [list(range(i, min(i + batch, n))) for i in range(0, n, batch)]
+        self.batches = lambda: zip(chunks, make_loader(ShardImages(index), chunks, collate, 0))
+        self.path = Path(work) / "validation.pt"
+        self.rows: list[dict] = []
+        self.best: dict | None = None
+        self.started = False
+
+    def resume(self, start: int) -> None:
+        """Take up what a killed run had measured, up to the step it resumes from."""
+        self.started = True
+        if start == 0 or not self.path.exists():
+            return
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("stamp") == self.stamp:
+            self.rows = [r for r in state["rows"] if r["step"] <= start]
+            if state["best"]["step"] <= start:
+                self.best = state["best"]
+
+    def loss(self, model) -> float:
+        model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for part, (_, pixels) in self.batches():
+                inputs = {k: v.to(self.acc.device) for k, v in self.cap.pad([self.tokens[i] for i in part]).items()}
+                with self.acc.autocast():
+                    out = model(pixel_values=pixels.to(self.acc.device), **inputs)
+                total, n = total + float(out) * len(part), n + len(part)
+        train_mode(model)
+        return total / n
+
+    def __call__(self, model, step: int) -> None:
+        if not self.started:  # the first step after a resume
+            self.resume(step)
+        done = step + 1
+        if done % self.every and done != self.steps:
+            return
+        unwrapped = self.acc.unwrap_model(model)
+        loss = self.loss(unwrapped)
+        self.rows.append({"step": done, "validation_loss": round(loss, 6)})
+        if self.best is None or loss < self.best["loss"]:
+            weights = {n: p.detach().cpu().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
+            self.best = {"step": done, "loss": loss, "weights": weights}
+        if self.acc.is_main_process and done != self.steps:
+            tmp = self.path.with_suffix(".tmp")
+            torch.save({"stamp": self.stamp, "rows": self.rows, "best": self.best}, tmp)
+            tmp.replace(self.path)
+
+    def restore(self, model) -> dict:
+        """Load the best weights into ``model``; what the manifest records of the choice."""
+        unwrapped = self.acc.unwrap_model(model)
+        missing = set(self.best["weights"]) - {n for n, _ in unwrapped.named_parameters()}
+        if missing:
+            raise RuntimeError(f"validation weights for unknown parameters {sorted(missing)[:3]}")
+        with torch.no_grad():
+            for n, p in unwrapped.named_parameters():
+                if n in self.best["weights"]:
+                    p.copy_(self.best["weights"][n])
+        self.path.unlink(missing_ok=True)
+        return {
+            "pairs": len(self.keys),
+            "chosen_step": self.best["step"],
+            "validation_loss": round(self.best["loss"], 6),
+        }
+
+
+def held_out(cfg: dict, pairs: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The pairs trained on and those held out to choose the steps (``stage2.direct``'s
+    validation_percent; none for the other captioners)."""
+    train_keys, val_keys = split_validation(sorted(pairs), cfg.get("validation_percent"), int(cfg["seed"]))
+    return {k: pairs[k] for k in train_keys}, {k: pairs[k] for k in val_keys}
+
+
 def build(cfg: dict, init: str, encoder: str, t2i: str, llm: str) -> VLVCaptioner:
-    if init not in ("vlv", "no_stage1"):
-        raise SystemExit(f"--init must be vlv or no_stage1, got {init!r}")
+    if init not in INITS:
+        raise SystemExit(f"--init must be one of {', '.join(INITS)}, got {init!r}")
     if init == "vlv" and not (Path(encoder) / "vlv_encoder.json").exists():
         raise SystemExit(f"--init vlv needs a stage-1 encoder folder; {encoder} is not one")
     cap = VLVCaptioner.build(encoder, t2i, llm, cfg["route"], num_queries=cfg["num_queries"])
@@ -146,10 +252,16 @@ def make_step_loss(cfg, acc, cap, captions, batches, cached):
     return step_loss
 
 
+def write_curve(path: Path, rows: list[dict]) -> None:
+    path.write_text("step,validation_loss\n" + "".join(f"{r['step']},{r['validation_loss']}\n" for r in rows))
+
+
 def main(argv=None) -> int:
     p = stage_parser(__doc__)
-    p.add_argument("--init", required=True, choices=["vlv", "no_stage1"])
-    p.add_argument("--encoder", required=True, help="stage-1 encoder folder (vlv) or Florence-2 folder/id (no_stage1)")
+    p.add_argument("--init", required=True, choices=INITS)
+    p.add_argument(
+        "--encoder", required=True, help="stage-1 encoder folder (vlv) or Florence-2 folder/id (no_stage1, direct)"
+    )
     p.add_argument("--t2i", required=True, help="the T2I pipeline whose CLIP text encoder stage 1 used")
     p.add_argument("--llm", required=True)
     p.add_argument("--images", required=True, help="shard folder of the pair set")
@@ -171,7 +283,7 @@ def main(argv=None) -> int:
     seed = int(cfg["seed"])
     seed_everything(seed)  # the same psi (and no-stage-1 queries) on every process
 
-    pairs = read_pairs(args.captions, args.pairs_fraction)
+    pairs, held = held_out(cfg, read_pairs(args.captions, args.pairs_fraction))
     index = ShardIndex(args.images, pairs)
     if len(index) != len(pairs):
         missing = index.missing(pairs)
@@ -192,12 +304,16 @@ def main(argv=None) -> int:
         return StepBatches(len(keys), seed, cfg["batch_size"], start, cfg["steps"], rank, world)
 
     step_loss = make_step_loss(cfg, acc, cap, captions, step_batches(0), cached)
+    settings = {**cfg, "world_size": world, "init": args.init, "pairs": len(keys)}
+    data = data_stamp(index, captions=fingerprint(captions))
+    stamp = fingerprint([settings, data])
+    validation = Validation(cfg, acc, cap, args.images, held, collate, args.work, stamp) if held else None
     run = train(
-        acc, cap, cfg, step_loss, stage="finetune_stage2", work=args.work, out=args.out,
-        settings={**cfg, "world_size": world, "init": args.init, "pairs": len(keys)},
-        data=data_stamp(index, captions=fingerprint(captions)),
+        acc, cap, cfg, step_loss, stage="finetune_stage2", work=args.work, out=args.out, settings=settings, data=data,
         batches=None if cached is not None else (lambda start: loader(step_batches(start))),  # images when not cached
+        after_step=validation,
     )  # fmt: skip
+    chosen = validation.restore(run.model) if validation else {}
     final = whole_model(acc, run.model, lambda: build(cfg, args.init, args.encoder, args.t2i, args.llm))
     if acc.is_main_process:
         final.save_pretrained(args.out)
@@ -208,8 +324,10 @@ def main(argv=None) -> int:
         init=args.init, encoder=args.encoder, t2i=args.t2i, llm=args.llm, pairs=len(keys),
         pairs_fraction=args.pairs_fraction, trainable_parameters=sum(p.numel() for p in run.trainable),
         llm_parameters=sum(p.numel() for p in cap.llm.parameters()),
-        captions_per_second=round(n / max(run.seconds, 1e-9), 2),
+        captions_per_second=round(n / max(run.seconds, 1e-9), 2), validation=chosen or None,
     )  # fmt: skip
+    if chosen and acc.is_main_process:
+        write_curve(Path(args.out) / "validation.csv", validation.rows)
     if acc.is_main_process:
         log.info("saved %s: %d steps, %.0f s", args.out, run.steps, run.seconds)
     acc.end_training()
