@@ -158,7 +158,8 @@ def test_killed_and_resumed_stage2_ends_with_the_same_weights(micro_config, root
 
 
 def _direct_args(micro_config, root, pairs, caps, out, work):
-    params = stage_params(micro_config, "stage2", "direct_pairs100")
+    # validated every step: the first validation comes before the first checkpoint
+    params = {**stage_params(micro_config, "stage2", "direct_pairs100"), "validate_every": 1}
     args = _stage2_args(micro_config, root, pairs, caps, out, work, **params)
     return [*args[:3], "direct", *args[4:]]  # --init direct
 
@@ -178,9 +179,10 @@ def test_direct_captioner_trains_its_set_and_keeps_the_weights_of_its_best_valid
     assert not held.keys() & eval_keys and len(trained) + len(held) == n_pairs
     assert finetune_stage2.held_out({**params, "seed": 5}, {r["key"]: r["caption"] for r in rows})[1] != held
 
-    # validation says step 2 is best (then worse): the saved weights are those of step 2, also when
-    # the run is killed after it and resumed
-    monkeypatch.setattr(finetune_stage2.Validation, "loss", lambda self, model: [1.0, 2.0][len(self.rows)])
+    # validation says step 2 is best: the saved weights are those of step 2, also when the run is
+    # killed after it and resumed
+    losses = [2.0, 1.0, 3.0, 4.0]  # at steps 1, 2, 3, 4
+    monkeypatch.setattr(finetune_stage2.Validation, "loss", lambda self, model: losses[len(self.rows)])
     assert finetune_stage2.main(_direct_args(micro_config, root, pairs, caps, tmp_path / "ref", tmp_path / "w0")) == 0
     with killed_at_step(monkeypatch, 3):
         finetune_stage2.main(_direct_args(micro_config, root, pairs, caps, tmp_path / "run", tmp_path / "w1"))
@@ -194,7 +196,8 @@ def test_direct_captioner_trains_its_set_and_keeps_the_weights_of_its_best_valid
     manifest = json.loads((tmp_path / "run/manifest.json").read_text())
     assert manifest["validation"] == {"pairs": len(held), "chosen_step": 2, "validation_loss": 1.0}
     assert manifest["pairs"] == len(trained) and manifest["resumed_from_step"] == 2
-    assert (tmp_path / "run/validation.csv").read_text().splitlines() == ["step,validation_loss", "2,1.0", "4,2.0"]
+    curve = (tmp_path / "run/validation.csv").read_text().splitlines()
+    assert curve == ["step,validation_loss", "1,2.0", "2,1.0", "3,3.0", "4,4.0"]
 
     # what trains is exactly its set: the vision tower and the CLIP text encoder are the starting
     # weights bit for bit, everything in the set moved

@@ -139,6 +139,7 @@ class Validation:
             weights = {n: p.detach().cpu().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
             self.best = {"step": done, "loss": loss, "weights": weights}
         if self.acc.is_main_process and done != self.steps:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
             torch.save({"stamp": self.stamp, "rows": self.rows, "best": self.best}, tmp)
             tmp.replace(self.path)
