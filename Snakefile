@@ -4,6 +4,7 @@
 #   snakemake --cores 2 pretrain_toy   retrain the toy stand-in models (outside `all`)
 #   snakemake --cores 2 data_efficiency   VLV against the direct captioner on fewer pairs
 #   snakemake --cores 2 ablations      Tables 4 and 5 and the composition demo (outside `all`)
+#   snakemake --cores 2 seeds          the headline figures over seeds (outside `all`)
 #   snakemake --configfile config/paper.yaml --cores N all    paper profile
 #
 # This file only loads the config, validates it and includes one rule file per stage.
@@ -72,6 +73,13 @@ rule all:
 rule data_efficiency:
     input:
         "<results>/evaluate/captions_shapes_data_efficiency.json",
+
+
+# The headline figures with their spread over seeds (outside `all`: stage 1 and stage 2 again for
+# each seed of seeds.runs but the main run's).
+rule seeds:
+    input:
+        "<results>/tables/seeds.csv",
 
 
 # The paper's Tables 4 and 5 and the composition demo (outside `all`: four more stage-1 encoders and

@@ -23,6 +23,8 @@ from vlv.variants import (
     STAGE1_PATTERN,
     captioner_name,
     parse_captioner,
+    seed_captioner,
+    seed_stage1,
     stage1_overrides,
 )
 
@@ -126,8 +128,39 @@ def captioners(group="main"):
     if group == "ablations":
         groups = ablation_captioners()
         return list(dict.fromkeys(groups["trainable"] + groups["llm"]))
+    if group == "seeds":
+        return [
+            seed_captioner(i, s, main_seed())
+            for s in config["seeds"]["runs"]
+            for i in ("vlv", "direct")
+        ]
     names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100", "direct_pairs100"]
     return names + open_captioners()
+
+
+def main_seed():
+    """The seed of the main run (``all``) when stage 1 and stage 2 share it; otherwise None, and
+    every run of the ``seeds`` target is its own."""
+    s1, s2 = config["stage1"]["seed"], config["stage2"]["seed"]
+    return s1 if s1 == s2 else None
+
+
+def seed_outputs():
+    """What the ``seeds`` target reads for each seed: its stage-1 reconstructions and, per captioner
+    (VLV, direct), the caption -> image distance, the arena and VQA scores; and the judge's file."""
+    main = config["stage1"]["seed"]
+    runs = config["seeds"]["runs"]
+    names = captioners("seeds")
+    return {
+        "reconstruct": [
+            results_path("reconstruct", seed_stage1(s, main), "metrics.json") for s in runs
+        ],
+        "finetune": [results_path("finetune_stage2", n) for n in names],
+        "fid": [results_path("evaluate", "fid", f"{n}.json") for n in names],
+        "arena": [results_path("evaluate", "arena", f"{n}.json") for n in names],
+        "vqa": [results_path("evaluate", "vqa", f"{n}.json") for n in names],
+        "judge": results_path("evaluate", "captions_shapes_seeds.json"),
+    }
 
 
 def open_captioners():
@@ -170,8 +203,15 @@ def results_path(*parts):
 
 
 def stage2_encoder(wildcards):
-    if parse_captioner(wildcards.name)["init"] == "vlv":
-        return [results_path("distill_stage1", "encoder")]
+    captioner = parse_captioner(wildcards.name)
+    if captioner["init"] == "vlv":
+        seed = captioner["seed"]
+        main_seed = config["stage1"]["seed"]
+        return [
+            results_path(
+                "distill_stage1", seed_stage1(main_seed if seed is None else seed, main_seed)
+            )
+        ]
     return model_input("vision_encoder")
 
 

@@ -102,7 +102,7 @@ rule evaluate_captions_shapes:
     benchmark:
         "<benchmarks>/evaluate/captions_shapes_{group}.tsv"
     wildcard_constraints:
-        group="main|data_efficiency|ablations",
+        group="main|data_efficiency|ablations|seeds",
     conda:
         "../environment.yml"
     threads: 1

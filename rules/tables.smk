@@ -145,6 +145,40 @@ rule table_no_stage1:
         "--fid {input.fid} --finetune {input.finetune} {params.judge} --out {output.table} > {log} 2>&1"
 
 
+# The headline figures per seed (target `seeds`, outside `all`): stage 1, VLV and the direct
+# captioner retrained with each seed of seeds.runs, their mean and spread.
+rule table_seeds:
+    input:
+        code=code("vlv.stages.tables"),
+        reconstruct=seed_outputs()["reconstruct"],
+        finetune=seed_outputs()["finetune"],
+        fid=seed_outputs()["fid"],
+        arena=seed_outputs()["arena"],
+        vqa=seed_outputs()["vqa"],
+        judge=judge_input("seeds"),
+    output:
+        table=report("<results>/tables/seeds.csv", category="Tables"),
+        metrics="<results>/tables/seeds.json",
+    log:
+        "<logs>/tables/seeds.log",
+    benchmark:
+        "<benchmarks>/tables/seeds.tsv"
+    conda:
+        "../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        profile=config["profile"],
+        dataset=evaluation_dataset(),
+        judge=judge_arg,
+    shell:
+        "python -m vlv.stages.tables seeds --profile {params.profile} --dataset {params.dataset:q} "
+        "--reconstruct {input.reconstruct} --finetune {input.finetune} --fid {input.fid} --arena {input.arena} "
+        "--vqa {input.vqa} {params.judge} --out {output.table} > {log} 2>&1"
+
+
 # Cost: each stage's measured throughput and the GPU-hours it projects at the configured scale,
 # against the paper's budget (outside `all`: it reads timings, which differ from run to run).
 rule cost_report:

@@ -4,6 +4,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, run_snakemake, workflow_dir
@@ -147,6 +148,31 @@ def test_micro_all_end_to_end_then_nothing_to_do(micro_all_copy):
     assert quarter["pairs"] == 8 and quarter["init"] == "vlv"
     direct_quarter = json.loads((wd / "results/finetune_stage2/direct_pairs25/manifest.json").read_text())
     assert direct_quarter["pairs"] + direct_quarter["validation"]["pairs"] == 8
+
+
+def test_seeds_target_reruns_stage1_and_stage2_with_each_seed(micro_all_copy, micro_config):
+    wd = micro_all_copy
+    main = wd / "results/finetune_stage2/vlv_pairs100/manifest.json"
+    before = main.stat().st_mtime_ns
+    run_snakemake(wd, "--cores", "2", "seeds")
+    assert main.stat().st_mtime_ns == before  # the main run is seed 0's, not retrained
+    runs = micro_config["seeds"]["runs"]
+    rows = {r["measure"]: r for r in csv.DictReader((wd / "results/tables/seeds.csv").open())}
+    assert {"VLV object coverage", "direct object coverage", "VLV arena rating (0-6)", "direct VQA accuracy (0-shot)",
+            "VLV caption -> image FD-toyCLIP cfg2", "reconstruction colour+shape (cfg2)"} <= set(rows)  # fmt: skip
+    for r in rows.values():
+        xs = [float(r[f"seed {s}"]) for s in runs]
+        assert int(r["seeds"]) == len(runs) and float(r["mean"]) == pytest.approx(sum(xs) / len(xs), abs=1e-4)
+        assert float(r["sd"]) == pytest.approx(float(np.std(xs, ddof=1)), abs=1e-4)
+    # the seeds come from the runs' manifests: each stage-1 encoder and captioner has its own
+    encoders = ["encoder", *(f"seed{s}" for s in runs if s != 0)]
+    assert [
+        json.loads((wd / f"results/distill_stage1/{e}/manifest.json").read_text())["seed"] for e in encoders
+    ] == runs
+    vlv = json.loads((wd / "results/finetune_stage2/vlv_pairs100-seed1/manifest.json").read_text())
+    assert vlv["seed"] == 1 and vlv["encoder"].endswith("distill_stage1/seed1")
+    weights = [(wd / f"results/distill_stage1/{e}/vlv_head.safetensors").read_bytes() for e in encoders]
+    assert len(set(weights)) == len(runs)  # different seeds, different encoders
 
 
 def test_editing_a_module_a_stage_imports_plans_that_stage_again(micro_all_copy):

@@ -193,8 +193,8 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
     stages whose parameters gather more than one section:
 
     - ``stage1``: the section with the values the stage-1 variant ``variant`` changes (``nq16``, ...);
-    - ``stage2``: the section with the trainable set the captioner name ``variant`` may change (for
-      the direct captioner, ``direct_pairs<P>``, with ``stage2.direct`` in place of its values), plus
+    - ``stage2``: the section with the trainable set and seed the captioner name ``variant`` may
+      change (for the direct captioner, ``direct_pairs<P>``, with ``stage2.direct`` in place of its values), plus
       what stage 2 inherits from stage 1 (``route``, ``num_queries``);
     - ``pretrain_toy.<model>``: the stand-in's section with the Shapes world beside it;
       ``pretrain_toy.benchmark``: the stand-ins' benchmark settings, likewise;
@@ -215,6 +215,8 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
             base.update(s2["direct"])
         else:
             base["trainable"] = captioner.get("trainable") or s2["trainable"]
+        if captioner.get("seed") is not None:
+            base["seed"] = captioner["seed"]
         return {**base, "route": s1["route"], "num_queries": s1["num_queries"]}
     if name.startswith("pretrain_toy.") and "pretrain_toy" not in cfg:
         raise ConfigError(f"'{name}': the config has no pretrain_toy section (it is in config/pretrain_toy.yaml)")

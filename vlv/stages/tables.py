@@ -13,7 +13,8 @@ scale, beside the decoder's bound (true caption) and floor (empty caption).
 ``ablations.csv`` (Table 4): the number of learnable queries by reconstruction distance, the stage-2
 trainable set by caption -> image distance; ``scaling.csv`` (Table 5): the stage-1 data share by
 reconstruction distance, the LM decoder by caption -> image distance; ``no_stage1.csv`` (Table 7):
-VLV against the captioner trained without stage 1. Toy rows add the Shapes detector's share of
+VLV against the captioner trained without stage 1; ``seeds.csv``: the headline figures (stage-1
+reconstructions, VLV and the direct captioner) per seed, with their mean and spread. Toy rows add the Shapes detector's share of
 objects found in reconstructions, or the Shapes judge's coverage and hallucinations of the captions.
 A ``.manifest.json`` beside each table lists the files it was made from; a ``.json`` beside it holds
 its numbers as hierarchical JSON (``dvc metrics show`` reads it).
@@ -112,6 +113,61 @@ def vqa_rows(files: list[str], profile: str, dataset: str) -> list[dict]:
             row["answered unknown"] = round(r["unknown_share"], 4)
             row["reader"], row["metric"] = v["reader"], v["metric"]
             rows.append(row)
+    return rows
+
+
+SEED_GUIDANCE = 2.0  # the caption -> image distance the seeds table reports (README's headline)
+
+
+def _stage1_seed(encoder: str) -> int:
+    return json.loads((Path(encoder) / "manifest.json").read_text())["seed"]
+
+
+def seeds_rows(reconstruct: list[str], finetune: list[str], fid: list[str], arena: list[str], vqa: list[str],
+               judge_file: str | None, profile: str, dataset: str) -> list[dict]:  # fmt: skip
+    """One row per headline figure, its value for each seed, their mean and spread (sample standard
+    deviation). Each value's seed is read from the manifests (the stage-1 encoder's for a
+    reconstruction; the captioner's, and for VLV its encoder's too, which must agree), not from names."""
+    if not len(finetune) == len(fid) == len(arena) == len(vqa):
+        raise SystemExit("--finetune, --fid, --arena and --vqa must list the same captioners")
+    judge = json.loads(Path(judge_file).read_text()) if judge_file else {}
+    values: dict[str, dict[int, float]] = {}
+
+    def put(measure: str, seed: int, value: float) -> None:
+        if seed in values.setdefault(measure, {}):
+            raise SystemExit(f"two runs of seed {seed} for {measure!r}: the runs must have different seeds")
+        values[measure][seed] = value
+
+    for metrics_file in reconstruct:
+        seed = _stage1_seed(_manifest_of(metrics_file)["encoder"])
+        recon = {k: v for k, v in json.loads(Path(metrics_file).read_text()).get("detector", {}).items()
+                 if k.startswith("recon cfg")}  # fmt: skip
+        if recon:
+            top = max(recon, key=lambda k: float(k.removeprefix("recon cfg")))
+            put(f"reconstruction colour+shape ({top.removeprefix('recon ')})", seed, recon[top]["colour_shape_recall"])
+    for folder, f, a, v in zip(finetune, fid, arena, vqa):
+        name, man = Path(folder).name, json.loads((Path(folder) / "manifest.json").read_text())
+        if not name == _name(f) == _name(a) == _name(v):
+            raise SystemExit(f"--finetune {folder}, --fid {f}, --arena {a} and --vqa {v} are different captioners")
+        seed, label = man["seed"], {"vlv": "VLV", "direct": "direct"}.get(man["init"], man["init"])
+        if man["init"] == "vlv" and _stage1_seed(man["encoder"]) != seed:
+            raise SystemExit(f"{folder}: stage 2 has seed {seed} but its encoder {man['encoder']} another")
+        if name in judge:
+            put(f"{label} object coverage", seed, judge[name]["coverage"])
+            put(f"{label} hallucinated per caption", seed, judge[name]["hallucinated_per_caption"])
+        put(f"{label} arena rating (0-6)", seed, json.loads(Path(a).read_text())["mean_rating"])
+        shots = json.loads(Path(v).read_text())["shots"]
+        put(f"{label} VQA accuracy ({min(shots, key=int)}-shot)", seed, shots[min(shots, key=int)]["accuracy"])
+        metric, dist = json.loads(Path(f).read_text())["metric"], json.loads(Path(f).read_text())["guidance"]
+        put(f"{label} caption -> image {metric} cfg{SEED_GUIDANCE:g}", seed, dist[f"{SEED_GUIDANCE:g}"])
+    rows = []
+    for measure, by_seed in values.items():
+        xs = [by_seed[s] for s in sorted(by_seed)]
+        mean = sum(xs) / len(xs)
+        sd = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else None
+        row = {"measure": measure, "seeds": len(xs), **{f"seed {s}": round(by_seed[s], 4) for s in sorted(by_seed)}}
+        row.update({"mean": round(mean, 4), "sd": None if sd is None else round(sd, 4)})
+        rows.append({**row, "dataset": dataset, "profile": profile})
     return rows
 
 
@@ -285,7 +341,7 @@ def write_table(rows: list[dict], out: str | Path, sources: list[str]) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("table", choices=["coco", "spatial", "arena", "vqa", "ablations", "scaling", "no_stage1"])
+    p.add_argument("table", choices=["coco", "spatial", "arena", "vqa", "ablations", "scaling", "no_stage1", "seeds"])
     p.add_argument("--reconstruction-fid", nargs="+", default=[], help="ablations/scaling: per stage-1 variant")
     p.add_argument("--finetune", nargs="+", default=[], help="ablations/scaling/no_stage1: captioner folders")
     p.add_argument("--judge", default=None, help="ablations/scaling/no_stage1: evaluate_captions_shapes JSON")
@@ -330,6 +386,10 @@ def main(argv=None) -> int:
         sources = args.reconstruction_fid + args.reconstruct + args.fid + ([args.judge] if args.judge else [])
         if args.figure:
             plot_ablation_rows(rows, args.figure, f"{args.table}: lower is better")
+    elif args.table == "seeds":
+        rows = seeds_rows(args.reconstruct, args.finetune, args.fid, args.arena, args.vqa, args.judge,
+                          args.profile, args.dataset)  # fmt: skip
+        sources = args.reconstruct + args.fid + args.arena + args.vqa + ([args.judge] if args.judge else [])
     elif args.table == "no_stage1":
         rows = captioner_rows(
             "skip stage 1 (Table 7)", args.fid, args.finetune, args.judge, args.profile, args.dataset, _init_label
