@@ -6,6 +6,7 @@ After `dvc repro` (or `snakemake --cores 2 all`) of a clean checkout:
     python scripts/record_toy_results.py results              # headline numbers + per-rule times
     python scripts/record_toy_results.py --timing all=1091     # a whole run's wall time, in seconds
     python scripts/record_toy_results.py --timing tests=455    # the README's test command
+    python scripts/record_toy_results.py --data-efficiency results   # after the data_efficiency target
 
 Each call updates only what it is given; everything it writes carries its own machine, date and
 revision, so numbers measured at different times never pass for one run.
@@ -89,6 +90,37 @@ def headline(results: Path) -> dict:
     return out
 
 
+def data_efficiency(results: Path) -> dict:
+    """VLV against the direct captioner at each share of the pairs (the `data_efficiency` target):
+    the judge's scores, and each captioner's training compute (steps x batch and seconds; VLV's stage
+    1 beside its stage 2) from the manifests."""
+    judge = json.loads((results / "evaluate/captions_shapes_data_efficiency.json").read_text())
+    stage1 = json.loads((results / "distill_stage1/encoder/manifest.json").read_text())
+    out = {
+        "stage1": {
+            "images_seen": stage1["config"]["steps"] * stage1["config"]["batch_size"],
+            "train_seconds": stage1["train_seconds_this_run"],
+        },
+        "captioners": {},
+    }
+    for name, s in judge.items():
+        m = json.loads((results / "finetune_stage2" / name / "manifest.json").read_text())
+        out["captioners"][name] = {
+            "init": m["init"],
+            "pairs_trained_on": m["pairs"],
+            "validation_pairs": (m.get("validation") or {}).get("pairs", 0),
+            "chosen_step": (m.get("validation") or {}).get("chosen_step"),
+            "steps": m["config"]["steps"],
+            "captions_seen": m["config"]["steps"] * m["config"]["batch_size"],
+            "train_seconds": m["train_seconds_this_run"],
+            "trainable_parameters": m["trainable_parameters"],
+            "coverage": s["coverage"],
+            "hallucinated_per_caption": s["hallucinated_per_caption"],
+            "size_position_accuracy": s["attribute_accuracy"],  # size and position both right, of covered
+        }
+    return out
+
+
 def rule_seconds(benchmarks: Path) -> dict:
     """Wall seconds of each job, from Snakemake's benchmark files (rule/wildcards -> s)."""
     out = {}
@@ -148,6 +180,7 @@ def main(argv=None) -> int:
     p.add_argument("results", nargs="?", help="the run's results folder (headline numbers and rule times)")
     p.add_argument("--benchmarks", default="benchmarks", help="the run's Snakemake benchmark folder")
     p.add_argument("--timing", action="append", default=[], metavar="NAME=SECONDS")
+    p.add_argument("--data-efficiency", metavar="RESULTS", help="after the data_efficiency target: its figures")
     p.add_argument("--source", default="dvc repro", help="how the run was made (for the record)")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--repo", default=str(ROOT), help="the checkout that made the run (its revision is recorded)")
@@ -166,6 +199,8 @@ def main(argv=None) -> int:
     if args.results:
         record["results"] = {**prov, "source": args.source, **headline(Path(args.results))}
         record["rule_seconds"] = {**prov, "source": args.source, "seconds": rule_seconds(Path(args.benchmarks))}
+    if args.data_efficiency:
+        record["data_efficiency"] = {**prov, **data_efficiency(Path(args.data_efficiency))}
     for t in args.timing:
         name, _, seconds = t.partition("=")
         record.setdefault("timings", {})[name] = {**prov, "seconds": float(seconds)}
