@@ -63,8 +63,8 @@ def main() -> None:
         result = run_one(cfg, params, Path(a.work) / f"{trainable}_lr{lr:g}", a.images, a.captions)
         runs.append({"trainable": trainable, "lr": lr, "steps": params["steps"], **result})
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "curve"}), flush=True)
-    best = min(runs, key=lambda r: r["validation_loss"])
-    write_manifest(a.out, build_manifest("direct_selection", base, int(base["seed"]), runs=runs, best=best))
+        best = min(runs, key=lambda r: r["validation_loss"])  # written after each run: a stop keeps the finished ones
+        write_manifest(a.out, build_manifest("direct_selection", base, int(base["seed"]), runs=runs, best=best))
     print(f"\n{'trainable':<16}{'lr':>8}{'best step':>11}{'val loss':>10}{'final':>8}{'s':>7}")
     for r in runs:
         print(f"{r['trainable']:<16}{r['lr']:>8g}{r['chosen_step']:>11}{r['validation_loss']:>10.4f}"
