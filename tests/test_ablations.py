@@ -21,13 +21,20 @@ def test_variant_names_parse_to_the_config_values_they_change():
     for bad in ("nq0", "data0", "data101", "queries16"):
         with pytest.raises(ValueError):
             stage1_overrides(bad)
-    assert parse_captioner("vlv_pairs100") == {"init": "vlv", "percent": 100, "trainable": None, "llm": None}
+    assert parse_captioner("vlv_pairs100") == {
+        "init": "vlv", "percent": 100, "trainable": None, "llm": None, "seed": None,
+    }  # fmt: skip
     assert parse_captioner("no_stage1_pairs25-mlp_llm_encoder") == {
-        "init": "no_stage1", "percent": 25, "trainable": "mlp_llm_encoder", "llm": None,
+        "init": "no_stage1", "percent": 25, "trainable": "mlp_llm_encoder", "llm": None, "seed": None,
     }  # fmt: skip
     assert parse_captioner("vlv_pairs100-mlp-llm_small")["llm"] == "small"
     assert parse_captioner("teacher") is None and parse_captioner("vlv_pairs100-llm_small-mlp") is None
-    assert parse_captioner("direct_pairs10") == {"init": "direct", "percent": 10, "trainable": None, "llm": None}
+    assert parse_captioner("direct_pairs10") == {
+        "init": "direct", "percent": 10, "trainable": None, "llm": None, "seed": None,
+    }  # fmt: skip
+    assert parse_captioner("vlv_pairs100-seed2")["seed"] == 2 and parse_captioner("direct_pairs100-seed1")["seed"] == 1
+    assert stage1_overrides("seed2") == {"seed": 2}
+    assert captioner_name("direct", 100, seed=1) == "direct_pairs100-seed1"
     assert parse_captioner("direct_pairs100-mlp") is None  # the direct captioner has its own recipe
     assert captioner_name("vlv", 100, "mlp", "large") == "vlv_pairs100-mlp-llm_large"
     with pytest.raises(ValueError):

@@ -9,7 +9,7 @@ from conftest import ROOT
 # rules that run another rule's module (one module serves a family of rules)
 SHARED = {
     "table_coco": "tables", "table_spatial": "tables", "table_arena": "tables", "table_vqa": "tables",
-    "table_no_stage1": "tables", "table_ablations": "tables", "table_scaling": "tables",
+    "table_no_stage1": "tables", "table_ablations": "tables", "table_scaling": "tables", "table_seeds": "tables",
     "evaluate_vqa_more": "evaluate_vqa", "evaluate_reconstruction_fid": "evaluate_fid",
     "prepare_vqa": "prepare_coco", "laion_metadata": "prepare_laion", "download_laion": "prepare_laion",
     "laion_pairs": "prepare_laion",

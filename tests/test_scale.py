@@ -390,8 +390,11 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     files = (ROOT / "config.yaml", ROOT / "config" / "paper.yaml", tmp_path / "pt" / "config.yaml")
     run_snakemake(wd, "--cores", "2", *targets, "results/paper/tables/cost.csv", configfiles=files)
     res = wd / "results" / "paper"
-    for name in ("distill_stage1/encoder", "finetune_stage2/vlv_pairs100", "finetune_stage2/no_stage1_pairs100"):
+    trained = ("distill_stage1/encoder", *(f"finetune_stage2/{n}_pairs100" for n in ("vlv", "no_stage1", "direct")))
+    for name in trained:
         assert json.loads((res / name / "manifest.json").read_text())["processes"] == 2  # one DDP group of 2
+    direct = json.loads((res / "finetune_stage2/direct_pairs100/manifest.json").read_text())
+    assert direct["validation"]["pairs"] + direct["pairs"] == 24 and direct["validation"]["chosen_step"] in (1, 2)
     assert all(json.loads(p.read_text())["sha256_pinned"] for p in (wd / "data" / "download").glob("*.json"))
     teacher = json.loads((res / "synthesize_captions/manifest.json").read_text())  # the profile's teacher class
     assert teacher["config"]["model"] == str(tmp_path / "pt/models/qwen25vl") and teacher["captions"] == 24
@@ -409,8 +412,8 @@ def test_paper_tiny_runs_the_paper_profiles_rules_end_to_end_on_cpu(tmp_path, im
     n_eval = paper_tiny.N_EVAL - len(paper_tiny.BROKEN_FILES)
     assert len(images) == n_eval and len(skipped) == 2 and all("undecodable image" in r for r in skipped.values())
     rows = list(csv.DictReader((res / "tables/vqa.csv").open()))
-    names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100", "florence2_large", "qwen25vl_7b"]
-    names += ["llava15_7b"]
+    names = ["reference", "teacher", "vlv_pairs100", "no_stage1_pairs100", "direct_pairs100", "florence2_large"]
+    names += ["qwen25vl_7b", "llava15_7b"]
     vqav2 = [r for r in rows if r["dataset"].startswith("VQAv2 val")]
     okvqa = [r for r in rows if r["dataset"] == "OK-VQA val on the evaluation images"]
     assert len(vqav2) + len(okvqa) == len(rows)
