@@ -67,18 +67,6 @@ def read_pairs(captions_jsonl: str, fraction: float) -> dict[str, str]:
     return dict(list(pairs.items())[:n])
 
 
-def split_validation(keys: list[str], percent: float | None, seed: int) -> tuple[list[str], list[str]]:
-    """(training keys, validation keys): a seeded ``percent`` of ``keys`` held out, at least one and
-    never all (no validation part when ``percent`` is None or 0)."""
-    if not percent:
-        return list(keys), []
-    n_val = max(1, round(len(keys) * percent / 100))
-    if n_val >= len(keys):
-        raise SystemExit(f"{len(keys)} pairs leave none to train on after a {percent} % validation part")
-    held = set(np.random.default_rng([seed, 1]).choice(len(keys), n_val, replace=False).tolist())
-    return [k for i, k in enumerate(keys) if i not in held], [k for i, k in enumerate(keys) if i in held]
-
-
 class Validation:
     """Steps chosen on held-out pairs (the direct captioner): the mean caption token loss on the
     validation part every ``validate_every`` steps and after the last; the trainable weights at the
@@ -163,10 +151,17 @@ class Validation:
 
 
 def held_out(cfg: dict, pairs: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """The pairs trained on and those held out to choose the steps (``stage2.direct``'s
-    validation_percent; none for the other captioners)."""
-    train_keys, val_keys = split_validation(sorted(pairs), cfg.get("validation_percent"), int(cfg["seed"]))
-    return {k: pairs[k] for k in train_keys}, {k: pairs[k] for k in val_keys}
+    """The pairs trained on and those held out to choose the steps: a seeded ``validation_percent``
+    of them (``stage2.direct``'s), at least one and never all; none for the other captioners."""
+    percent = cfg.get("validation_percent")
+    if not percent:
+        return pairs, {}
+    keys = sorted(pairs)
+    n_val = max(1, round(len(keys) * percent / 100))
+    if n_val >= len(keys):
+        raise SystemExit(f"{len(keys)} pairs leave none to train on after a {percent} % validation part")
+    held = {keys[i] for i in np.random.default_rng([int(cfg["seed"]), 1]).choice(len(keys), n_val, replace=False)}
+    return {k: pairs[k] for k in keys if k not in held}, {k: pairs[k] for k in keys if k in held}
 
 
 def build(cfg: dict, init: str, encoder: str, t2i: str, llm: str) -> VLVCaptioner:

@@ -158,8 +158,9 @@ def seeds_rows(reconstruct: list[str], finetune: list[str], fid: list[str], aren
         put(f"{label} arena rating (0-6)", seed, json.loads(Path(a).read_text())["mean_rating"])
         shots = json.loads(Path(v).read_text())["shots"]
         put(f"{label} VQA accuracy ({min(shots, key=int)}-shot)", seed, shots[min(shots, key=int)]["accuracy"])
-        metric, dist = json.loads(Path(f).read_text())["metric"], json.loads(Path(f).read_text())["guidance"]
-        put(f"{label} caption -> image {metric} cfg{SEED_GUIDANCE:g}", seed, dist[f"{SEED_GUIDANCE:g}"])
+        distance = json.loads(Path(f).read_text())
+        put(f"{label} caption -> image {distance['metric']} cfg{SEED_GUIDANCE:g}", seed,
+            distance["guidance"][f"{SEED_GUIDANCE:g}"])  # fmt: skip
     rows = []
     for measure, by_seed in values.items():
         xs = [by_seed[s] for s in sorted(by_seed)]
