@@ -73,3 +73,36 @@ rule reconstruct:
         "python -m vlv.stages.reconstruct --params {params.cfg:q} --encoder {input.encoder} "
         "--decoder {params.t2i} --images {input.images} {params.shapes} "
         "--out {params.out} > {log} 2>&1"
+
+
+rule diagnose_stage1:
+    """Issue 23's diagnosis of an encoder (toy profile; not part of `all`): where the denoising loss
+    separates captions, by log-SNR and object count, and what per-image free embeddings reach."""
+    input:
+        code=code("vlv.stages.diagnose_stage1"),
+        encoder="<results>/distill_stage1/{s1}",
+        images=split_dir("eval"),
+        t2i=model_input("t2i"),
+    output:
+        signal="<results>/diagnose_stage1/{s1}/signal.json",
+        figure=report("<results>/diagnose_stage1/{s1}/signal.png", category="Stage 1"),
+    log:
+        "<logs>/diagnose_stage1/{s1}.log",
+    benchmark:
+        "<benchmarks>/diagnose_stage1/{s1}.tsv"
+    conda:
+        "../environment.yml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        cfg=lambda wildcards: params_json("stage1", wildcards.s1),
+        options=params_json("diagnose_stage1"),
+        shapes=shapes_arg(),
+        t2i=model_arg("t2i"),
+        out=subpath(output.signal, parent=True),
+    shell:
+        "python -m vlv.stages.diagnose_stage1 --params {params.cfg:q} --encoder {input.encoder} "
+        "--decoder {params.t2i} --images {input.images} {params.shapes} "
+        "--options {params.options:q} --out {params.out} > {log} 2>&1"

@@ -65,7 +65,7 @@ def sharded(acc) -> bool:
     return acc.distributed_type == DistributedType.FSDP
 
 
-def save_trainable(acc, ckpt: Checkpointer, step: int, model, optimizer, scheduler) -> None:
+def save_trainable(acc, ckpt: Checkpointer, step: int, model, optimizer, scheduler, ema=None) -> None:
     """A checkpoint of the trainable tensors and the optimizer's state, whole (frozen tensors come from
     the starting folders), written by the main process. torch's state-dict API gathers them from every
     process's shard under FSDP, so every process calls this; under DDP or alone it reads them as they are."""
@@ -75,10 +75,12 @@ def save_trainable(acc, ckpt: Checkpointer, step: int, model, optimizer, schedul
     trainable, optim = get_state_dict(model, optimizer.optimizer, options=options)
     if acc.is_main_process:
         state = {"trainable": trainable, "optimizer": optim, "scheduler": scheduler.state_dict(), "rng": rng_state()}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
         ckpt.save(step, state)
 
 
-def resume_trainable(acc, ckpt: Checkpointer, model, optimizer, scheduler, work: str) -> int:
+def resume_trainable(acc, ckpt: Checkpointer, model, optimizer, scheduler, work: str, ema=None) -> int:
     """Load the newest matching checkpoint into model, optimizer and schedule; the step to go on from.
     Under FSDP only the main process reads it and the tensors go from there to every process's shard
     (one whole copy of the trainable state in host memory, not one per process)."""
@@ -109,6 +111,9 @@ def resume_trainable(acc, ckpt: Checkpointer, model, optimizer, scheduler, work:
     if unexpected:
         raise SystemExit(f"checkpoint {ckpt.latest()} does not match this model ({unexpected[:3]}...); delete {work}")
     scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:  # (the settings' fingerprint holds ema_decay: a checkpoint of this run has it)
+        ema.load_state_dict(state["ema"])
+        ema.to(acc.device)
     if acc.num_processes == 1 and "rng" in state:  # (the main process's: of no use to the others)
         set_rng_state(state["rng"])
     logging.getLogger("vlv").info("resumed from %s at step %d", ckpt.latest(), int(state["step"]))
@@ -177,6 +182,8 @@ def finish_step(acc, loss, model, trainable, opt, sched, *, step: int, cfg: dict
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.step(trainable)
     lv = acc.reduce(loss.detach(), reduction="mean").item()
     if not math.isfinite(lv):
         raise RuntimeError(f"{run.stage}: loss is {lv} at step {step}; lower the learning rate")
@@ -184,7 +191,7 @@ def finish_step(acc, loss, model, trainable, opt, sched, *, step: int, cfg: dict
         run.loss_log.append(step + 1, lv, sched.get_last_lr()[0], time.time() - run.t0)
         run.bar.set_postfix(loss=f"{lv:.4f}")
     if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < run.steps:
-        save_trainable(acc, run.ckpt, step + 1, model, opt, sched)
+        save_trainable(acc, run.ckpt, step + 1, model, opt, sched, run.ema)
     acc.wait_for_everyone()
     return lv
 
@@ -204,6 +211,20 @@ class TrainingRun:
     bar: object = None
     t0: float = 0.0
     seconds: float = 0.0
+    ema: object = None  # diffusers' EMAModel of the trainable weights, where cfg sets ema_decay
+
+
+def make_ema(acc, trainable: list, cfg: dict):
+    """An exponential moving average of the trainable weights (diffusers' ``EMAModel``: decay
+    min(ema_decay, (1 + n) / (10 + n)) after n updates), or None where ``cfg`` sets no ``ema_decay``.
+    Not under FSDP, whose processes each hold a shard of the weights."""
+    if not cfg.get("ema_decay"):
+        return None
+    if sharded(acc):
+        raise SystemExit("ema_decay is not supported under FSDP: use DDP or a single process, or set it to null")
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(trainable, decay=float(cfg["ema_decay"]))
 
 
 def train_mode(model: torch.nn.Module) -> torch.nn.Module:
@@ -257,7 +278,9 @@ def train(
     other settings is discarded; one made from other ``data``, what identifies the training data, stops
     the run: see ``Checkpointer``), the
     progress bar, clipping, the loss log (``out/loss.csv``), the finite-loss check and the periodic
-    checkpoints. Frozen parts stay in eval mode while the model trains (``train_mode``).
+    checkpoints. Frozen parts stay in eval mode while the model trains (``train_mode``). Where ``cfg``
+    sets ``ema_decay``, an EMA of the trainable weights is kept (in the checkpoints too) and copied
+    into the model when training ends (``make_ema``).
     ``after_step(model, step)``, if given, runs after each step (the direct captioner's validation).
     The stage then saves its model (``whole_model``) and calls ``finish_training``.
     """
@@ -270,9 +293,10 @@ def train(
     prepared, opt = acc.prepare(model, opt)  # the scheduler stays unprepared: one step per global step
     trainable = [p for p in prepared.parameters() if p.requires_grad]  # FSDP puts sharded ones in their place
     ckpt = Checkpointer(work, fingerprint=fingerprint(settings), data=None if data is None else fingerprint(data))
-    start = resume_trainable(acc, ckpt, prepared, opt, sched, str(work))
+    ema = make_ema(acc, trainable, cfg)
+    start = resume_trainable(acc, ckpt, prepared, opt, sched, str(work), ema)
     loss_log = LossLog(Path(out) / "loss.csv", resume_step=start) if acc.is_main_process else None
-    run = TrainingRun(stage, steps, prepared, trainable, start, ckpt, loss_log)
+    run = TrainingRun(stage, steps, prepared, trainable, start, ckpt, loss_log, ema=ema)
     run.bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, mininterval=5,
                    disable=not acc.is_main_process)  # fmt: skip
     train_mode(prepared)
@@ -284,6 +308,8 @@ def train(
         if after_step is not None:
             after_step(prepared, step)
     run.seconds = time.time() - run.t0
+    if ema is not None:  # the model the stage saves is the average
+        ema.copy_to(trainable)
     acc.wait_for_everyone()
     return run
 

@@ -139,11 +139,17 @@ class FrozenT2IDecoder(torch.nn.Module):
         return noise, t
 
     def diffusion_loss(
-        self, latents: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+        self,
+        latents: torch.Tensor,
+        cond: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        per_sample: bool = False,
     ) -> torch.Tensor:
-        """The denoising MSE with the scheduler's target (epsilon for SD 2.1-base, v for the toy)."""
+        """The denoising MSE with the scheduler's target (epsilon for SD 2.1-base, v for the toy): the
+        batch's mean, or with ``per_sample`` each sample's."""
         with self._frozen_precision(latents):
-            return denoising_loss(self.unet, self.noise_scheduler, latents, cond, noise, timesteps)
+            return denoising_loss(self.unet, self.noise_scheduler, latents, cond, noise, timesteps, per_sample)
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, guidance: float, steps: int, seed: int) -> np.ndarray:

@@ -85,12 +85,21 @@ def render_captions(
 
 
 def denoising_loss(
-    unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    per_sample: bool = False,
 ) -> torch.Tensor:
-    """MSE between the UNet's prediction and the scheduler's target (epsilon, or v for v-prediction)."""
+    """MSE between the UNet's prediction and the scheduler's target (epsilon, or v for v-prediction):
+    the batch's mean, or with ``per_sample`` each sample's."""
     t = timesteps.to(latents.device)
     noise = noise.to(latents.device, latents.dtype)
     noisy = scheduler.add_noise(latents, noise, t)
     target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
     pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample
+    if per_sample:
+        return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
     return F.mse_loss(pred.float(), target.float())

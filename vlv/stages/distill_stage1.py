@@ -2,8 +2,9 @@
 
 Each step: encode a batch of images into N_q caption embeddings, condition the frozen decoder on
 them (through its frozen CLIP text encoder, or directly, by ``route``), and minimise the denoising
-MSE on the images' own latents at uniform random timesteps (``noise_draws`` timestep-and-noise draws per
-image, the encoder run once for them; the paper: one). accelerate handles devices and
+MSE on the images' own latents at random timesteps (``noise_draws`` timestep-and-noise draws per
+image, the encoder run once for them; the paper: one, uniform). Levers, off by default (issue 23):
+timesteps stratified, logit-normal or from a band, antithetic noise pairs, an EMA of the weights. accelerate handles devices and
 processes (the global batch is split across processes; each step's images, noise and timesteps are
 a pure function of (seed, step), so 1 and N processes see the same global batch). AdamW with the
 configured betas and weight decay, a warmup + cosine schedule over the *whole* run, fp32 or bf16,
@@ -75,6 +76,52 @@ def training_keys(subset_json: str, data_percent: float = 100, seed: int = 0) ->
 
 
 COMPILABLE = ("unet", "text_encoder", "language_model")  # what stage1.compile may name
+TIMESTEP_SAMPLING = ("uniform", "stratified", "logit_normal")  # what stage1.timestep_sampling may name
+
+
+def check_levers(cfg: dict, total: int) -> None:
+    """Refuse lever settings that cannot work (issue 23's levers: timestep sampling, antithetic
+    noise, EMA), with the key to change."""
+    if cfg["timestep_sampling"] not in TIMESTEP_SAMPLING:
+        raise SystemExit(
+            f"stage1.timestep_sampling is {cfg['timestep_sampling']!r}; it takes {list(TIMESTEP_SAMPLING)}"
+        )
+    lo, hi = cfg["timestep_range"] or (0, total)
+    if not 0 <= lo < hi <= total:
+        raise SystemExit(f"stage1.timestep_range {[lo, hi]} must satisfy 0 <= low < high <= {total}")
+    if cfg["antithetic_noise"] and int(cfg["noise_draws"]) % 2:
+        raise SystemExit("stage1.antithetic_noise pairs each noise draw with its negation: noise_draws must be even")
+
+
+def draw_timesteps(cfg: dict, g: torch.Generator, draws: int, batch: int, total: int) -> torch.Tensor:
+    """The step's timesteps, (draws, global batch), from ``g``: uniform over ``timestep_range`` (the
+    paper's; unchanged draws from ``g`` at the default range), stratified (the step's draws x batch
+    timesteps one in each of as many equal strata of the range, shuffled over images and draws), or
+    logit-normal (sigmoid of N(mean, std) over the range, SD3's). With antithetic noise, the second
+    half of the draws repeats the first half's timesteps (its noise is the first half's negated)."""
+    lo, hi = cfg["timestep_range"] or (0, total)
+    shape = (draws // 2 if cfg["antithetic_noise"] else draws, batch)
+    scheme = cfg["timestep_sampling"]
+    if scheme == "uniform":
+        t = torch.randint(lo, hi, shape, generator=g)
+    else:
+        n = shape[0] * shape[1]
+        if scheme == "stratified":
+            u = (torch.randperm(n, generator=g) + torch.rand(n, generator=g)) / n
+        else:
+            mean, std = cfg["logit_normal"]
+            u = torch.sigmoid(mean + std * torch.randn(n, generator=g))
+        t = (lo + u * (hi - lo)).long().clamp(lo, hi - 1).reshape(shape)
+    return torch.cat([t, t]) if cfg["antithetic_noise"] else t
+
+
+def draw_step_noise(gen: torch.Generator, draws: int, batch: int, shape: tuple, antithetic: bool) -> torch.Tensor:
+    """The step's noise, (draws, global batch, *latent shape): Gaussian, or with ``antithetic`` its
+    first half drawn and the second half that half negated (each pair averages to zero noise)."""
+    if not antithetic:
+        return torch.randn((draws, batch, *shape), generator=gen)
+    half = torch.randn((draws // 2, batch, *shape), generator=gen)
+    return torch.cat([half, -half])
 
 
 def build(params: dict, vision: str, decoder: str, device) -> tuple[VLVEncoder, FrozenT2IDecoder]:
@@ -181,9 +228,7 @@ def make_step_loss(cfg, acc, dec):
     def step_loss(model, step, batch):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         # draws x global batch: each image is noised `noise_draws` times (the encoder runs once for them)
-        timesteps = torch.randint(
-            0, dec.noise_scheduler.config.num_train_timesteps, (draws, cfg["batch_size"]), generator=g
-        )
+        timesteps = draw_timesteps(cfg, g, draws, cfg["batch_size"], dec.noise_scheduler.config.num_train_timesteps)
         noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
         mine = slice(rank * per_proc, (rank + 1) * per_proc)
         device = {"device": acc.device, "non_blocking": True}  # from pinned memory: asynchronous
@@ -198,7 +243,7 @@ def make_step_loss(cfg, acc, dec):
             latents = dist.sample(generator=torch.Generator(device=acc.device).manual_seed(noise_seed + rank)) * scaling
         # noise for the whole global batch, then this process's slice: same draws for any world size
         gen = torch.Generator().manual_seed(noise_seed)
-        noise = torch.randn((draws, cfg["batch_size"], *latents.shape[1:]), generator=gen)[:, mine]
+        noise = draw_step_noise(gen, draws, cfg["batch_size"], latents.shape[1:], cfg["antithetic_noise"])[:, mine]
         t_mine = timesteps[:, mine]
         feats = batch["vision"].to(**device) if "vision" in batch else None
 
@@ -244,6 +289,7 @@ def main(argv=None) -> int:
     seed_everything(seed)  # the same initial queries and phi on every process
 
     enc, dec = build(cfg, args.vision, args.decoder, acc.device)
+    check_levers(cfg, dec.noise_scheduler.config.num_train_timesteps)
     keys = training_keys(args.subset, cfg["data_percent"], seed)
     index = ShardIndex(args.images, keys)
     if len(index) == 0:

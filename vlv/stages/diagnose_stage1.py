@@ -1,0 +1,345 @@
+"""Where stage 1's training signal lies, and what its loss can reach (issue 23's diagnosis; toy profile).
+
+Settings: the config's ``diagnose_stage1`` section. On evaluation images stratified by object count (the first ``per_count`` scenes of each count):
+
+(a) **Paired loss gaps.** Fixed (timestep, noise) pairs per image, ``draws`` noise draws at each of
+    ``timesteps``, reused for every condition: the encoder's embeddings, the true caption, the true
+    caption with its shapes swapped, and the empty caption. The swap permutes the shapes among the
+    objects (a wrong binding, the same bag of shapes) where the scene has two different shapes, and
+    otherwise replaces each shape by the next of the world's. Reported per timestep (with its log-SNR)
+    and object count: the mean over images of L(condition) - L(true caption), its standard error, and
+    the standard deviation of one (image, draw) difference, from which the samples needed to resolve
+    a gap follow as (sd / gap)^2.
+(b) **Free embeddings.** Per image, an embedding optimised by stage 1's own loss alone (``optimise_steps``
+    Adam steps at uniform timesteps, ``optimise_draws`` noise draws per image and step), started from the encoder's
+    output and from the true caption's. Their renders at guidance ``guidance``, beside the encoder's,
+    the true caption's and the empty caption's (same sampler noise), are scored by the Shapes
+    detector: what the loss can reach with an unlimited per-image budget, against what the encoder
+    reaches by amortising it.
+
+Outputs (``--out DIR``): ``signal.json``, ``signal.png`` (the gaps against log-SNR per object count,
+and the shape scores of (b)), ``grid.png`` (the renders of (b)), ``manifest.json``.
+
+Example:
+    python -m vlv.stages.diagnose_stage1 --params "$(python -m vlv.config stage1)" \
+        --encoder results/distill_stage1/encoder --decoder models/toy/t2i \
+        --images results/generate_shapes/eval --shapes "$(python -m vlv.config shapes)" \
+        --options "$(python -m vlv.config diagnose_stage1)" --out results/diagnose_stage1/encoder
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vlv.cli_common import load_params, setup_logging, stage_parser
+from vlv.data.shards import ShardIndex, load_images
+from vlv.figures import save_image_grid
+from vlv.manifest import build_manifest, write_manifest
+from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
+from vlv.models.vlv_encoder import VLVEncoder
+from vlv.shapes.captions import short_caption
+from vlv.shapes.world import Scene, WorldSpec
+from vlv.stages.reconstruct import embed_images, sample_all
+from vlv.training import pick_device
+
+CONDITIONS = ("encoder", "true_caption", "shapes_swapped", "empty_caption")
+SOURCES = ("encoder", "free_from_encoder", "free_from_caption", "true_caption", "empty_caption")
+
+
+def stratified(scenes: list[Scene], per_count: int) -> list[int]:
+    """Indices of the first ``per_count`` scenes of each object count, in split order."""
+    taken: dict[int, int] = {}
+    chosen = []
+    for i, s in enumerate(scenes):
+        n = len(s.objects)
+        if taken.get(n, 0) < per_count:
+            taken[n] = taken.get(n, 0) + 1
+            chosen.append(i)
+    return chosen
+
+
+def swap_shapes(scene: Scene, spec: WorldSpec) -> tuple[Scene, str]:
+    """The scene with its shapes swapped: rotated among the objects where two of them differ
+    ("permuted": every shape still present, bound to another object), else each replaced by the next
+    shape of the world ("replaced"). Everything else about the objects stays."""
+    shapes = [o.shape for o in scene.objects]
+    if len(set(shapes)) > 1:
+        new, kind = shapes[1:] + shapes[:1], "permuted"
+    else:
+        new, kind = [spec.shapes[(spec.shapes.index(s) + 1) % len(spec.shapes)] for s in shapes], "replaced"
+    return Scene(scene.id, [replace(o, shape=s) for o, s in zip(scene.objects, new, strict=True)]), kind
+
+
+def canonical_caption(scene: Scene, seed: int) -> str:
+    """A short caption of the scene in the first phrasing, its object order and wording drawn from
+    (seed, scene id) only: a scene and its shape-swapped copy get the same words but the shapes."""
+    return short_caption(scene, np.random.default_rng([seed, scene.id]), phrasing=0)
+
+
+def log_snr(dec: FrozenT2IDecoder, timesteps: list[int]) -> list[float]:
+    a = dec.noise_scheduler.alphas_cumprod[torch.tensor(timesteps)].double()
+    return [round(float(v), 3) for v in torch.log(a / (1 - a))]
+
+
+@torch.no_grad()
+def loss_table(dec, latents, conds: dict, timesteps: list[int], draws: int, seed: int, batch: int = 64) -> dict:
+    """Per-sample denoising losses, condition -> (images, timesteps, draws); every condition sees the
+    same noise and timestep for a given (image, timestep, draw)."""
+    n = len(latents)
+    out = {name: np.zeros((n, len(timesteps), draws)) for name in conds}
+    for ti, t in enumerate(tqdm(timesteps, desc="paired losses", leave=False)):
+        ts = torch.full((n,), t, dtype=torch.long)
+        for d in range(draws):
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + t * 1000 + d))
+            for name, cond in conds.items():
+                for i in range(0, n, batch):
+                    b = slice(i, i + batch)
+                    out[name][b, ti, d] = dec.diffusion_loss(
+                        latents[b], cond[b], noise[b], ts[b], per_sample=True
+                    ).cpu()
+    return out
+
+
+def _gap_stats(diff: np.ndarray) -> dict:
+    """diff: (images, draws) differences at one timestep -> mean, standard error over images, sd of one."""
+    per_image = diff.mean(axis=1)
+    n = len(per_image)
+    return {
+        "gap": round(float(per_image.mean()), 6),
+        "se": round(float(per_image.std(ddof=1) / np.sqrt(n)), 6) if n > 1 else None,
+        "sd_one_draw": round(float(diff.std(ddof=1)), 6) if diff.size > 1 else None,
+        "images": n,
+    }
+
+
+def gap_summary(losses: dict, counts: np.ndarray, timesteps: list[int], snr: list[float]) -> dict:
+    """For each condition but the true caption and each stratum ("all", "1", "2", ...): per timestep
+    the gap statistics of L(condition) - L(true caption), and their sum over the timesteps."""
+    strata = {"all": np.ones(len(counts), bool), **{str(c): counts == c for c in sorted(set(counts.tolist()))}}
+    out: dict = {}
+    for name, table in losses.items():
+        if name == "true_caption":
+            continue
+        diff = table - losses["true_caption"]
+        out[name] = {}
+        for stratum, mask in strata.items():
+            rows = [{"t": t, "log_snr": s, **_gap_stats(diff[mask, i])} for i, (t, s) in enumerate(zip(timesteps, snr))]
+            summed = diff[mask].mean(axis=2).sum(axis=1)
+            se = float(summed.std(ddof=1) / np.sqrt(len(summed))) if len(summed) > 1 else None
+            out[name][stratum] = {"by_t": rows, "summed": round(float(summed.mean()), 6), "summed_se": se}
+    return out
+
+
+def caption_embeddings(dec: FrozenT2IDecoder, captions: list[str]) -> torch.Tensor:
+    """The embeddings ``z`` whose conditioning along the decoder's route is the captions' own text
+    encoding: the token embeddings (route text_encoder) or the text model's states before its final
+    layer norm (route direct)."""
+    te = dec.text_encoder
+    ids = dec.tokenizer(
+        captions, padding="max_length", max_length=dec.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(te.device)
+    with torch.no_grad():
+        if dec.route == "text_encoder":
+            return te.embeddings.token_embedding(ids)
+        return te(ids, output_hidden_states=True).hidden_states[-1]
+
+
+def optimise_free(dec, latents, z0: torch.Tensor, steps: int, lr: float, draws: int, seed: int):
+    """Per-image embeddings optimised by the denoising loss alone (Adam; the loss is a mean over
+    images, so each embedding moves by its own image's term only). Returns them and the mean loss of
+    the first and of the last tenth of the steps."""
+    z = z0.detach().clone().requires_grad_(True)
+    seen = []
+    opt = torch.optim.Adam([z], lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    n, steps_total = len(latents), dec.noise_scheduler.config.num_train_timesteps
+    for _ in tqdm(range(steps), desc="free embeddings", leave=False):
+        t = torch.randint(0, steps_total, (draws * n,), generator=g)
+        noise = torch.randn((draws * n, *latents.shape[1:]), generator=g)
+        loss = dec.diffusion_loss(latents.repeat(draws, 1, 1, 1), dec.condition(z).repeat(draws, 1, 1), noise, t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen.append(loss.item())
+    tenth = max(1, steps // 10)
+    return z.detach(), {"loss_first": float(np.mean(seen[:tenth])), "loss_last": float(np.mean(seen[-tenth:]))}
+
+
+def shape_scores(scenes: list[Scene], renders: np.ndarray, spec: WorldSpec) -> dict:
+    """The detector's scores per object count and over all: colour+shape found (of all objects),
+    shape right of the objects whose colour was drawn, size right of the colour+shape matches."""
+    from vlv.shapes.detect import detect, score_scene
+
+    scores = [score_scene(s, detect(im, spec), spec) for s, im in zip(scenes, renders, strict=True)]
+    out = {}
+    for stratum in ["all", *sorted({str(s.n_objects) for s in scores})]:
+        part = [s for s in scores if stratum == "all" or str(s.n_objects) == stratum]
+        objects, colour = sum(s.n_objects for s in part), sum(s.colour_hits for s in part)
+        cs = sum(s.colour_shape_hits for s in part)
+        out[stratum] = {
+            "objects": objects,
+            "colour_shape_found": round(cs / max(objects, 1), 4),
+            "shape_right_of_drawn_colours": round(cs / max(colour, 1), 4),
+            "size_right_of_matched": round(sum(s.size_hits for s in part) / max(cs, 1), 4),
+        }
+    return out
+
+
+def save_figure(path: Path, gaps: dict, scores: dict) -> None:
+    """Left: one panel per object count, the gap to the true caption against log-SNR for each
+    condition (error bars: one standard error). Right: shape right of drawn colours per source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strata = [s for s in next(iter(gaps.values())) if s != "all"]
+    fig, axes = plt.subplots(1, len(strata) + 1, figsize=(3.3 * (len(strata) + 1), 3.0), dpi=110)
+    for ax, stratum in zip(axes, strata):
+        for name, by in gaps.items():
+            rows = by[stratum]["by_t"]
+            x, y = [r["log_snr"] for r in rows], [r["gap"] for r in rows]
+            ax.errorbar(x, y, yerr=[r["se"] or 0 for r in rows], label=name, marker="o", ms=3, capsize=2)
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set_yscale("symlog", linthresh=1e-3)  # the swap's gap is 10-100x the others'
+        ax.set_title(f"{stratum}-object scenes", fontsize=8)
+        ax.set_xlabel("log-SNR (low = heavy noise)", fontsize=7)
+        ax.set_ylabel("L(condition) - L(true caption)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[0].legend(fontsize=6)
+    ax = axes[-1]
+    width = 0.8 / len(scores)
+    for k, (source, by) in enumerate(scores.items()):
+        vals = [by.get(s, {}).get("shape_right_of_drawn_colours", np.nan) for s in strata]
+        ax.bar(np.arange(len(strata)) + k * width, vals, width, label=source)
+    ax.set_xticks(np.arange(len(strata)) + 0.4 - width / 2, [f"{s} obj" for s in strata], fontsize=7)
+    ax.set_ylabel("shape right, of drawn colours", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=5)
+    fig.suptitle("Stage 1's signal: where the loss separates captions, and what it can reach", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = stage_parser(__doc__)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--decoder", required=True)
+    p.add_argument("--images", required=True, help="evaluation shards with scene graphs (toy profile)")
+    p.add_argument("--shapes", default=None, help="the Shapes world config as JSON (toy profile)")
+    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--options", required=True, help="the diagnosis's settings: the config's diagnose_stage1 section, as JSON"
+    )
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    log = setup_logging()
+    if not args.shapes:
+        raise SystemExit(
+            "the diagnosis reads scene graphs and scores with the Shapes detector: toy profile only (--shapes)"
+        )
+    cfg, opt = load_params(args.params), json.loads(args.options)
+    device, seed = pick_device(args.device), int(cfg["seed"])
+    spec = WorldSpec.from_config(json.loads(args.shapes))
+    encoder = VLVEncoder.from_pretrained(args.encoder).to(device)
+    dec = FrozenT2IDecoder(args.decoder, route=encoder_route(encoder, cfg["route"])).to(device)
+    keys, images, metas = load_images(args.images, ShardIndex(args.images).keys[: cfg["n_eval_images"]])
+    scenes = [Scene.from_json(m["scene"]) for m in metas]
+    chosen = stratified(scenes, opt["per_count"])
+    images, scenes = images[chosen], [scenes[i] for i in chosen]
+    counts = np.array([len(s.objects) for s in scenes])
+    swapped = [swap_shapes(s, spec) for s in scenes]
+    captions = [canonical_caption(s, seed) for s in scenes]
+    log.info("%d images (%s objects each)", len(scenes), dict(zip(*np.unique(counts, return_counts=True))))
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(device)
+    latents = dec.latent_dist(x).mode() * dec.vae.config.scaling_factor
+    z_enc = embed_images(encoder, images, device)
+    z_cap = caption_embeddings(dec, captions)
+    with torch.no_grad():
+        conds = {
+            "encoder": dec.condition(z_enc),
+            "true_caption": dec.encode_text(captions),
+            "shapes_swapped": dec.encode_text([canonical_caption(s, seed) for s, _ in swapped]),
+            "empty_caption": dec.encode_text([""] * len(scenes)),
+        }
+    timesteps = [int(t) for t in opt["timesteps"]]
+    snr = log_snr(dec, timesteps)
+    losses = loss_table(dec, latents, conds, timesteps, opt["draws"], seed)
+    result: dict = {
+        "images": len(scenes),
+        "objects_per_image": counts.tolist(),
+        "swap_kinds": {k: sum(kind == k for _, kind in swapped) for k in ("permuted", "replaced")},
+        "timesteps": timesteps,
+        "log_snr": snr,
+        "draws": opt["draws"],
+        "gaps_to_true_caption": gap_summary(losses, counts, timesteps, snr),
+    }
+    renders = {}
+    if opt["optimise_steps"]:
+        free = {
+            name: optimise_free(
+                dec, latents, z0, opt["optimise_steps"], opt["optimise_lr"], opt["optimise_draws"], seed
+            )
+            for name, z0 in (("free_from_encoder", z_enc), ("free_from_caption", z_cap))
+        }
+        with torch.no_grad():
+            sources = {
+                "encoder": conds["encoder"],
+                **{k: dec.condition(z) for k, (z, _) in free.items()},
+                "true_caption": conds["true_caption"],
+                "empty_caption": conds["empty_caption"],
+            }
+        steps = cfg["reconstruct_steps"]
+        for name, cond in sources.items():
+            logging.getLogger("vlv").info("rendering %s at guidance %g", name, opt["guidance"])
+            renders[name] = sample_all(dec, cond, opt["guidance"] if name != "empty_caption" else 1.0, steps, seed)
+        result["free_embeddings"] = {
+            "steps": opt["optimise_steps"],
+            "lr": opt["optimise_lr"],
+            "draws": opt["optimise_draws"],
+            "guidance": opt["guidance"],
+            "training_loss": {k: losses_seen for k, (_, losses_seen) in free.items()},
+            "scores": {name: shape_scores(scenes, r, spec) for name, r in renders.items()},
+        }
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "signal.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_figure(out / "signal.png", result["gaps_to_true_caption"], result.get("free_embeddings", {}).get("scores", {}))
+    if renders:
+        save_image_grid(out / "grid.png", {"original": images, **renders}, n=12, title="free embeddings (b)")
+    write_manifest(
+        out / "manifest.json",
+        build_manifest(
+            "diagnose_stage1", cfg, seed, device=str(device), encoder=args.encoder, decoder=args.decoder,
+            images=args.images, keys=[keys[i] for i in chosen], options=opt,
+        ),
+    )  # fmt: skip
+    print(format_result(result))
+    return 0
+
+
+def format_result(r: dict) -> str:
+    lines = [f"{'t':>5s} {'logSNR':>7s} " + " ".join(f"{n:>18s}" for n in r["gaps_to_true_caption"])]
+    gaps = r["gaps_to_true_caption"]
+    for i, t in enumerate(r["timesteps"]):
+        cells = [f"{g['all']['by_t'][i]['gap']:10.4f} ({g['all']['by_t'][i]['se'] or 0:.4f})" for g in gaps.values()]
+        lines.append(f"{t:5d} {r['log_snr'][i]:7.2f} " + " ".join(f"{c:>18s}" for c in cells))
+    for name, by in r.get("free_embeddings", {}).get("scores", {}).items():
+        shape = "  ".join(f"{s}: {v['shape_right_of_drawn_colours']:.0%}" for s, v in by.items() if s != "all")
+        lines.append(f"{name:18s} colour+shape {by['all']['colour_shape_found']:6.1%}  shape right of drawn: {shape}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
