@@ -82,6 +82,9 @@ rule diagnose_stage1:
         code=code("vlv.stages.diagnose_stage1"),
         encoder="<results>/distill_stage1/{s1}",
         images=split_dir("eval"),
+        pool=split_dir("pool"),
+        subset="<results>/subset/subset.json",
+        vision_encoder=model_input("vision_encoder"),
         t2i=model_input("t2i"),
     output:
         signal="<results>/diagnose_stage1/{s1}/signal.json",
@@ -101,8 +104,10 @@ rule diagnose_stage1:
         options=params_json("diagnose_stage1"),
         shapes=shapes_arg(),
         t2i=model_arg("t2i"),
+        vision=model_arg("vision_encoder"),
         out=subpath(output.signal, parent=True),
     shell:
         "python -m vlv.stages.diagnose_stage1 --params {params.cfg:q} --encoder {input.encoder} "
-        "--decoder {params.t2i} --images {input.images} {params.shapes} "
+        "--decoder {params.t2i} --images {input.images} {params.shapes} --vision {params.vision} "
+        "--pool {input.pool} --subset {input.subset} "
         "--options {params.options:q} --out {params.out} > {log} 2>&1"

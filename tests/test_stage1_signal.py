@@ -109,6 +109,20 @@ def test_ema_weights_follow_the_formula_and_survive_a_kill(tmp_path, monkeypatch
     assert all(torch.equal(a, b) for a, b in zip(plain, raw_plain[-1]))  # off: the last weights
 
 
+def test_cell_labels_name_each_occupied_cell():
+    from vlv.stages.diagnose_stage1 import cell_labels
+
+    spec = WorldSpec()
+    scenes = sample_scenes(spec, seed=3, n=20)
+    shape, size = cell_labels(scenes, spec)
+    assert shape.shape == (20, 9) and size.shape == (20, 9)
+    for i, scene in enumerate(scenes):
+        assert int((shape[i] > 0).sum()) == len(scene.objects) == int((size[i] > 0).sum())
+        for o in scene.objects:
+            assert spec.shapes[shape[i, o.row * 3 + o.col] - 1] == o.shape
+            assert list(spec.sizes)[size[i, o.row * 3 + o.col] - 1] == o.size
+
+
 def test_swapped_shapes_change_only_shapes():
     spec = WorldSpec()
     scenes = sample_scenes(spec, seed=5, n=200)
@@ -150,6 +164,10 @@ def test_diagnose_stage1_rule_on_the_micro_run(micro_all_copy):
     free = r["free_embeddings"]
     assert set(free["scores"]) == {"encoder", "free_from_encoder", "free_from_caption", "true_caption", "empty_caption"}
     assert set(free["training_loss"]["free_from_caption"]) == {"loss_first", "loss_last"}
+    capacity = r["capacity"]  # (c) ran its 3 steps on the micro pool and scored the six images
+    assert capacity["steps"] == 3 and capacity["all"]["objects"] == 12
+    assert set(capacity) >= {"1", "2", "3"} and 0 <= capacity["all"]["shape_right"] <= 1
+    assert not (out / "capacity_work").exists() and (out / "capacity" / "loss.csv").exists()
     assert (out / "signal.png").stat().st_size > 0 and (out / "grid.png").stat().st_size > 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "diagnose_stage1" and len(manifest["keys"]) == 6

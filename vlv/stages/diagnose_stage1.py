@@ -17,6 +17,12 @@ Settings: the config's ``diagnose_stage1`` section. On evaluation images stratif
     detector: what the loss can reach with an unlimited per-image budget, against what the encoder
     reaches by amortising it.
 
+(c) **Capacity.** The trainable stack of stage 1 (as ``stage1.trainable``, from the same starting
+    folder) trained for ``capacity_steps`` steps at stage 1's batch, learning rate and schedule on the
+    stage-1 training images, with a linear read-out of each grid cell's shape and size from its
+    flattened embeddings, supervised by the scene graphs; scored on the evaluation images: whether the
+    stack can carry per-object shape and size in this budget at all, given a direct signal.
+
 Outputs (``--out DIR``): ``signal.json``, ``signal.png`` (the gaps against log-SNR per object count,
 and the shape scores of (b)), ``grid.png`` (the renders of (b)), ``manifest.json``.
 
@@ -24,6 +30,7 @@ Example:
     python -m vlv.stages.diagnose_stage1 --params "$(python -m vlv.config stage1)" \
         --encoder results/distill_stage1/encoder --decoder models/toy/t2i \
         --images results/generate_shapes/eval --shapes "$(python -m vlv.config shapes)" \
+        --vision models/toy/vision --pool results/generate_shapes/pool --subset results/subset/subset.json \
         --options "$(python -m vlv.config diagnose_stage1)" --out results/diagnose_stage1/encoder
 """
 
@@ -192,9 +199,87 @@ def shape_scores(scenes: list[Scene], renders: np.ndarray, spec: WorldSpec) -> d
     return out
 
 
-def save_figure(path: Path, gaps: dict, scores: dict) -> None:
+def cell_labels(scenes: list[Scene], spec: WorldSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per grid cell (row-major): the shape's and the size's index + 1, 0 for an empty cell."""
+    cells = spec.grid * spec.grid
+    shape, size = torch.zeros(len(scenes), cells, dtype=torch.long), torch.zeros(len(scenes), cells, dtype=torch.long)
+    sizes = list(spec.sizes)
+    for i, s in enumerate(scenes):
+        for o in s.objects:
+            shape[i, o.row * spec.grid + o.col] = spec.shapes.index(o.shape) + 1
+            size[i, o.row * spec.grid + o.col] = sizes.index(o.size) + 1
+    return shape, size
+
+
+class CellReadout(torch.nn.Module):
+    """The encoder with a linear read-out of every cell's shape and size from its flattened embeddings."""
+
+    def __init__(self, encoder: VLVEncoder, n_tokens: int, dim: int, spec: WorldSpec):
+        super().__init__()
+        self.encoder, self.cells = encoder, spec.grid * spec.grid
+        self.classes = (len(spec.shapes) + 1, len(spec.sizes) + 1)
+        self.shape = torch.nn.Linear(n_tokens * dim, self.cells * self.classes[0])
+        self.size = torch.nn.Linear(n_tokens * dim, self.cells * self.classes[1])
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder(pixel_values).flatten(1)
+        return self.shape(z).view(-1, self.cells, self.classes[0]), self.size(z).view(-1, self.cells, self.classes[1])
+
+
+def capacity_check(cfg: dict, steps: int, args, spec: WorldSpec, eval_images, eval_scenes, out: Path) -> dict:
+    """(c): the trainable stack with a supervised per-cell read-out; its held-out accuracy."""
+    from vlv.stages.distill_stage1 import build, training_keys
+    from vlv.training import make_accelerator, train
+
+    seed = int(cfg["seed"])
+    acc = make_accelerator(args.device == "cpu" or not torch.cuda.is_available(), "fp32")
+    torch.manual_seed(seed)
+    enc, _ = build({**cfg, "compile": [], "frozen_bf16": False}, args.vision, args.decoder, "cpu")
+    _, images, metas = load_images(args.pool, training_keys(args.subset, cfg["data_percent"], seed))
+    shape_lbl, size_lbl = cell_labels([Scene.from_json(m["scene"]) for m in metas], spec)
+    model = CellReadout(enc, cfg["num_queries"], enc.config["clip_dim"], spec)
+    params = {k: cfg[k] for k in ("lr", "betas", "weight_decay", "warmup_steps", "final_lr_ratio", "grad_clip")}
+    params.update(steps=steps, log_every=cfg["log_every"], checkpoint_every=cfg["checkpoint_every"])
+    ce = torch.nn.functional.cross_entropy
+
+    def step_loss(m, step, batch):
+        idx = np.random.default_rng([seed, step]).choice(len(images), cfg["batch_size"], replace=False)
+        shape_logits, size_logits = m(enc.preprocess(images[idx]).to(acc.device))
+        loss = ce(shape_logits.flatten(0, 1), shape_lbl[idx].flatten().to(acc.device)) + ce(
+            size_logits.flatten(0, 1), size_lbl[idx].flatten().to(acc.device)
+        )
+        acc.backward(loss)
+        return loss.detach()
+
+    run = train(acc, model, params, step_loss, stage="capacity_check", work=out / "capacity_work",
+                out=out / "capacity", settings={**params, "seed": seed, "keys": len(images)})  # fmt: skip
+    run.ckpt.clear()  # (the folder's loss.csv stays)
+    trained = acc.unwrap_model(run.model).eval()
+    with torch.no_grad():
+        logits = [
+            trained(enc.preprocess(eval_images[i : i + 64]).to(acc.device)) for i in range(0, len(eval_images), 64)
+        ]
+    shape_pred = torch.cat([a for a, _ in logits]).argmax(-1).cpu()
+    size_pred = torch.cat([b for _, b in logits]).argmax(-1).cpu()
+    shape_true, size_true = cell_labels(eval_scenes, spec)
+    counts = torch.tensor([len(s.objects) for s in eval_scenes])
+    result = {"steps": steps, "training_images": len(images), "seconds": round(run.seconds, 1)}
+    for stratum in ["all", *sorted({str(int(c)) for c in counts})]:
+        rows = torch.ones(len(counts), dtype=torch.bool) if stratum == "all" else counts == int(stratum)
+        occupied = (shape_true > 0) & rows[:, None]
+        result[stratum] = {
+            "objects": int(occupied.sum()),
+            "shape_right": round(float((shape_pred == shape_true)[occupied].float().mean()), 4),
+            "size_right": round(float((size_pred == size_true)[occupied].float().mean()), 4),
+            "empty_cells_right": round(float((shape_pred == 0)[(shape_true == 0) & rows[:, None]].float().mean()), 4),
+        }
+    return result
+
+
+def save_figure(path: Path, gaps: dict, scores: dict, capacity: dict | None = None) -> None:
     """Left: one panel per object count, the gap to the true caption against log-SNR for each
-    condition (error bars: one standard error). Right: shape right of drawn colours per source."""
+    condition (error bars: one standard error). Right: shape right of drawn colours per source of
+    embeddings (b), beside the supervised read-out's shape right per object (c, hatched)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,10 +300,21 @@ def save_figure(path: Path, gaps: dict, scores: dict) -> None:
         ax.tick_params(labelsize=6)
     axes[0].legend(fontsize=6)
     ax = axes[-1]
-    width = 0.8 / len(scores)
-    for k, (source, by) in enumerate(scores.items()):
-        vals = [by.get(s, {}).get("shape_right_of_drawn_colours", np.nan) for s in strata]
-        ax.bar(np.arange(len(strata)) + k * width, vals, width, label=source)
+    bars = {
+        source: [by.get(s, {}).get("shape_right_of_drawn_colours", np.nan) for s in strata]
+        for source, by in scores.items()
+    }
+    if capacity:
+        bars["read-out (c)"] = [capacity.get(s, {}).get("shape_right", np.nan) for s in strata]
+    width = 0.8 / max(len(bars), 1)
+    for k, (source, vals) in enumerate(bars.items()):
+        ax.bar(
+            np.arange(len(strata)) + k * width,
+            vals,
+            width,
+            label=source,
+            hatch="//" if source == "read-out (c)" else None,
+        )
     ax.set_xticks(np.arange(len(strata)) + 0.4 - width / 2, [f"{s} obj" for s in strata], fontsize=7)
     ax.set_ylabel("shape right, of drawn colours", fontsize=7)
     ax.set_ylim(0, 1)
@@ -236,6 +332,9 @@ def main(argv=None) -> int:
     p.add_argument("--decoder", required=True)
     p.add_argument("--images", required=True, help="evaluation shards with scene graphs (toy profile)")
     p.add_argument("--shapes", default=None, help="the Shapes world config as JSON (toy profile)")
+    p.add_argument("--vision", required=True, help="the Florence-2 folder stage 1 starts from (c)")
+    p.add_argument("--pool", required=True, help="stage 1's training shards (c)")
+    p.add_argument("--subset", required=True, help="subset.json: its kept keys are stage 1's training set (c)")
     p.add_argument("--out", required=True)
     p.add_argument(
         "--options", required=True, help="the diagnosis's settings: the config's diagnose_stage1 section, as JSON"
@@ -314,8 +413,11 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if opt["capacity_steps"]:
+        result["capacity"] = capacity_check(cfg, opt["capacity_steps"], args, spec, images, scenes, out)
     (out / "signal.json").write_text(json.dumps(result, indent=2) + "\n")
-    save_figure(out / "signal.png", result["gaps_to_true_caption"], result.get("free_embeddings", {}).get("scores", {}))
+    scores = result.get("free_embeddings", {}).get("scores", {})
+    save_figure(out / "signal.png", result["gaps_to_true_caption"], scores, result.get("capacity"))
     if renders:
         save_image_grid(out / "grid.png", {"original": images, **renders}, n=12, title="free embeddings (b)")
     write_manifest(
@@ -338,6 +440,14 @@ def format_result(r: dict) -> str:
     for name, by in r.get("free_embeddings", {}).get("scores", {}).items():
         shape = "  ".join(f"{s}: {v['shape_right_of_drawn_colours']:.0%}" for s, v in by.items() if s != "all")
         lines.append(f"{name:18s} colour+shape {by['all']['colour_shape_found']:6.1%}  shape right of drawn: {shape}")
+    if "capacity" in r:
+        c = r["capacity"]
+        by = "  ".join(
+            f"{s}: {c[s]['shape_right']:.0%}" for s in c if s not in ("all", "steps", "training_images", "seconds")
+        )
+        lines.append(
+            f"capacity ({c['steps']} steps): shape right {c['all']['shape_right']:.1%} ({by}), size right {c['all']['size_right']:.1%}"
+        )
     return "\n".join(lines)
 
 
