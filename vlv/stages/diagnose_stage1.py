@@ -12,7 +12,8 @@ Settings: the config's ``diagnose_stage1`` section. On evaluation images stratif
     a gap follow as (sd / gap)^2.
 (b) **Free embeddings.** Per image, an embedding optimised by stage 1's own loss alone (``optimise_steps``
     Adam steps at uniform timesteps, ``optimise_draws`` noise draws per image and step), started from the encoder's
-    output and from the true caption's. Their renders at guidance ``guidance``, beside the encoder's,
+    output and from the true caption's (the first also after each of ``optimise_snapshots`` steps:
+    how many draws per image the loss needs to carry shape). Their renders at guidance ``guidance``, beside the encoder's,
     the true caption's and the empty caption's (same sampler noise), are scored by the Shapes
     detector: what the loss can reach with an unlimited per-image budget, against what the encoder
     reaches by amortising it.
@@ -158,12 +159,13 @@ def caption_embeddings(dec: FrozenT2IDecoder, captions: list[str]) -> torch.Tens
         return te(ids, output_hidden_states=True).hidden_states[-1]
 
 
-def optimise_free(dec, latents, z0: torch.Tensor, steps: int, lr: float, draws: int, seed: int):
+def optimise_free(dec, latents, z0: torch.Tensor, steps: int, lr: float, draws: int, seed: int, snapshots=()):
     """Per-image embeddings optimised by the denoising loss alone (Adam; the loss is a mean over
-    images, so each embedding moves by its own image's term only). Returns them and the mean loss of
-    the first and of the last tenth of the steps."""
+    images, so each embedding moves by its own image's term only). Returns them, the mean loss of
+    the first and of the last tenth of the steps, and {step: the embeddings after it} for each of
+    ``snapshots``."""
     z = z0.detach().clone().requires_grad_(True)
-    seen = []
+    seen, taken = [], {}
     opt = torch.optim.Adam([z], lr=lr)
     g = torch.Generator().manual_seed(seed)
     n, steps_total = len(latents), dec.noise_scheduler.config.num_train_timesteps
@@ -175,8 +177,10 @@ def optimise_free(dec, latents, z0: torch.Tensor, steps: int, lr: float, draws: 
         loss.backward()
         opt.step()
         seen.append(loss.item())
+        if len(seen) in snapshots:
+            taken[len(seen)] = z.detach().clone()
     tenth = max(1, steps // 10)
-    return z.detach(), {"loss_first": float(np.mean(seen[:tenth])), "loss_last": float(np.mean(seen[-tenth:]))}
+    return z.detach(), {"loss_first": float(np.mean(seen[:tenth])), "loss_last": float(np.mean(seen[-tenth:]))}, taken
 
 
 def shape_scores(scenes: list[Scene], renders: np.ndarray, spec: WorldSpec) -> dict:
@@ -276,17 +280,19 @@ def capacity_check(cfg: dict, steps: int, args, spec: WorldSpec, eval_images, ev
     return result
 
 
-def save_figure(path: Path, gaps: dict, scores: dict, capacity: dict | None = None) -> None:
+def save_figure(path: Path, gaps: dict, free: dict, capacity: dict | None = None) -> None:
     """Left: one panel per object count, the gap to the true caption against log-SNR for each
-    condition (error bars: one standard error). Right: shape right of drawn colours per source of
-    embeddings (b), beside the supervised read-out's shape right per object (c, hatched)."""
+    condition (error bars: one standard error). Then shape right of drawn colours per source of
+    embeddings (b), beside the supervised read-out's shape right per object (c, hatched); last,
+    colour+shape found by the free embeddings against the noise draws per image they took."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     strata = [s for s in next(iter(gaps.values())) if s != "all"]
-    fig, axes = plt.subplots(1, len(strata) + 1, figsize=(3.3 * (len(strata) + 1), 3.0), dpi=110)
+    scores = free.get("scores", {})
+    fig, axes = plt.subplots(1, len(strata) + 2, figsize=(3.3 * (len(strata) + 2), 3.0), dpi=110)
     for ax, stratum in zip(axes, strata):
         for name, by in gaps.items():
             rows = by[stratum]["by_t"]
@@ -299,10 +305,11 @@ def save_figure(path: Path, gaps: dict, scores: dict, capacity: dict | None = No
         ax.set_ylabel("L(condition) - L(true caption)", fontsize=7)
         ax.tick_params(labelsize=6)
     axes[0].legend(fontsize=6)
-    ax = axes[-1]
+    ax = axes[-2]
     bars = {
         source: [by.get(s, {}).get("shape_right_of_drawn_colours", np.nan) for s in strata]
         for source, by in scores.items()
+        if "@" not in source
     }
     if capacity:
         bars["read-out (c)"] = [capacity.get(s, {}).get("shape_right", np.nan) for s in strata]
@@ -320,6 +327,21 @@ def save_figure(path: Path, gaps: dict, scores: dict, capacity: dict | None = No
     ax.set_ylim(0, 1)
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=5)
+    ax = axes[-1]
+    if scores:
+        per_step = free["draws"]
+        steps = [*free["snapshots"], free["steps"]]
+        names = [*(f"free_from_encoder@{n}" for n in free["snapshots"]), "free_from_encoder"]
+        ax.plot([n * per_step for n in steps], [scores[k]["all"]["colour_shape_found"] for k in names], "o-",
+                label="free, from the encoder's output")  # fmt: skip
+        for name, style in (("encoder", "--"), ("true_caption", ":")):
+            ax.axhline(scores[name]["all"]["colour_shape_found"], ls=style, color="gray", label=name)
+        ax.set_xscale("log")
+        ax.legend(fontsize=5)
+    ax.set_xlabel("noise draws per image", fontsize=7)
+    ax.set_ylabel("colour+shape found", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.tick_params(labelsize=6)
     fig.suptitle("Stage 1's signal: where the loss separates captions, and what it can reach", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -385,16 +407,18 @@ def main(argv=None) -> int:
     }
     renders = {}
     if opt["optimise_steps"]:
+        snapshots = [n for n in opt["optimise_snapshots"] if n < opt["optimise_steps"]]
         free = {
             name: optimise_free(
-                dec, latents, z0, opt["optimise_steps"], opt["optimise_lr"], opt["optimise_draws"], seed
+                dec, latents, z0, opt["optimise_steps"], opt["optimise_lr"], opt["optimise_draws"], seed, snaps
             )
-            for name, z0 in (("free_from_encoder", z_enc), ("free_from_caption", z_cap))
+            for name, z0, snaps in (("free_from_encoder", z_enc, snapshots), ("free_from_caption", z_cap, ()))
         }
         with torch.no_grad():
             sources = {
                 "encoder": conds["encoder"],
-                **{k: dec.condition(z) for k, (z, _) in free.items()},
+                **{f"free_from_encoder@{n}": dec.condition(z) for n, z in free["free_from_encoder"][2].items()},
+                **{k: dec.condition(z) for k, (z, _, _) in free.items()},
                 "true_caption": conds["true_caption"],
                 "empty_caption": conds["empty_caption"],
             }
@@ -407,7 +431,8 @@ def main(argv=None) -> int:
             "lr": opt["optimise_lr"],
             "draws": opt["optimise_draws"],
             "guidance": opt["guidance"],
-            "training_loss": {k: losses_seen for k, (_, losses_seen) in free.items()},
+            "snapshots": snapshots,
+            "training_loss": {k: losses_seen for k, (_, losses_seen, _) in free.items()},
             "scores": {name: shape_scores(scenes, r, spec) for name, r in renders.items()},
         }
 
@@ -416,8 +441,9 @@ def main(argv=None) -> int:
     if opt["capacity_steps"]:
         result["capacity"] = capacity_check(cfg, opt["capacity_steps"], args, spec, images, scenes, out)
     (out / "signal.json").write_text(json.dumps(result, indent=2) + "\n")
-    scores = result.get("free_embeddings", {}).get("scores", {})
-    save_figure(out / "signal.png", result["gaps_to_true_caption"], scores, result.get("capacity"))
+    save_figure(
+        out / "signal.png", result["gaps_to_true_caption"], result.get("free_embeddings", {}), result.get("capacity")
+    )
     if renders:
         save_image_grid(out / "grid.png", {"original": images, **renders}, n=12, title="free embeddings (b)")
     write_manifest(
