@@ -39,6 +39,9 @@ VARIANTS = {
     # shape signal and the encoder closing the least of its gap
     "low_noise_tilt": {"timestep_sampling": "logit_normal", "logit_normal": [-0.5, 1.0]},
     "ema": {"ema_decay": 0.995},
+    # the loss weighted toward the clean latents' edges, where shapes differ
+    "edges": {"edge_weight": 4.0},
+    "edges8": {"edge_weight": 8.0},
     "stratified_antithetic": {"timestep_sampling": "stratified", "antithetic_noise": True},
 }
 

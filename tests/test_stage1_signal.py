@@ -9,7 +9,7 @@ from conftest import killed_at_step, run_snakemake
 
 from vlv.shapes.world import WorldSpec, sample_scenes
 from vlv.stages.diagnose_stage1 import canonical_caption, stratified, swap_shapes
-from vlv.stages.distill_stage1 import check_levers, draw_step_noise, draw_timesteps
+from vlv.stages.distill_stage1 import check_levers, draw_step_noise, draw_timesteps, edge_weights
 
 BASE = {"timestep_sampling": "uniform", "logit_normal": [0.0, 1.0], "timestep_range": None, "antithetic_noise": False}
 
@@ -53,6 +53,36 @@ def test_antithetic_draws_pair_each_noise_with_its_negation():
     assert noise[:2].abs().min() > 0  # not a zero pair: drawn noise
     plain = draw_step_noise(torch.Generator().manual_seed(0), 4, 8, (2, 3, 3), antithetic=False)
     assert torch.equal(plain, torch.randn((4, 8, 2, 3, 3), generator=torch.Generator().manual_seed(0)))
+
+
+def test_edge_weights_lean_to_boundaries_and_keep_the_loss_scale():
+    from vlv.models.t2i import denoising_loss
+
+    latents = torch.zeros(2, 3, 8, 8)
+    latents[0, :, 2:5, 2:5] = 1.0  # a square: its boundary is where the neighbour differences are
+    latents[1, 1, :, 4:] = -2.0  # a vertical edge
+    w = edge_weights(latents, 4.0)
+    assert w.shape == (2, 1, 8, 8)
+    assert torch.allclose(w.mean((2, 3)), torch.ones(2, 1))  # the loss keeps its scale
+    assert w[0, 0, 3, 3] < w[0, 0, 1, 2] and w[0, 0, 3, 3] == w[0, 0, 7, 7]  # inside = far away < edge
+    assert w[1, 0, 0, 3] > 1 > w[1, 0, 0, 0]
+    flat = edge_weights(torch.ones(1, 3, 8, 8), 4.0)  # no edges: all weights 1
+    assert torch.allclose(flat, torch.ones_like(flat))
+
+    class Unet(torch.nn.Module):  # a stand-in predicting zeros, to check the weighting arithmetic only
+        dtype = torch.float32
+
+        def forward(self, x, t, encoder_hidden_states):
+            return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+    from diffusers import DDPMScheduler
+
+    sched, noise, t = DDPMScheduler(), torch.randn(2, 3, 8, 8), torch.tensor([10, 500])
+    cond = torch.zeros(2, 1, 4)
+    plain = denoising_loss(Unet(), sched, latents, cond, noise, t, per_sample=True)
+    ones = denoising_loss(Unet(), sched, latents, cond, noise, t, per_sample=True, weight=torch.ones(2, 1, 8, 8))
+    weighted = denoising_loss(Unet(), sched, latents, cond, noise, t, per_sample=True, weight=w)
+    assert torch.allclose(plain, ones) and torch.allclose(weighted, (noise.pow(2) * w).flatten(1).mean(1))
 
 
 def test_lever_settings_that_cannot_work_are_refused():

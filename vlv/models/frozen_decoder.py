@@ -145,11 +145,12 @@ class FrozenT2IDecoder(torch.nn.Module):
         noise: torch.Tensor,
         timesteps: torch.Tensor,
         per_sample: bool = False,
+        weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The denoising MSE with the scheduler's target (epsilon for SD 2.1-base, v for the toy): the
-        batch's mean, or with ``per_sample`` each sample's."""
+        batch's mean, or with ``per_sample`` each sample's; ``weight`` weighs each latent element."""
         with self._frozen_precision(latents):
-            return denoising_loss(self.unet, self.noise_scheduler, latents, cond, noise, timesteps, per_sample)
+            return denoising_loss(self.unet, self.noise_scheduler, latents, cond, noise, timesteps, per_sample, weight)
 
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, guidance: float, steps: int, seed: int) -> np.ndarray:

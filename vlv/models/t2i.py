@@ -92,14 +92,19 @@ def denoising_loss(
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     per_sample: bool = False,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE between the UNet's prediction and the scheduler's target (epsilon, or v for v-prediction):
-    the batch's mean, or with ``per_sample`` each sample's."""
+    the batch's mean, or with ``per_sample`` each sample's; ``weight`` (broadcast to the latents)
+    weighs each element's squared error."""
     t = timesteps.to(latents.device)
     noise = noise.to(latents.device, latents.dtype)
     noisy = scheduler.add_noise(latents, noise, t)
     target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
     pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample
+    if weight is not None:
+        err = (pred.float() - target.float()).pow(2) * weight.to(pred.device, torch.float32)
+        return err.flatten(1).mean(1) if per_sample else err.mean()
     if per_sample:
         return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
     return F.mse_loss(pred.float(), target.float())
