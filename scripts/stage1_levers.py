@@ -61,6 +61,7 @@ def score(recon: Path, eval_dir: str, spec: WorldSpec, guidance: float = 3.0) ->
         "colour_shape_found": round(det["colour_shape_recall"], 4),
         "share_of_floor_to_bound": round(det["share_of_floor_to_bound_closed"], 4),
         "size_right_of_matched": round(det["size_accuracy_of_matched"], 4),
+        "cell_right_of_matched": round(det["cell_accuracy_of_matched"], 4),
         "shape_right_of_drawn_colours": {k: v["shape_right_of_drawn_colours"] for k, v in by_count.items()},
         "denoising_gap_closed": round(float(np.mean(closed)), 4),
         "images": metrics["images"],
@@ -98,9 +99,12 @@ def main() -> None:
     cfg = load_config(*a.config)
     spec = WorldSpec.from_config(cfg["shapes"])
     record = {"machine": build_manifest("stage1_levers", {}, None)["run"], "runs": {}}
-    for item in a.score:
+    for item in a.score:  # an earlier run: its overrides by name, its stage-1 seconds from its encoder's manifest
         name, folder = item.split("=", 1)
-        record["runs"][name] = {"reconstruct": folder, **score(Path(folder), a.eval, spec)}
+        encoder = Path(json.loads((Path(folder) / "manifest.json").read_text())["encoder"])
+        seconds = json.loads((encoder / "manifest.json").read_text())["train_seconds_this_run"]
+        record["runs"][name] = {"overrides": VARIANTS.get(name), "stage1_seconds": seconds, "reconstruct": folder,
+                                **score(Path(folder), a.eval, spec)}  # fmt: skip
     for name in a.variants:
         info = run_variant(cfg, name, VARIANTS[name], Path(a.work), a)
         record["runs"][name] = {**info, **score(Path(a.work) / name / "reconstruct", a.eval, spec)}
