@@ -54,6 +54,7 @@ from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
 from vlv.models.vlv_encoder import VLVEncoder
 from vlv.shapes.captions import short_caption
 from vlv.shapes.world import Scene, WorldSpec
+from vlv.stages.distill_stage1 import to_pixels
 from vlv.stages.reconstruct import embed_images, sample_all
 from vlv.training import pick_device
 
@@ -382,7 +383,7 @@ def main(argv=None) -> int:
     captions = [canonical_caption(s, seed) for s in scenes]
     log.info("%d images (%s objects each)", len(scenes), dict(zip(*np.unique(counts, return_counts=True))))
 
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(device)
+    x = to_pixels(torch.from_numpy(images)).to(device)
     latents = dec.latent_dist(x).mode() * dec.vae.config.scaling_factor
     z_enc = embed_images(encoder, images, device)
     z_cap = caption_embeddings(dec, captions)
