@@ -8,10 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import psutil
 import pytest
 
 # Nothing in the tests touches the network: a hub id fails in seconds instead of retrying.
@@ -207,6 +208,41 @@ def accelerate_launch(
     cmd += [str(ROOT / "tests/launch_on_cpu.py"), module] if through_launcher else ["-m", module]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT, **kw)
+
+
+def finish_together(processes: list[subprocess.Popen], timeout: float) -> list[str]:
+    """The outputs of processes started side by side with ``stdout=PIPE`` (text), read concurrently
+    (one full pipe must not stall the others). If they are not all done within ``timeout`` seconds,
+    each is killed with every process below it (torch's launcher starts its workers in sessions of
+    their own) and the test fails showing what each had printed, so a hang says where it hung."""
+    outs: list[str] = [""] * len(processes)
+
+    def read(i: int) -> None:
+        outs[i] = processes[i].stdout.read()
+
+    readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(len(processes))]
+    for r in readers:
+        r.start()
+    deadline = time.monotonic() + timeout
+    for p in processes:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            break
+    hung = [i for i, p in enumerate(processes) if p.poll() is None]
+    for i in hung:
+        tree = psutil.Process(processes[i].pid)
+        for q in [*tree.children(recursive=True), tree]:
+            with suppress(psutil.NoSuchProcess):
+                q.kill()
+    for p, r in zip(processes, readers, strict=True):
+        p.wait()
+        r.join(timeout=10)
+    if hung:
+        shown = "\n".join(f"--- process {i} ({'hung' if i in hung else f'exit {processes[i].returncode}'}):\n"
+                          f"{out[-4000:]}" for i, out in enumerate(outs))  # fmt: skip
+        pytest.fail(f"processes {hung} still running after {timeout} s; killed. Their output:\n{shown}")
+    return outs
 
 
 TABLE_FILES = [

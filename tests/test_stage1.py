@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, accelerate_launch, free_port, killed_at_step
+from conftest import ROOT, accelerate_launch, finish_together, free_port, killed_at_step
 from safetensors.torch import load_file
 
 from vlv.models.frozen_decoder import FrozenT2IDecoder, clip_text_from_embeddings, encoder_route, unet_condition
@@ -491,7 +491,7 @@ def test_two_machines_started_from_one_job_train_as_one_group(micro_config, tmp_
         )
         for rank in (0, 1)
     ]
-    outs = [m.communicate(timeout=600)[0] for m in machines]
+    outs = finish_together(machines, timeout=300)
     assert [m.returncode for m in machines] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     assert "machine 1 of 2, main 127.0.0.1" in outs[1] and "--num_processes 2" in outs[1]
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
