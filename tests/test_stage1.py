@@ -494,6 +494,7 @@ def test_two_machines_started_from_one_job_train_as_one_group(micro_config, tmp_
     outs = finish_together(machines, timeout=300)
     assert [m.returncode for m in machines] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     assert "machine 1 of 2, main 127.0.0.1" in outs[1] and "--num_processes 2" in outs[1]
+    assert not any("still referenced at the end of training" in out for out in outs)  # (an exit that can hang)
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import hashlib
 import itertools
 import logging
@@ -12,6 +13,7 @@ import math
 import os
 import random
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,6 +344,28 @@ def finish_training(acc, run: TrainingRun, out: str | os.PathLike, params: dict,
     for c in caches:
         c.clear()  # every process is past its last read (train ends with wait_for_everyone)
     run.ckpt.clear()
+
+
+def end_training(acc, run: TrainingRun) -> None:
+    """The last call of a training stage: the prepared (DDP or FSDP) model is let go, then the process
+    group is destroyed (``Accelerator.end_training``).
+
+    The order matters. DDP's reducer holds the process group; left to the interpreter's exit, it is
+    the last holder, and it destroys the group with the GIL held while gloo's worker thread waits for
+    the GIL to release the tensors of a finished collective: the process never exits. (Seen on one in
+    seven two-machine runs on 2 loaded cores: the worker at exit in ``~ProcessGroupGloo`` joining
+    ``runLoop``, which waited in a tensor ``decref``; the machine-0 launcher in its exit barrier.)
+    Let go here, the group's last holder is torch's registry, whose Python object releases the GIL
+    before destroying it."""
+    wrapper = weakref.ref(run.model)
+    run.model = None
+    acc.free_memory()
+    gc.collect()
+    if wrapper() is not None and acc.num_processes > 1:
+        logging.getLogger("vlv").warning(
+            "the prepared model is still referenced at the end of training: the exit may hang"
+        )
+    acc.end_training()
 
 
 def peak_memory_gib(device: torch.device) -> float | None:

@@ -52,6 +52,7 @@ from vlv.models.frozen_decoder import FrozenT2IDecoder
 from vlv.models.vlv_encoder import VLVEncoder
 from vlv.training import (
     accumulate,
+    end_training,
     fingerprint,
     finish_training,
     make_accelerator,
@@ -346,7 +347,7 @@ def main(argv=None) -> int:
     if acc.is_main_process:
         rate = n_img / max(run.seconds, 1e-9)
         log.info("saved %s: %d steps, %.0f s, %.1f images/s", args.out, run.steps, run.seconds, rate)
-    acc.end_training()
+    end_training(acc, run)
     return 0
 
 

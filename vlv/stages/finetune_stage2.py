@@ -46,6 +46,7 @@ from vlv.data.shards import ShardIndex
 from vlv.models.vlv_captioner import TRAINABLE, VLVCaptioner
 from vlv.training import (
     accumulate,
+    end_training,
     fingerprint,
     finish_training,
     make_accelerator,
@@ -326,7 +327,7 @@ def main(argv=None) -> int:
         write_curve(Path(args.out) / "validation.csv", validation.rows)
     if acc.is_main_process:
         log.info("saved %s: %d steps, %.0f s", args.out, run.steps, run.seconds)
-    acc.end_training()
+    end_training(acc, run)
     return 0
 
 
