@@ -86,7 +86,7 @@ def test_stage_params_gather_what_each_stage_needs(toy_config, capsys):
     assert stage_params(toy_config, "stage2")["trainable"] == toy_config["stage2"]["trainable"]
     assert stage_params(toy_config, "stage1", "nq16")["num_queries"] == 16
     assert stage_params(toy_config, "pretrain_toy.t2i")["shapes"] == toy_config["shapes"]
-    assert stage_params(toy_config, "subset") == toy_config["subset"]
+    assert stage_params(toy_config, "subset") == {**toy_config["subset"], "max_bad_share": 0.01}
     # the command line prints the same, so a docstring's $(python -m vlv.config stage2) runs the stage
     assert main(["stage2", "--variant", "vlv_pairs25-mlp"]) == 0
     assert json.loads(capsys.readouterr().out) == s2

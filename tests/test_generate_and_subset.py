@@ -3,6 +3,7 @@ import tarfile
 
 import pytest
 
+from vlv.config import stage_params
 from vlv.data.shards import BadImage, decode_image, encode_png, iter_dir, iter_shard, write_shard
 from vlv.stages import generate_shapes, subset
 
@@ -117,7 +118,8 @@ def _run_subset(cfg, pool, out, root):
 
 def test_subset_skips_and_explains_every_bad_image(micro_config, tmp_path, root):
     pool = _pool_with_bad_samples(micro_config, tmp_path)
-    res = _run_subset(micro_config["subset"], pool, tmp_path / "subset", root)
+    params = {**stage_params(micro_config, "subset"), "max_bad_share": 0.05}  # 3 bad files of 69
+    res = _run_subset(params, pool, tmp_path / "subset", root)
     reasons = {r["key"]: r["reason"] for r in res["rejected"]}
     assert reasons["bad00001"].startswith("undecodable image")
     assert reasons["bad00002"].startswith("undecodable image")
@@ -134,6 +136,19 @@ def test_subset_skips_and_explains_every_bad_image(micro_config, tmp_path, root)
     assert all(r["clip_score"] <= kept_min for r in res["rejected"] if "clip_score" in r)
 
 
+def test_subset_stops_naming_the_bad_files_when_more_than_the_allowed_share_is_bad(micro_config, tmp_path, root):
+    """3 bad files (two undecodable, one without an image) of 69 samples: 4.3 %, over the default 1 %.
+    The turned-down images (too small, too wide) are the filters' choice, not bad files."""
+    pool = _pool_with_bad_samples(micro_config, tmp_path)
+    params = stage_params(micro_config, "subset")
+    assert params["max_bad_share"] == 0.01
+    with pytest.raises(SystemExit, match=r"3 of 69 samples are bad \(4.3 %, more than data.max_bad_share 1.0 %\)") as e:
+        _run_subset(params, pool, tmp_path / "subset", root)
+    for key in ("bad00001", "bad00002", "bad00005"):
+        assert f"shard-00099.tar/{key}: " in str(e.value)
+    assert "bad00003" not in str(e.value) and not (tmp_path / "subset" / "subset.json").exists()
+
+
 def test_subset_survives_a_shard_that_breaks_off(micro_config, tmp_path, root, monkeypatch):
     from vlv.data import shards
 
@@ -146,7 +161,7 @@ def test_subset_survives_a_shard_that_breaks_off(micro_config, tmp_path, root, m
     with pytest.raises(tarfile.TarError):
         list(iter_shard(shard, strict=True))
     assert 0 < len(list(iter_shard(shard))) < 32  # (other readers: the samples before the break)
-    res = _run_subset({**micro_config["subset"], "top_n": None}, pool, tmp_path / "subset", root)
+    res = _run_subset({**stage_params(micro_config, "subset"), "top_n": None}, pool, tmp_path / "subset", root)
     assert [b["shard"] for b in res["broken_shards"]] == ["shard-00001.tar"]
     assert 32 < res["counts"]["kept"] < 64
 
@@ -154,7 +169,7 @@ def test_subset_survives_a_shard_that_breaks_off(micro_config, tmp_path, root, m
 def test_a_stopped_subset_run_resumes_after_its_last_finished_shard(micro_config, tmp_path, root):
     pool = _pool_with_bad_samples(micro_config, tmp_path)
     assert len(list(pool.glob("shard-*.tar"))) >= 2
-    cfg = micro_config["subset"]
+    cfg = stage_params(micro_config, "subset")
     clip = subset.ClipScorer(str(root / "models/toy/clip"), cfg["clip_prompt"], "cpu")
     ref = subset.select(str(pool), cfg, clip)
     work = tmp_path / "work"

@@ -235,6 +235,8 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
         }
     if name in ("download", "laion", "coco"):
         return paper_data_params(cfg, name, variant)
+    if name == "subset":
+        return {**cfg["subset"], "max_bad_share": cfg["data"]["max_bad_share"]}
     if name == "cost":
         return cost_params(cfg, extra["captioners"], extra["gpus"])
     value = section(cfg, name)
@@ -261,6 +263,7 @@ def paper_data_params(cfg: dict, name: str, variant: str | None = None) -> dict:
         "seed": e["seed"],
         "shard_size": d["coco_shard_size"],
         "image_size": d["image_size"],
+        "max_bad_share": d["max_bad_share"],
     }
 
 

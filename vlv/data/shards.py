@@ -62,6 +62,19 @@ class BadImage(ValueError):
     pass
 
 
+def check_bad_share(bad: dict[str, str], seen: int, limit: float, stage: str) -> None:
+    """Stop the stage (``SystemExit``) when more than ``limit`` of the ``seen`` samples are bad (no
+    image, undecodable, missing from an archive; ``bad``: key -> reason), naming them: a few bad files
+    are skipped and recorded, but that many means the data is wrong, not unlucky (the config key
+    ``data.max_bad_share``)."""
+    if seen and len(bad) / seen > limit:
+        named = "; ".join(f"{k}: {r}" for k, r in list(bad.items())[:20]) + (" ..." if len(bad) > 20 else "")
+        raise SystemExit(
+            f"{stage}: {len(bad)} of {seen} samples are bad ({100 * len(bad) / seen:.1f} %, more than "
+            f"data.max_bad_share {100 * limit:.1f} %): {named}"
+        )
+
+
 def encode_png(image: np.ndarray | Image.Image) -> bytes:
     img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
     buf = io.BytesIO()

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vlv.cli_common import load_params, setup_logging
-from vlv.data.shards import BadImage, decode_image, encode_png, square_crop, write_shard
+from vlv.data.shards import BadImage, check_bad_share, decode_image, encode_png, square_crop, write_shard
 from vlv.manifest import build_manifest, write_manifest
 from vlv.paper_data.download import read_zip_json, safe_zip_members
 
@@ -116,6 +116,7 @@ def make_eval(images_zip: str, annotations_zip: str, out: Path, cfg: dict) -> di
     (out / "captions_coco.json").write_text(json.dumps(coco, sort_keys=True) + "\n")
     if skipped:
         log.warning("%d images skipped: %s", len(skipped), dict(list(skipped.items())[:5]))
+    check_bad_share(skipped, len(ids), float(cfg["max_bad_share"]), "prepare_coco")
     return {"images": len(kept), "requested": int(cfg["n_images"]), "skipped": skipped}
 
 

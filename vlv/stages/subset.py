@@ -30,7 +30,15 @@ import torch
 from tqdm import tqdm
 
 from vlv.cli_common import load_params, setup_logging, stage_parser
-from vlv.data.shards import SHARD_ERRORS, BadImage, decode_image, image_bytes, iter_shard, shard_paths
+from vlv.data.shards import (
+    SHARD_ERRORS,
+    BadImage,
+    check_bad_share,
+    decode_image,
+    image_bytes,
+    iter_shard,
+    shard_paths,
+)
 from vlv.manifest import build_manifest, write_manifest
 from vlv.training import fingerprint, pick_device
 
@@ -44,15 +52,19 @@ def _meta(parts: dict[str, bytes]) -> dict:
         return {}
 
 
+NO_IMAGE, UNDECODABLE = "no image member in the sample", "undecodable image"
+BAD_REASONS = (NO_IMAGE, UNDECODABLE)  # bad files, as against images the filters turn down
+
+
 def check_image(parts: dict[str, bytes], cfg: dict):
     """(image, None) for a usable image, (None, reason) otherwise."""
     data = image_bytes(parts)
     if data is None:
-        return None, "no image member in the sample"
+        return None, NO_IMAGE
     try:
         img = decode_image(data)
     except BadImage as e:
-        return None, f"undecodable image ({e})"
+        return None, f"{UNDECODABLE} ({e})"
     w, h = img.size
     meta = _meta(parts)
     if "original_width" in meta and "original_height" in meta:  # stored resized (img2dataset): judge the original
@@ -190,6 +202,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     result = select(args.images, cfg, scorer, args.work)
     seconds = round(time.time() - t0, 1)
+    bad = {f"{r['shard']}/{r['key']}": r["reason"] for r in result["rejected"] if r["reason"].startswith(BAD_REASONS)}
+    check_bad_share(bad, result["counts"]["seen"], cfg["max_bad_share"], "subset")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "subset.json").write_text(json.dumps(result, indent=1) + "\n")
