@@ -43,6 +43,10 @@ VARIANTS = {
     "edges": {"edge_weight": 4.0},
     "edges8": {"edge_weight": 8.0},
     "stratified_antithetic": {"timestep_sampling": "stratified", "antithetic_noise": True},
+    # semi-amortised inference: stage 1 unchanged, its embeddings refined on each image before rendering
+    "refine3": {"refine_steps": 3},
+    "refine10": {"refine_steps": 10},
+    "refine30": {"refine_steps": 30},
 }
 
 
@@ -65,6 +69,7 @@ def score(recon: Path, eval_dir: str, spec: WorldSpec, guidance: float = 3.0) ->
         "shape_right_of_drawn_colours": {k: v["shape_right_of_drawn_colours"] for k, v in by_count.items()},
         "denoising_gap_closed": round(float(np.mean(closed)), 4),
         "images": metrics["images"],
+        "refine": metrics.get("refine"),  # (the loss above is then on the images it was refined on)
     }
 
 

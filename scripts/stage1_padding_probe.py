@@ -30,7 +30,7 @@ from vlv.manifest import build_manifest
 from vlv.models.frozen_decoder import FrozenT2IDecoder
 from vlv.shapes.world import Scene
 from vlv.stages.diagnose_stage1 import canonical_caption, caption_embeddings, log_snr, loss_table, stratified
-from vlv.stages.distill_stage1 import to_pixels
+from vlv.stages.reconstruct import image_latents
 
 TIMESTEPS = [50, 250, 450, 650, 850, 950]
 KEPT = (16, 24, 32)
@@ -70,8 +70,7 @@ def main() -> None:
     scenes = [Scene.from_json(m["scene"]) for m in metas]
     chosen = stratified(scenes, args.per_count)
     images, scenes = images[chosen], [scenes[i] for i in chosen]
-    with torch.no_grad():
-        latents = dec.latent_dist(to_pixels(torch.from_numpy(images))).mode() * dec.vae.config.scaling_factor
+    latents = image_latents(dec, images)
     conds, lengths = conditions(dec, [canonical_caption(s, args.seed) for s in scenes])
     losses = loss_table(dec, latents, conds, TIMESTEPS, args.draws, args.seed)
     gaps = {}

@@ -202,3 +202,67 @@ def test_diagnose_stage1_rule_on_the_micro_run(micro_all_copy):
     assert (out / "signal.png").stat().st_size > 0 and (out / "grid.png").stat().st_size > 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "diagnose_stage1" and len(manifest["keys"]) == 6
+
+
+def test_refine_moves_embeddings_to_a_lower_loss_chunk_by_chunk(root):
+    """Semi-amortised inference: a few Adam steps of stage 1's loss on the image itself lower that
+    loss at draws it never saw; no step leaves the embeddings as they are; chunk k is refined as if
+    alone with seed + k * batch (so the same images in the same order give the same embeddings)."""
+    from vlv.models.frozen_decoder import FrozenT2IDecoder
+    from vlv.models.refine import refine
+    from vlv.shapes.world import render_array
+    from vlv.stages.diagnose_stage1 import caption_embeddings
+    from vlv.stages.reconstruct import image_latents
+
+    dec = FrozenT2IDecoder(str(root / "models/toy/t2i"), route="direct")
+    spec = WorldSpec()
+    latents = image_latents(dec, render_array(sample_scenes(spec, 5, 3), spec))
+    z0 = caption_embeddings(dec, [""] * 3)
+    same, record, _ = refine(dec, latents, z0, 0, 0.02, 2, 0)
+    assert torch.equal(same, z0) and record == {}
+    z, record, shots = refine(dec, latents, z0, 8, 0.05, 2, 0, snapshots=(4,), batch=2)
+    assert set(record) == {"loss_first", "loss_last"} and shots[4].shape == z.shape
+
+    def held_out_loss(emb):  # draws the refinement did not use
+        g = torch.Generator().manual_seed(123)
+        t = torch.randint(0, 1000, (4 * 3,), generator=g)
+        noise = torch.randn((4 * 3, *latents.shape[1:]), generator=g)
+        with torch.no_grad():
+            return dec.diffusion_loss(latents.repeat(4, 1, 1, 1), dec.condition(emb).repeat(4, 1, 1), noise, t).item()
+
+    assert held_out_loss(z) < held_out_loss(z0)
+    alone, _, _ = refine(dec, latents[2:], z0[2:], 8, 0.05, 2, 0 + 2, batch=2)
+    assert torch.allclose(alone, z[2:], atol=1e-6) and not torch.allclose(alone, z0[2:])
+
+
+def test_reconstruct_refines_the_embeddings_when_asked(micro_config, root, tmp_path):
+    """reconstruct with stage1.refine_steps renders refined embeddings (a fresh encoder around the toy
+    tower: what matters is that the refinement ran and lowered the loss on these images)."""
+    from vlv.config import stage_params
+    from vlv.models.vlv_encoder import VLVEncoder
+    from vlv.stages import generate_shapes, reconstruct
+
+    images = tmp_path / "eval"
+    shapes = json.dumps(micro_config["shapes"])
+    assert generate_shapes.main(["--params", shapes, "--split", "eval", "--out", str(images)]) == 0
+    base = {**stage_params(micro_config, "stage1"), "num_queries": 77}  # as many as a caption: the loss is compared
+    encoder = tmp_path / "encoder"
+    width = json.loads((root / "models/toy/t2i/text_encoder/config.json").read_text())["hidden_size"]
+    fresh = VLVEncoder.from_florence(str(root / "models/toy/vision"), base["num_queries"], width, route=base["route"])
+    fresh.save_pretrained(encoder)
+    losses = {}
+    for steps in (0, 4):
+        params = {**base, "refine_steps": steps, "refine_lr": 0.05, "reconstruct_guidance": [2.0], "n_eval_images": 4}
+        out = tmp_path / f"r{steps}"
+        argv = ["--params", json.dumps(params), "--encoder", str(encoder), "--decoder", str(root / "models/toy/t2i"),
+                "--images", str(images), "--shapes", shapes, "--out", str(out)]  # fmt: skip
+        assert reconstruct.main(argv) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        losses[steps] = sum(metrics["denoising_loss"]["reconstruction"].values())
+        if steps:
+            assert metrics["refine"]["steps"] == 4 and metrics["refine"]["lr"] == 0.05
+            assert metrics["refine"]["loss_last"] < metrics["refine"]["loss_first"]
+        else:
+            assert metrics["refine"] is None
+        assert "colour_shape_recall" in metrics["detector"]["recon cfg2"]
+    assert losses[4] < losses[0]  # refined on these images: their loss at other noise is lower

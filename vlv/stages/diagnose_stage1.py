@@ -51,11 +51,11 @@ from vlv.data.shards import ShardIndex, load_images
 from vlv.figures import save_image_grid
 from vlv.manifest import build_manifest, write_manifest
 from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
+from vlv.models.refine import refine
 from vlv.models.vlv_encoder import VLVEncoder
 from vlv.shapes.captions import short_caption
 from vlv.shapes.world import Scene, WorldSpec
-from vlv.stages.distill_stage1 import to_pixels
-from vlv.stages.reconstruct import embed_images, sample_all
+from vlv.stages.reconstruct import embed_images, image_latents, sample_all
 from vlv.training import pick_device
 
 CONDITIONS = ("encoder", "true_caption", "shapes_swapped", "empty_caption")
@@ -158,30 +158,6 @@ def caption_embeddings(dec: FrozenT2IDecoder, captions: list[str]) -> torch.Tens
         if dec.route == "text_encoder":
             return te.embeddings.token_embedding(ids)
         return te(ids, output_hidden_states=True).hidden_states[-1]
-
-
-def optimise_free(dec, latents, z0: torch.Tensor, steps: int, lr: float, draws: int, seed: int, snapshots=()):
-    """Per-image embeddings optimised by the denoising loss alone (Adam; the loss is a mean over
-    images, so each embedding moves by its own image's term only). Returns them, the mean loss of
-    the first and of the last tenth of the steps, and {step: the embeddings after it} for each of
-    ``snapshots``."""
-    z = z0.detach().clone().requires_grad_(True)
-    seen, taken = [], {}
-    opt = torch.optim.Adam([z], lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    n, steps_total = len(latents), dec.noise_scheduler.config.num_train_timesteps
-    for _ in tqdm(range(steps), desc="free embeddings", leave=False):
-        t = torch.randint(0, steps_total, (draws * n,), generator=g)
-        noise = torch.randn((draws * n, *latents.shape[1:]), generator=g)
-        loss = dec.diffusion_loss(latents.repeat(draws, 1, 1, 1), dec.condition(z).repeat(draws, 1, 1), noise, t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        seen.append(loss.item())
-        if len(seen) in snapshots:
-            taken[len(seen)] = z.detach().clone()
-    tenth = max(1, steps // 10)
-    return z.detach(), {"loss_first": float(np.mean(seen[:tenth])), "loss_last": float(np.mean(seen[-tenth:]))}, taken
 
 
 def shape_scores(scenes: list[Scene], renders: np.ndarray, spec: WorldSpec) -> dict:
@@ -383,8 +359,7 @@ def main(argv=None) -> int:
     captions = [canonical_caption(s, seed) for s in scenes]
     log.info("%d images (%s objects each)", len(scenes), dict(zip(*np.unique(counts, return_counts=True))))
 
-    x = to_pixels(torch.from_numpy(images)).to(device)
-    latents = dec.latent_dist(x).mode() * dec.vae.config.scaling_factor
+    latents = image_latents(dec, images)
     z_enc = embed_images(encoder, images, device)
     z_cap = caption_embeddings(dec, captions)
     with torch.no_grad():
@@ -410,7 +385,7 @@ def main(argv=None) -> int:
     if opt["optimise_steps"]:
         snapshots = [n for n in opt["optimise_snapshots"] if n < opt["optimise_steps"]]
         free = {
-            name: optimise_free(
+            name: refine(
                 dec, latents, z0, opt["optimise_steps"], opt["optimise_lr"], opt["optimise_draws"], seed, snaps
             )
             for name, z0, snaps in (("free_from_encoder", z_enc, snapshots), ("free_from_caption", z_cap, ()))

@@ -30,7 +30,9 @@ from vlv.data.shards import ShardIndex, encode_png, load_images, write_shard
 from vlv.figures import save_image_grid
 from vlv.manifest import build_manifest, write_manifest
 from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
+from vlv.models.refine import refine
 from vlv.models.vlv_encoder import VLVEncoder
+from vlv.stages.distill_stage1 import to_pixels
 from vlv.training import pick_device
 
 
@@ -50,12 +52,18 @@ def sample_all(dec: FrozenT2IDecoder, cond: torch.Tensor, guidance: float, steps
     )
 
 
+@torch.no_grad()
+def image_latents(dec: FrozenT2IDecoder, images: np.ndarray) -> torch.Tensor:
+    """uint8 NxHxWx3 -> the VAE's scaled latents (the distribution's mode), as stage 1 trains on them."""
+    x = to_pixels(torch.from_numpy(images)).to(dec.unet.device)
+    return dec.latent_dist(x).mode() * dec.vae.config.scaling_factor
+
+
 def denoising_losses(
     dec: FrozenT2IDecoder, images: np.ndarray, conds: dict[str, torch.Tensor], timesteps: list[int], seed: int
 ) -> dict:
     """Mean denoising loss per condition and timestep; every condition sees the same noise."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(dec.unet.device)
-    latents = dec.latent_dist(x).mode() * dec.vae.config.scaling_factor
+    latents = image_latents(dec, images)
     out: dict = {name: {} for name in conds}
     for t in timesteps:
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed * 1000 + t))
@@ -73,6 +81,18 @@ def denoising_losses(
         gap[t] = (empty - out["reconstruction"][t]) / (empty - caption) if empty != caption else None
     out["share_of_empty_to_caption_gap_closed"] = gap
     return out
+
+
+def refine_for_images(dec: FrozenT2IDecoder, images: np.ndarray, z: torch.Tensor, cfg: dict, seed: int):
+    """The encoder's embeddings ``z`` of ``images`` refined by ``stage1.refine_*`` (vlv.models.refine),
+    and what it did: its settings, seconds and the loss at its first and last steps."""
+    import time
+
+    latents = image_latents(dec, images)
+    t0 = time.time()
+    steps, lr, draws = int(cfg["refine_steps"]), float(cfg["refine_lr"]), int(cfg["refine_draws"])
+    z, losses, _ = refine(dec, latents, z, steps, lr, draws, seed)
+    return z, {"steps": steps, "lr": lr, "draws": draws, "seconds": round(time.time() - t0, 1), **losses}
 
 
 def detector_scores(scenes, renders: np.ndarray, spec) -> dict:
@@ -144,6 +164,10 @@ def main(argv=None) -> int:
     seed = int(cfg["seed"])
 
     z = embed_images(encoder, images, device)
+    refined = None
+    if cfg["refine_steps"]:
+        z, refined = refine_for_images(dec, images, z, cfg, seed)
+        log.info("refined the embeddings: %d steps in %.1f s", cfg["refine_steps"], refined["seconds"])
     with torch.no_grad():
         recon_cond = dec.condition(z)
     caption_cond = dec.encode_text(captions)
@@ -153,6 +177,8 @@ def main(argv=None) -> int:
         "route": cfg["route"],
         "sampler_steps": cfg["reconstruct_steps"],
         "seed": seed,
+        # the embeddings refined on these very images (stage1.refine_steps), or the encoder's as they are
+        "refine": refined,
     }
     if recon_cond.shape[1] == caption_cond.shape[1]:
         conds = {"reconstruction": recon_cond, "true_caption": caption_cond, "empty_caption": empty_cond}
