@@ -166,15 +166,20 @@ def test_coco_val_and_vqav2_become_the_evaluation_split_and_its_questions(tmp_pa
         for path in files:
             download.fetch(url + path, dl / os.path.basename(path), progress=False)
     out = tmp_path / "eval"
-    params = json.dumps({"n_images": 5, "seed": 3, "shard_size": 2})
-    args = ["eval", "--params", params, "--images", str(dl / "val2014.zip")]
+    cfg = {"n_images": 5, "seed": 3, "shard_size": 2, "max_bad_share": 0.2}  # image 99 is missing from the zip
+    args = ["eval", "--params", json.dumps(cfg), "--images", str(dl / "val2014.zip")]
     args += ["--annotations", str(dl / "annotations_trainval2014.zip"), "--out", str(out)]
     assert prepare_coco.main(args) == 0
     expected = prepare_coco.sample_ids(list(sizes), 5, 3)
     assert len(expected) == 5 and expected != sorted(sizes)[:5]  # seeded sample, not the first five
+    assert 99 in expected  # (the seed draws it) so one of five is bad: more than a 10 % limit allows
+    with pytest.raises(SystemExit, match=r"prepare_coco: 1 of 5 samples are bad .*000000000099: 'COCO_val2014_0+99"):
+        prepare_coco.main(
+            ["eval", "--params", json.dumps({**cfg, "max_bad_share": 0.1}), *args[3:-1], str(tmp_path / "x")]
+        )
     manifest = json.loads((out / "manifest.json").read_text())
     kept = [i for i in expected if i != 99]
-    assert manifest["images"] == len(kept) and (99 not in expected or "000000000099" in manifest["skipped"])
+    assert manifest["images"] == len(kept) and "000000000099" in manifest["skipped"]
     samples = list(iter_dir(out))
     assert [k for k, _ in samples] == [f"{i:012d}" for i in kept]
     assert len(list(out.glob("shard-*.tar"))) == (len(expected) + 1) // 2
@@ -204,7 +209,7 @@ def test_coco_val_and_vqav2_become_the_evaluation_split_and_its_questions(tmp_pa
     with pytest.raises(BadImage, match="different sizes"):
         load_images(out)  # the originals differ in size
     sized = tmp_path / "sized"
-    params = json.dumps({"n_images": 5, "seed": 3, "shard_size": 2, "image_size": 24})
+    params = json.dumps({**cfg, "image_size": 24})
     args = ["eval", "--params", params, "--images", str(dl / "val2014.zip")]
     assert (
         prepare_coco.main([*args, "--annotations", str(dl / "annotations_trainval2014.zip"), "--out", str(sized)]) == 0
