@@ -19,8 +19,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from vlv.config import load_config, stage_params
 from vlv.data.shards import ShardIndex, load_images
 from vlv.manifest import build_manifest
@@ -90,5 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()
