@@ -8,6 +8,10 @@ empty caption (the floor), all with the same noise. Reports:
 - with the Shapes detector (toy): the share of original objects whose colour and shape reappear,
   the cell accuracy and the mean centre error, per guidance scale, for reconstruction, bound, floor.
 
+With ``stage1.refine_steps`` > 0 the encoder's embeddings are first refined on each image
+(``vlv.models.refine``); the denoising loss above then measures a fit to these images, not what
+the encoder alone carries to images it has not seen.
+
 Outputs (``--out DIR``): ``metrics.json``, ``grid.png`` (originals beside reconstructions) and
 ``reconstructions.tar`` (``<key>-cfg<g>.png`` per image and guidance, for later evaluation).
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +91,6 @@ def denoising_losses(
 def refine_for_images(dec: FrozenT2IDecoder, images: np.ndarray, z: torch.Tensor, cfg: dict, seed: int):
     """The encoder's embeddings ``z`` of ``images`` refined by ``stage1.refine_*`` (vlv.models.refine),
     and what it did: its settings, seconds and the loss at its first and last steps."""
-    import time
-
     latents = image_latents(dec, images)
     t0 = time.time()
     steps, lr, draws = int(cfg["refine_steps"]), float(cfg["refine_lr"]), int(cfg["refine_draws"])
