@@ -43,10 +43,6 @@ VARIANTS = {
     "edges": {"edge_weight": 4.0},
     "edges8": {"edge_weight": 8.0},
     "stratified_antithetic": {"timestep_sampling": "stratified", "antithetic_noise": True},
-    # semi-amortised inference: stage 1 unchanged, its embeddings refined on each image before rendering
-    "refine3": {"refine_steps": 3},
-    "refine10": {"refine_steps": 10},
-    "refine30": {"refine_steps": 30},
 }
 
 
