@@ -229,6 +229,55 @@ def test_frozen_encoder_caches_its_output_and_a_share_of_pairs_is_used(micro_con
     assert all(torch.equal(init[k], saved[k]) for k in init)
 
 
+def test_a_refining_captioner_trains_on_and_captions_from_embeddings_refined_on_each_image(
+    micro_config, root, tmp_path
+):
+    from vlv.data.shards import load_images
+
+    cfg = {**micro_config, "stage1": {**micro_config["stage1"], "refine_steps": 2, "route": "text_encoder"}}
+    params = stage_params(cfg, "stage2", "vlv_pairs100")
+    assert (params["refine_steps"], params["refine_lr"], params["refine_draws"]) == (2, 0.02, 2)
+    for other in ("no_stage1_pairs100", "direct_pairs100", "vlv_pairs100-mlp_llm_encoder"):  # no frozen stage-1 encoder
+        assert "refine_steps" not in stage_params(cfg, "stage2", other)
+    assert "refine_steps" not in stage_params(micro_config, "stage2", "vlv_pairs100")  # off by default
+
+    torch.manual_seed(0)
+    start = VLVCaptioner.build(
+        str(root / "models/toy/vision"), str(root / "models/toy/t2i"), str(root / "models/toy/lm"), "text_encoder", 8
+    )
+    start.encoder.save_pretrained(tmp_path / "encoder")  # a stage-1 encoder folder (untrained: enough here)
+    pairs, caps = _pairs(micro_config, tmp_path)
+    args = _stage2_args(micro_config, root, pairs, caps, tmp_path / "cap", tmp_path / "w", **{**params, "steps": 2})
+    args[args.index("--init") + 1], args[args.index("--encoder") + 1] = "vlv", str(tmp_path / "encoder")
+    assert finetune_stage2.main(args) == 0
+    with pytest.raises(SystemExit, match="needs the encoder frozen"):
+        finetune_stage2.main([*args[:1], json.dumps({**params, "trainable": "mlp_llm_encoder"}), *args[2:]])
+
+    # the folder carries the decoder and the settings; captioning refines as training did
+    about = json.loads((tmp_path / "cap/vlv_captioner.json").read_text())
+    assert about["refine"] == {"steps": 2, "lr": 0.02, "draws": 2, "seed": params["seed"]}
+    cap = VLVCaptioner.from_pretrained(tmp_path / "cap")
+    assert cap.refiner is not None and (tmp_path / "cap/decoder/unet").is_dir()
+    images = torch.from_numpy(load_images(pairs)[1][:4])
+    pv = cap.encoder.preprocess(images.numpy())
+    with torch.no_grad():  # as in captioning: the refinement takes its gradient all the same
+        refined = cap.caption_input(pv, images)
+        assert torch.equal(refined, cap.caption_input(pv, images))  # the same batch, the same embeddings
+        with pytest.raises(ValueError, match="pass the images"):
+            cap.caption_input(pv)
+        refiner, cap.refiner = cap.refiner, None
+        plain = cap.caption_input(pv)
+        cap.refiner = refiner
+    assert (refined - plain).abs().max() > 1e-4  # the refinement moved them
+    odd = cap.refiner.at_decoder_size([np.full((40, 48, 3), 9, np.uint8), images[0].numpy()])  # `vlv caption`'s
+    assert odd.shape == (2, *images.shape[1:]) and torch.equal(odd[1], images[0])
+
+    out = tmp_path / "eval.jsonl"
+    cap_args = ["--params", json.dumps(params), "--captioner", "vlv", "--model", str(tmp_path / "cap")]
+    assert caption.main([*cap_args, "--images", str(pairs), "--n-images", "3", "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 3
+
+
 def test_teacher_captioning_resumes_without_duplicates(micro_config, tmp_path):
     pairs = tmp_path / "pairs"
     shapes = json.dumps(micro_config["shapes"])

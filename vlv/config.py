@@ -195,7 +195,8 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
     - ``stage1``: the section with the values the stage-1 variant ``variant`` changes (``nq16``, ...);
     - ``stage2``: the section with the trainable set and seed the captioner name ``variant`` may
       change (for the direct captioner, ``direct_pairs<P>``, with ``stage2.direct`` in place of its values), plus
-      what stage 2 inherits from stage 1 (``route``, ``num_queries``);
+      what stage 2 inherits from stage 1 (``route``, ``num_queries``; for VLV captioners the
+      ``refine_*`` settings when ``stage1.refine_steps`` > 0 and stage 2 leaves the encoder frozen);
     - ``pretrain_toy.<model>``: the stand-in's section with the Shapes world beside it;
       ``pretrain_toy.benchmark``: the stand-ins' benchmark settings, likewise;
     - ``reconstruction_fid``, ``compose``: what evaluate_fid and compose need of stage 1;
@@ -203,7 +204,7 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
     - ``cost``: the cost report's scale (``extra``: ``captioners``, the number of captioners, and
       ``gpus``, the GPUs of each training stage).
     """
-    from vlv.variants import parse_captioner, stage1_overrides
+    from vlv.variants import ENCODER_FROZEN, parse_captioner, stage1_overrides
 
     s1, s2, e = cfg["stage1"], cfg["stage2"], cfg["evaluation"]
     if name == "stage1":
@@ -217,7 +218,11 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
             base["trainable"] = captioner.get("trainable") or s2["trainable"]
         if captioner.get("seed") is not None:
             base["seed"] = captioner["seed"]
-        return {**base, "route": s1["route"], "num_queries": s1["num_queries"]}
+        base.update(route=s1["route"], num_queries=s1["num_queries"])
+        refines = captioner.get("init") == "vlv" and base["trainable"] in ENCODER_FROZEN
+        if refines and s1["refine_steps"] > 0:  # the frozen stage-1 encoder's embeddings, refined on each image
+            base.update({k: s1[k] for k in ("refine_steps", "refine_lr", "refine_draws")})
+        return base
     if name.startswith("pretrain_toy.") and "pretrain_toy" not in cfg:
         raise ConfigError(f"'{name}': the config has no pretrain_toy section (it is in config/pretrain_toy.yaml)")
     if name == "pretrain_toy.benchmark":

@@ -21,6 +21,7 @@ import re
 
 STAGE1_PATTERN = r"encoder|nq[0-9]+|data[0-9]+|seed[0-9]+"
 TRAINABLE = ("mlp", "mlp_llm", "mlp_llm_encoder")
+ENCODER_FROZEN = ("mlp", "mlp_llm")  # the sets that leave the stage-1 encoder as it is (vlv_captioner.TRAINABLE)
 INITS = ("vlv", "no_stage1", "direct")
 CAPTIONER_PATTERN = (
     r"(direct_pairs[0-9]+|(vlv|no_stage1)_pairs[0-9]+(-(mlp|mlp_llm|mlp_llm_encoder))?(-llm_[a-z0-9]+)?)"

@@ -28,8 +28,11 @@ def timed_captions(model: VLVCaptioner, images, batch: int, device, num_beams: i
     captions: list[str] = []
     t0 = time.perf_counter()
     for i in range(0, len(images), batch):
-        pv = model.encoder.preprocess(images[i : i + batch]).to(device)
-        captions += model.generate(pv, num_beams=num_beams, max_new_tokens=max_new_tokens)
+        part = images[i : i + batch]
+        pv = model.encoder.preprocess(part).to(device)
+        captions += model.generate(
+            pv, num_beams=num_beams, max_new_tokens=max_new_tokens, images=torch.from_numpy(part)
+        )
     if device.type == "cuda":
         torch.cuda.synchronize()
     return captions, time.perf_counter() - t0

@@ -86,8 +86,9 @@ class VLVCaptionerBackend:
     def caption(self, images: np.ndarray, metas: list[dict] | None = None) -> list[str]:
         out: list[str] = []
         for i in range(0, len(images), self.batch_size):
-            pv = self.model.encoder.preprocess(images[i : i + self.batch_size]).to(self.device)
-            out += self.model.generate(pv, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens)
+            batch = images[i : i + self.batch_size]
+            pv = self.model.encoder.preprocess(batch).to(self.device)
+            out += self.model.generate(pv, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens, images=batch)
         return out
 
 

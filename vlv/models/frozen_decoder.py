@@ -61,6 +61,11 @@ def encoder_route(encoder, route: str | None = None) -> str:
     return trained
 
 
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NxHxWx3 -> float Nx3xHxW in [-1, 1], the VAE's input."""
+    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
 class FrozenT2IDecoder(torch.nn.Module):
     def __init__(self, path: str, route: str = "text_encoder", dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -131,6 +136,10 @@ class FrozenT2IDecoder(torch.nn.Module):
     def latent_dist(self, images: torch.Tensor):
         """VAE posterior of images in [-1, 1]; sample it (or take its mode) each step."""
         return self.vae.encode(images.to(self.vae.dtype)).latent_dist
+
+    def image_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NxHxWx3 -> the VAE's scaled latents (the posterior's mode), as stage 1 trains on them."""
+        return self.latent_dist(to_pixels(images).to(self.unet.device)).mode() * self.vae.config.scaling_factor
 
     def draw_noise(self, latents: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian noise and uniform timesteps for a batch of latents (drawn on the CPU generator)."""

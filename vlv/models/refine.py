@@ -6,14 +6,18 @@ embeddings move.
 The encoder hedges where its training signal is weak (shape and size, docs/experiments.md: "Where
 the signal is"); the decoder's loss on the image itself settles that in a few steps from the
 encoder's output, and does not from the empty caption's (measured there). ``stage1.refine_steps``
-switches it on where embeddings are made for the decoder (``reconstruct``).
+switches it on wherever the encoder's embeddings are used: ``reconstruct`` renders the refined
+embeddings, and a VLV captioner (stage 2 and captioning) reads them through a ``Refiner``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
+
+from vlv.data.shards import square_crop
 
 REFINE_BATCH = 64  # images refined together (each has its own Adam state; the chunk only shares the noise draw)
 
@@ -37,6 +41,11 @@ def refine(
     ``snapshots``."""
     if steps <= 0:
         return z0.detach(), {}, {}
+    with torch.enable_grad():  # also under the no_grad of captioning
+        return _refine(dec, latents, z0, steps, lr, draws, seed, snapshots, batch)
+
+
+def _refine(dec, latents, z0, steps, lr, draws, seed, snapshots, batch):
     out, first, last, taken = [], [], [], {s: [] for s in snapshots}
     for start in range(0, len(latents), batch):
         z, seen, shots = _refine_chunk(
@@ -71,3 +80,36 @@ def _refine_chunk(dec, latents, z0, steps, lr, draws, seed, snapshots):
         if len(seen) in snapshots:
             shots[len(seen)] = z.detach().clone()
     return z.detach(), seen, shots
+
+
+class Refiner:
+    """A VLV captioner's refinement: the frozen decoder stage 1 was trained through and the
+    ``stage1.refine_*`` settings; called on a batch's images and the encoder's embeddings of them.
+    Each call draws from ``seed`` (chunk by chunk, as ``refine``), so the same batch gives the same
+    embeddings. Not a torch module: the decoder is no part of the captioner's weights, so optimisers,
+    checkpoints and DDP never see it; the captioner folder keeps it beside them (``decoder/``)."""
+
+    def __init__(self, dec, steps: int, lr: float, draws: int, seed: int):
+        if steps <= 0:
+            raise ValueError(f"a Refiner refines: steps must be positive, got {steps}")
+        self.dec, self.steps, self.lr, self.draws, self.seed = dec, int(steps), float(lr), int(draws), int(seed)
+
+    def at_decoder_size(self, images) -> torch.Tensor:
+        side = self.dec.unet.config.sample_size * self.dec.pipe.vae_scale_factor
+        if isinstance(images, torch.Tensor) and tuple(images.shape[1:3]) == (side, side):
+            return images
+        fit = [np.asarray(im) for im in images]
+        fit = [a if a.shape[:2] == (side, side) else np.asarray(square_crop(Image.fromarray(a), side)) for a in fit]
+        return torch.from_numpy(np.stack(fit))
+
+    def settings(self) -> dict:
+        return {"steps": self.steps, "lr": self.lr, "draws": self.draws, "seed": self.seed}
+
+    def __call__(self, images, z: torch.Tensor) -> torch.Tensor:
+        """The images (uint8 HxWx3 each: an NxHxWx3 array or tensor, or a list of any sizes) and the
+        encoder's embeddings ``z`` of them -> the refined embeddings (z's dtype). Images not at the
+        decoder's size are centre-cropped and resized to it, as ``vlv reconstruct`` does."""
+        self.dec.to(z.device)
+        latents = self.dec.image_latents(self.at_decoder_size(images))
+        refined, _, _ = refine(self.dec, latents, z.float(), self.steps, self.lr, self.draws, self.seed)
+        return refined.to(z.dtype)

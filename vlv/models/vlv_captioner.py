@@ -13,9 +13,14 @@ with the queries, phi and the vision tower frozen as in the official code); the 
 (no stage 1) trains ``all_but_vision`` (queries and phi too) or ``all`` (the vision tower too). The CLIP text encoder
 is always frozen. The LM is fully fine-tuned or carries LoRA adapters (peft).
 
+With a ``refiner`` (``vlv.models.refine.Refiner``, ``stage1.refine_steps`` > 0) the embeddings z
+are refined on each image through the frozen T2I decoder before T reads them, in training (the
+cached T(z)) and in captioning alike; the captioner then needs the images beside their pixel values.
+
 The saved folder is self-describing: ``encoder/`` (a VLV encoder folder), ``text_encoder/``
 (``CLIPTextModel``), ``llm/`` (model + tokenizer; LoRA adapters merged),
-``psi.safetensors`` and ``vlv_captioner.json``.
+``psi.safetensors`` and ``vlv_captioner.json``; with a refiner also ``decoder/`` (the T2I pipeline)
+and the refinement's settings in the JSON.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .frozen_decoder import ROUTES, encoder_route, unet_condition
+from .frozen_decoder import ROUTES, FrozenT2IDecoder, encoder_route, unet_condition
 from .hub import require_local
+from .refine import Refiner
 from .vlv_encoder import MASTER_DTYPE, VLVEncoder
 
 TRAINABLE = {
@@ -59,6 +65,7 @@ class VLVCaptioner(torch.nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         self.route = route
+        self.refiner: Refiner | None = None  # a plain attribute: the decoder is no part of the weights
         self.psi = build_psi(text_encoder.config.hidden_size, llm.config.hidden_size)
         if tokenizer.eos_token_id is None:
             raise ValueError("the LM's tokenizer has no end-of-sequence token; stage 2 trains the model to emit one")
@@ -113,12 +120,24 @@ class VLVCaptioner(torch.nn.Module):
 
     # ----------------------------------------------------------------------------- forward
 
-    def caption_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """T(z): what psi reads, the UNet's conditioning from the caption embeddings along the route."""
-        return unet_condition(self.text_encoder, self.encoder(pixel_values), self.route)
+    def refine_with(self, decoder: FrozenT2IDecoder, steps: int, lr: float, draws: int, seed: int) -> None:
+        """Refine the embeddings on each image from now on (see ``vlv.models.refine``)."""
+        if decoder.route != self.route:
+            raise ValueError(f"the decoder conditions along {decoder.route!r}, the captioner along {self.route!r}")
+        self.refiner = Refiner(decoder, steps, lr, draws, seed)
 
-    def prefix(self, pixel_values: torch.Tensor | None = None, caption_input: torch.Tensor | None = None):
-        h = self.caption_input(pixel_values) if caption_input is None else caption_input
+    def caption_input(self, pixel_values: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """T(z): what psi reads, the UNet's conditioning from the caption embeddings along the route;
+        with a refiner, z is first refined on ``images`` (uint8 NxHxWx3, the images of ``pixel_values``)."""
+        z = self.encoder(pixel_values)
+        if self.refiner is not None:
+            if images is None:
+                raise ValueError("this captioner refines its embeddings on each image: pass the images too")
+            z = self.refiner(images, z)
+        return unet_condition(self.text_encoder, z, self.route)
+
+    def prefix(self, pixel_values=None, caption_input=None, images=None) -> torch.Tensor:
+        h = self.caption_input(pixel_values, images) if caption_input is None else caption_input
         return self.psi(h.to(self.psi[0].weight.dtype))
 
     def tokenize(self, captions: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
@@ -161,20 +180,24 @@ class VLVCaptioner(torch.nn.Module):
         pixel_values: torch.Tensor | None = None,
         caption_input: torch.Tensor | None = None,
         num_items_in_batch: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The caption loss from images (or from cached T(z) when the encoder is frozen): the mean over
         this batch's caption tokens, or their sum over ``num_items_in_batch`` when given (several
         processes: each divides by its share of the global batch's tokens, so that DDP's average of
         the processes is the global batch's token mean)."""
-        prefix = self.prefix(pixel_values, caption_input)
+        prefix = self.prefix(pixel_values, caption_input, images)
         embeds, mask, labels = self.inputs_and_labels(prefix, input_ids, attention_mask)
         extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
         return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels, **extra).loss
 
     @torch.no_grad()
-    def generate(self, pixel_values: torch.Tensor, num_beams: int = 4, max_new_tokens: int = 128) -> list[str]:
-        """Captions for a batch of images: beam search from the prefix alone, stopping at EOS."""
-        prefix = self.prefix(pixel_values)
+    def generate(
+        self, pixel_values: torch.Tensor, num_beams: int = 4, max_new_tokens: int = 128, images=None
+    ) -> list[str]:
+        """Captions for a batch of images: beam search from the prefix alone, stopping at EOS
+        (``images``: uint8 NxHxWx3, needed with a refiner)."""
+        prefix = self.prefix(pixel_values, images=images)
         mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         out = self.llm.generate(
             inputs_embeds=prefix.to(self.llm.get_input_embeddings().weight.dtype),
@@ -199,13 +222,11 @@ class VLVCaptioner(torch.nn.Module):
         llm.save_pretrained(out / "llm")
         self.tokenizer.save_pretrained(out / "llm")
         save_file({k: v.detach().cpu().contiguous() for k, v in self.psi.state_dict().items()}, out / "psi.safetensors")
-        (out / "vlv_captioner.json").write_text(
-            json.dumps(
-                {"class": "VLVCaptioner", "route": self.route, "prefix_tokens": self.encoder.config["num_queries"]},
-                indent=2,
-            )
-            + "\n"
-        )
+        about = {"class": "VLVCaptioner", "route": self.route, "prefix_tokens": self.encoder.config["num_queries"]}
+        if self.refiner is not None:
+            self.refiner.dec.pipe.save_pretrained(out / "decoder")
+            about["refine"] = self.refiner.settings()
+        (out / "vlv_captioner.json").write_text(json.dumps(about, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> VLVCaptioner:
@@ -225,6 +246,8 @@ class VLVCaptioner(torch.nn.Module):
             cfg["route"],
         )
         cap.psi.load_state_dict(load_file(str(path / "psi.safetensors")))
+        if "refine" in cfg:
+            cap.refine_with(FrozenT2IDecoder(str(path / "decoder"), cfg["route"]), **cfg["refine"])
         return cap.eval()
 
 

@@ -48,7 +48,7 @@ from vlv.data.loader import (
     path_stamp,
 )
 from vlv.data.shards import ShardIndex
-from vlv.models.frozen_decoder import FrozenT2IDecoder
+from vlv.models.frozen_decoder import FrozenT2IDecoder, to_pixels
 from vlv.models.vlv_encoder import VLVEncoder
 from vlv.training import (
     accumulate,
@@ -61,11 +61,6 @@ from vlv.training import (
     train,
     whole_model,
 )
-
-
-def to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NxHxWx3 -> float Nx3xHxW in [-1, 1], the VAE's input."""
-    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def training_keys(subset_json: str, data_percent: float = 100, seed: int = 0) -> list[str]:

@@ -12,7 +12,9 @@ direct captioner of the data-efficiency comparison, starts there too, with its o
 
 accelerate for devices and processes; each step's batch is a pure function of (seed, step). When
 the encoder is frozen (``mlp``, ``mlp_llm``) its output T(z) is computed once and cached on disk in
-``--work``; otherwise loader workers (``--workers``) read and preprocess each step's images from the shards. AdamW,
+``--work``; with ``refine_steps`` > 0 (``stage1.refine_*``, for ``--init vlv``) the embeddings are
+refined on each image through the frozen decoder (``--t2i``) before T reads them, in that cache and
+in the saved captioner's captioning (``vlv.models.refine``); otherwise loader workers (``--workers``) read and preprocess each step's images from the shards. AdamW,
 warmup then ``lr_schedule`` over the whole run, fp32 or bf16, LoRA by config; checkpoints in
 ``--work`` resumed automatically. The result is a ``VLVCaptioner`` folder.
 
@@ -43,6 +45,7 @@ from vlv.data.loader import (
     path_stamp,
 )
 from vlv.data.shards import ShardIndex
+from vlv.models.frozen_decoder import FrozenT2IDecoder
 from vlv.models.vlv_captioner import TRAINABLE, VLVCaptioner
 from vlv.training import (
     accumulate,
@@ -107,10 +110,10 @@ class Validation:
         model.eval()
         total, n = 0.0, 0
         with torch.no_grad():
-            for part, (_, pixels) in self.batches():
+            for part, (images, pixels) in self.batches():
                 inputs = {k: v.to(self.acc.device) for k, v in self.cap.pad([self.tokens[i] for i in part]).items()}
                 with self.acc.autocast():
-                    out = model(pixel_values=pixels.to(self.acc.device), **inputs)
+                    out = model(pixel_values=pixels.to(self.acc.device), images=images, **inputs)
                 total, n = total + float(out) * len(part), n + len(part)
         train_mode(model)
         return total / n
@@ -176,6 +179,15 @@ def build(cfg: dict, init: str, encoder: str, t2i: str, llm: str) -> VLVCaptione
             raise SystemExit("stage2.finetune: lora adapts the LM, but stage2.trainable: mlp freezes it")
         cap.add_lora(cfg["lora"]["r"], cfg["lora"]["alpha"])
     cap.set_trainable(cfg["trainable"])
+    if cfg.get("refine_steps", 0) > 0:
+        if init != "vlv":
+            raise SystemExit(f"refining embeddings needs a stage-1 encoder (--init vlv), not --init {init}")
+        if TRAINABLE[cfg["trainable"]]:
+            raise SystemExit(
+                f"refining embeddings needs the encoder frozen; stage2.trainable {cfg['trainable']} trains it"
+            )
+        dec = FrozenT2IDecoder(t2i, cap.route)
+        cap.refine_with(dec, cfg["refine_steps"], cfg["refine_lr"], cfg["refine_draws"], cfg["seed"])
     if cfg["gradient_checkpointing"]:
         cap.llm.gradient_checkpointing_enable()
     return cap
@@ -187,6 +199,8 @@ def caption_input_cache(cfg, args, acc, cap, keys, loader):
     if TRAINABLE[cfg["trainable"]]:
         return None, None
     made_from = {k: cfg[k] for k in ("route", "num_queries")}
+    if cap.refiner is not None:
+        made_from["refine"] = cap.refiner.settings()
     stamp = {
         "images": keys,
         "shards": path_stamp(args.images),
@@ -205,7 +219,7 @@ def caption_input_cache(cfg, args, acc, cap, keys, loader):
     cached = cache.build(
         len(keys),
         loader,
-        lambda b: cap.caption_input(b[1].to(acc.device)),
+        lambda b: cap.caption_input(b[1].to(acc.device), b[0]),
         "caption inputs",
         piece=cfg["micro_batch_size"],
     )

@@ -37,7 +37,6 @@ from vlv.manifest import build_manifest, write_manifest
 from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
 from vlv.models.refine import refine
 from vlv.models.vlv_encoder import VLVEncoder
-from vlv.stages.distill_stage1 import to_pixels
 from vlv.training import pick_device
 
 
@@ -60,8 +59,7 @@ def sample_all(dec: FrozenT2IDecoder, cond: torch.Tensor, guidance: float, steps
 @torch.no_grad()
 def image_latents(dec: FrozenT2IDecoder, images: np.ndarray) -> torch.Tensor:
     """uint8 NxHxWx3 -> the VAE's scaled latents (the distribution's mode), as stage 1 trains on them."""
-    x = to_pixels(torch.from_numpy(images)).to(dec.unet.device)
-    return dec.latent_dist(x).mode() * dec.vae.config.scaling_factor
+    return dec.image_latents(torch.from_numpy(images))
 
 
 def denoising_losses(
