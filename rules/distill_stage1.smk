@@ -65,7 +65,7 @@ rule reconstruct:
         mem_mb=4000,
         runtime=30,
     params:
-        cfg=lambda wildcards: params_json("stage1", wildcards.s1),
+        cfg=lambda wildcards: params_json("reconstruct", wildcards.s1),
         shapes=shapes_arg(),
         t2i=model_arg("t2i"),
         out=subpath(output.metrics, parent=True),
@@ -100,7 +100,7 @@ rule diagnose_stage1:
         mem_mb=4000,
         runtime=60,
     params:
-        cfg=lambda wildcards: params_json("stage1", wildcards.s1),
+        cfg=lambda wildcards: params_json("reconstruct", wildcards.s1),
         options=params_json("diagnose_stage1"),
         shapes=shapes_arg(),
         t2i=model_arg("t2i"),

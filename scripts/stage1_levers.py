@@ -70,7 +70,7 @@ def score(recon: Path, eval_dir: str, spec: WorldSpec, guidance: float = 3.0) ->
 
 
 def run_variant(cfg: dict, name: str, overrides: dict, work: Path, a) -> dict:
-    params = {**stage_params(cfg, "stage1"), **overrides}
+    params = {**stage_params(cfg, "reconstruct"), **overrides}
     enc, recon = work / name / "encoder", work / name / "reconstruct"
     py = [sys.executable, "-m"]
     t0 = time.time()

@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--out", default="results/figures/stage1_refine_toy.json")
     a = p.parse_args()
     cfg = load_config(*a.config)
-    s1 = stage_params(cfg, "stage1")
+    s1 = stage_params(cfg, "reconstruct")
     spec, seed = WorldSpec.from_config(cfg["shapes"]), int(s1["seed"])
     encoder = VLVEncoder.from_pretrained(a.encoder)
     dec = FrozenT2IDecoder(cfg["models"]["t2i"], route=encoder_route(encoder, s1["route"]))

@@ -85,6 +85,11 @@ def test_stage_params_gather_what_each_stage_needs(toy_config, capsys):
     assert s2["num_queries"] == toy_config["stage1"]["num_queries"]
     assert stage_params(toy_config, "stage2")["trainable"] == toy_config["stage2"]["trainable"]
     assert stage_params(toy_config, "stage1", "nq16")["num_queries"] == 16
+    # stage 1's training leaves out what only its users read: changing how reconstructions are made
+    # or refined does not train stage 1 again; reconstruct gets the whole section
+    changed = {**toy_config, "stage1": {**toy_config["stage1"], "refine_steps": 7, "reconstruct_steps": 3}}
+    assert stage_params(changed, "stage1", "nq16") == stage_params(toy_config, "stage1", "nq16")
+    assert stage_params(changed, "reconstruct", "nq16") == {**changed["stage1"], "num_queries": 16}
     assert stage_params(toy_config, "pretrain_toy.t2i")["shapes"] == toy_config["shapes"]
     assert stage_params(toy_config, "subset") == {**toy_config["subset"], "max_bad_share": 0.01}
     # the command line prints the same, so a docstring's $(python -m vlv.config stage2) runs the stage

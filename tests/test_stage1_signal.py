@@ -245,7 +245,10 @@ def test_reconstruct_refines_the_embeddings_when_asked(micro_config, root, tmp_p
     images = tmp_path / "eval"
     shapes = json.dumps(micro_config["shapes"])
     assert generate_shapes.main(["--params", shapes, "--split", "eval", "--out", str(images)]) == 0
-    base = {**stage_params(micro_config, "stage1"), "num_queries": 77}  # as many as a caption: the loss is compared
+    base = {
+        **stage_params(micro_config, "reconstruct"),
+        "num_queries": 77,
+    }  # as many as a caption: the loss is compared
     encoder = tmp_path / "encoder"
     width = json.loads((root / "models/toy/t2i/text_encoder/config.json").read_text())["hidden_size"]
     fresh = VLVEncoder.from_florence(str(root / "models/toy/vision"), base["num_queries"], width, route=base["route"])

@@ -185,6 +185,20 @@ def _cross_checks(cfg: dict) -> list[str]:
 PAPER_BUDGET_GPU_HOURS = 1000
 
 
+# stage-1 keys read only where the trained encoder is used (reconstruct, diagnose_stage1, stage 2's
+# refinement), not by its training
+STAGE1_INFERENCE = (
+    "reconstruct_guidance",
+    "reconstruct_steps",
+    "refine_steps",
+    "refine_lr",
+    "refine_draws",
+    "sampler",
+    "eval_timesteps",
+    "n_eval_images",
+)
+
+
 def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> dict:
     """What a stage receives as ``--params``: the rules, the ``vlv config`` command, the modules'
     docstring examples and the benchmarks all take it from here.
@@ -192,7 +206,9 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
     ``name`` is a config section (``subset``, ``evaluation``, ...: the section as it is) or one of the
     stages whose parameters gather more than one section:
 
-    - ``stage1``: the section with the values the stage-1 variant ``variant`` changes (``nq16``, ...);
+    - ``stage1``: the section with the values the stage-1 variant ``variant`` changes (``nq16``, ...),
+      less ``STAGE1_INFERENCE`` (training never reads them, so changing them does not train again);
+    - ``reconstruct``: the whole section with the variant's values (reconstruct, diagnose_stage1);
     - ``stage2``: the section with the trainable set and seed the captioner name ``variant`` may
       change (for the direct captioner, ``direct_pairs<P>``, with ``stage2.direct`` in place of its values), plus
       what stage 2 inherits from stage 1 (``route``, ``num_queries``; for VLV captioners the
@@ -207,8 +223,9 @@ def stage_params(cfg: dict, name: str, variant: str | None = None, **extra) -> d
     from vlv.variants import ENCODER_FROZEN, parse_captioner, stage1_overrides
 
     s1, s2, e = cfg["stage1"], cfg["stage2"], cfg["evaluation"]
-    if name == "stage1":
-        return {**s1, **stage1_overrides(variant or "encoder")}
+    if name in ("stage1", "reconstruct"):
+        s1 = {**s1, **stage1_overrides(variant or "encoder")}
+        return s1 if name == "reconstruct" else {k: v for k, v in s1.items() if k not in STAGE1_INFERENCE}
     if name == "stage2":
         captioner = parse_captioner(variant or "vlv_pairs100") or {}
         base = {k: v for k, v in s2.items() if k != "direct"}

@@ -28,7 +28,7 @@ Outputs (``--out DIR``): ``signal.json``, ``signal.png`` (the gaps against log-S
 and the shape scores of (b)), ``grid.png`` (the renders of (b)), ``manifest.json``.
 
 Example:
-    python -m vlv.stages.diagnose_stage1 --params "$(python -m vlv.config stage1)" \
+    python -m vlv.stages.diagnose_stage1 --params "$(python -m vlv.config reconstruct)" \
         --encoder results/distill_stage1/encoder --decoder models/toy/t2i \
         --images results/generate_shapes/eval --shapes "$(python -m vlv.config shapes)" \
         --vision models/toy/vision --pool results/generate_shapes/pool --subset results/subset/subset.json \

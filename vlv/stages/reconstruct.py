@@ -16,7 +16,7 @@ Outputs (``--out DIR``): ``metrics.json``, ``grid.png`` (originals beside recons
 ``reconstructions.tar`` (``<key>-cfg<g>.png`` per image and guidance, for later evaluation).
 
 Example:
-    python -m vlv.stages.reconstruct --params "$(python -m vlv.config stage1)" --encoder results/distill_stage1/encoder \
+    python -m vlv.stages.reconstruct --params "$(python -m vlv.config reconstruct)" --encoder results/distill_stage1/encoder \
         --decoder models/toy/t2i --images results/generate_shapes/eval --out results/reconstruct/encoder
 """
 
