@@ -139,3 +139,20 @@ def test_detector_sees_a_moved_object_in_its_new_cell_and_ignores_noise():
     assert score.colour_shape_hits == 1 and score.cell_hits == 0
     blank = np.full_like(noisy, 128)
     assert detect(blank, SPEC) == []
+
+
+def test_moved_objects_keep_what_they_are_and_change_cells():
+    from vlv.shapes.world import move_objects
+
+    spec = SPEC
+    rng = np.random.default_rng(0)
+    for scene in sample_scenes(spec, 4, 30):
+        moved = move_objects(scene, spec, rng)
+        before = {o.colour: o for o in scene.objects}  # colours are distinct within a scene
+        assert sorted(before) == sorted(o.colour for o in moved.objects)
+        cells = [(o.row, o.col) for o in moved.objects]
+        assert len(set(cells)) == len(cells)
+        for o in moved.objects:
+            b = before[o.colour]
+            assert (o.shape, o.size, o.extent) == (b.shape, b.size, b.extent) and (o.row, o.col) != (b.row, b.col)
+            assert o.position == spec.cell_name(o.row, o.col) and spec.cell_of_point(*o.center) == (o.row, o.col)

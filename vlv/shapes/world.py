@@ -7,7 +7,7 @@ colours (so that colour segmentation can tell objects apart and a colour names a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -158,6 +158,24 @@ def sample_scene(spec: WorldSpec, rng: np.random.Generator, scene_id: int) -> Sc
         )
     objs.sort(key=lambda o: (o.row, o.col))
     return Scene(id=scene_id, objects=objs)
+
+
+def move_objects(scene: Scene, spec: WorldSpec, rng: np.random.Generator) -> Scene:
+    """The scene with every object moved to another cell (distinct cells, drawn from ``rng``), each
+    keeping its shape, colour and size: what a caption with its positions shuffled describes."""
+    cells = spec.grid * spec.grid
+    if len(scene.objects) >= cells:
+        raise ValueError(f"scene {scene.id}: {len(scene.objects)} objects leave no free cell to move to")
+    while True:
+        new = rng.choice(cells, size=len(scene.objects), replace=False)
+        if all(divmod(int(c), spec.grid) != (o.row, o.col) for c, o in zip(new, scene.objects, strict=True)):
+            break
+    objs = []
+    for c, o in zip(new, scene.objects, strict=True):
+        row, col = divmod(int(c), spec.grid)
+        center = ((col + 0.5) * spec.cell_px, (row + 0.5) * spec.cell_px)
+        objs.append(replace(o, row=row, col=col, position=spec.cell_name(row, col), center=center))
+    return Scene(scene.id, sorted(objs, key=lambda o: (o.row, o.col)))
 
 
 def sample_scenes(spec: WorldSpec, seed: int, n: int, first_id: int = 0) -> list[Scene]:
