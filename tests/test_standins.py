@@ -89,3 +89,22 @@ def test_hub_id_offline_fails_at_once_saying_what_to_fetch():
         require_local("openai/clip-vit-large-patch14", "CLIP model")
     with pytest.raises(MissingModelError, match="does not exist"):
         require_local("models/toy/nothing-here", "CLIP model")
+
+
+def test_the_committed_renderer_draws_objects_where_the_caption_puts_them(root, micro_config):
+    """Issue 24: Table 1's renderer must tell position. Eight evaluation scenes' captions, true and
+    with every object moved to another cell, rendered as the benchmark does (25 steps, guidance 3)."""
+    from vlv.models.clip_features import ClipFeatures
+    from vlv.models.t2i import load_t2i_pipeline
+    from vlv.shapes.splits import split_scenes
+    from vlv.shapes.world import WorldSpec
+    from vlv.toy.evaluate_standins import position_check
+
+    spec = WorldSpec.from_config(micro_config["shapes"])
+    scenes = split_scenes(micro_config["shapes"], "eval")[:8]
+    pipe = load_t2i_pipeline(root / "models/toy/renderer")
+    out = position_check(pipe, scenes, spec, 3.0, 25, 0, ClipFeatures(str(root / "models/toy/clip")))
+    assert out["true"]["cell_accuracy_of_matched"] >= 0.8 and out["moved"]["cell_accuracy_of_matched"] >= 0.8
+    assert out["moved_drawn_in_the_original_cells"] <= 0.2
+    d = out["clip_sq_distance_to_originals"]
+    assert d["moved"] > 1.3 * d["true"], d

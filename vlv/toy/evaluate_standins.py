@@ -23,6 +23,7 @@ import torch
 
 from vlv.cli_common import load_params, setup_logging, stage_parser
 from vlv.figures import save_image_grid
+from vlv.manifest import build_manifest
 from vlv.models.clip_features import ClipFeatures
 from vlv.models.t2i import load_t2i_pipeline, render_captions
 from vlv.shapes.captions import short_caption
@@ -138,6 +139,7 @@ def main(argv=None) -> int:
             save_image_grid(args.grid, {"original": render_array(scenes[:8], spec), **renders}, column_titles=captions)
     if args.clip:
         report["clip"] = {args.clip: clip_retrieval(args.clip, scenes, spec, device)}
+    report["run"] = build_manifest("evaluate_standins", params, None)["run"]  # machine, date, revision
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(format_report(report))
