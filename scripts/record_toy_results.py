@@ -90,6 +90,23 @@ def headline(results: Path) -> dict:
     return out
 
 
+def all_tables(results: Path) -> dict:
+    """Every table the run wrote (``tables/*.csv``), row by row, numbers as numbers: what the docs'
+    detailed tables cite."""
+
+    def value(v: str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    out = {}
+    for path in sorted((results / "tables").glob("*.csv")):
+        with path.open() as f:
+            out[path.stem] = [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return out
+
+
 def data_efficiency(results: Path) -> dict:
     """VLV against the direct captioner at each share of the pairs (the `data_efficiency` target):
     the judge's scores, and each captioner's training compute (steps x batch and seconds; VLV's stage
@@ -198,6 +215,7 @@ def main(argv=None) -> int:
     prov = provenance(Path(args.repo))
     if args.results:
         record["results"] = {**prov, "source": args.source, **headline(Path(args.results))}
+        record["tables"] = {**prov, "source": args.source, **all_tables(Path(args.results))}
         record["rule_seconds"] = {**prov, "source": args.source, "seconds": rule_seconds(Path(args.benchmarks))}
     if args.data_efficiency:
         record["data_efficiency"] = {**prov, **data_efficiency(Path(args.data_efficiency))}
