@@ -42,7 +42,8 @@ def test_odd_and_broken_files_through_vlv_caption_and_vlv_reconstruct(root, tmp_
     )
     recon = tmp_path / "reconstructions"
     rc = vlv_main(["reconstruct", str(tmp_path / "held out"), "--encoder", str(tmp_path / "encoder"), "--decoder",
-                   str(toy / "t2i"), "--steps", "2", "--guidance", "2", "--out", str(recon)])  # fmt: skip
+                   str(toy / "t2i"), "--steps", "2", "--guidance", "2", "--refine-steps", "2",
+                   "--out", str(recon)])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 1 and all(_reported(err, broken).values())
     made = sorted(p.name for p in recon.iterdir())

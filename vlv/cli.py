@@ -156,12 +156,24 @@ def _reconstruct(argv) -> int:
     p.add_argument("--guidance", type=float, nargs="+", default=[2.0])
     p.add_argument("--steps", type=int, default=cfg["stage1"]["reconstruct_steps"])
     p.add_argument("--seed", type=int, default=0)
+    s1 = cfg["stage1"]
+    p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=s1["refine_steps"],
+        help="Adam steps refining the embeddings on each image first (stage1.refine_steps; 0: none)",
+    )
     p.add_argument("--out", default="reconstructions", help="output folder (PNG per image and guidance)")
     args = p.parse_args(argv)
 
     import torch
 
+    from vlv.models.refine import Refiner
+
     encoder, dec = _encoder_and_decoder(args)
+    refiner = None
+    if args.refine_steps > 0:
+        refiner = Refiner(dec, args.refine_steps, s1["refine_lr"], s1["refine_draws"], args.seed)
     side = dec.unet.config.sample_size * dec.pipe.vae_scale_factor
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +186,8 @@ def _reconstruct(argv) -> int:
             continue
         arr = np.asarray(square_crop(img, side))  # the centre crop every stage uses, not a squash
         with torch.no_grad():
-            cond = dec.condition(encoder(encoder.preprocess([arr])))
+            z = encoder(encoder.preprocess([arr]))
+            cond = dec.condition(refiner(arr[None], z) if refiner else z)
         for g in args.guidance:
             target = out / f"{names[path]}_recon_cfg{g:g}.png"
             Image.fromarray(dec.sample(cond, g, args.steps, args.seed)[0]).save(target)
