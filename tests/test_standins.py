@@ -104,7 +104,8 @@ def test_the_committed_renderer_draws_objects_where_the_caption_puts_them(root, 
     scenes = split_scenes(micro_config["shapes"], "eval")[:8]
     pipe = load_t2i_pipeline(root / "models/toy/renderer")
     out = position_check(pipe, scenes, spec, 3.0, 25, 0, ClipFeatures(str(root / "models/toy/clip")))
-    assert out["true"]["cell_accuracy_of_matched"] >= 0.8 and out["moved"]["cell_accuracy_of_matched"] >= 0.8
+    # the renderer before this one (4500 steps at batch 64): right cell 36 % here, distances 1.4 x apart
+    assert out["true"]["cell_accuracy_of_matched"] >= 0.5 and out["moved"]["cell_accuracy_of_matched"] >= 0.5
     assert out["moved_drawn_in_the_original_cells"] <= 0.2
     d = out["clip_sq_distance_to_originals"]
-    assert d["moved"] > 1.3 * d["true"], d
+    assert d["moved"] > 3 * d["true"], d
