@@ -325,6 +325,45 @@ def save_figure(path: Path, gaps: dict, free: dict, capacity: dict | None = None
     plt.close(fig)
 
 
+def free_embeddings(dec, latents, starts: dict, conds: dict, opt: dict, cfg: dict, scenes, spec) -> tuple[dict, dict]:
+    """Part (b): embeddings optimised per image by stage 1's own loss from each of ``starts`` (the
+    encoder's, with snapshots on the way, and the true caption's), rendered beside the encoder's,
+    the true caption's and the empty caption's conditions and scored for shape. Returns the
+    section of signal.json and the renders."""
+    seed = int(cfg["seed"])
+    snapshots = [n for n in opt["optimise_snapshots"] if n < opt["optimise_steps"]]
+    free = {
+        name: refine(
+            dec, latents, z0, opt["optimise_steps"], opt["optimise_lr"], opt["optimise_draws"], seed,
+            snapshots if name == "free_from_encoder" else (),
+        )
+        for name, z0 in starts.items()
+    }  # fmt: skip
+    with torch.no_grad():
+        sources = {
+            "encoder": conds["encoder"],
+            **{f"free_from_encoder@{n}": dec.condition(z) for n, z in free["free_from_encoder"][2].items()},
+            **{k: dec.condition(z) for k, (z, _, _) in free.items()},
+            "true_caption": conds["true_caption"],
+            "empty_caption": conds["empty_caption"],
+        }
+    renders = {}
+    for name, cond in sources.items():
+        logging.getLogger("vlv").info("rendering %s at guidance %g", name, opt["guidance"])
+        guidance = opt["guidance"] if name != "empty_caption" else 1.0
+        renders[name] = sample_all(dec, cond, guidance, cfg["reconstruct_steps"], seed)
+    section = {
+        "steps": opt["optimise_steps"],
+        "lr": opt["optimise_lr"],
+        "draws": opt["optimise_draws"],
+        "guidance": opt["guidance"],
+        "snapshots": snapshots,
+        "training_loss": {k: losses_seen for k, (_, losses_seen, _) in free.items()},
+        "scores": {name: shape_scores(scenes, r, spec) for name, r in renders.items()},
+    }
+    return section, renders
+
+
 def main(argv=None) -> int:
     p = stage_parser(__doc__)
     p.add_argument("--encoder", required=True)
@@ -383,34 +422,8 @@ def main(argv=None) -> int:
     }
     renders = {}
     if opt["optimise_steps"]:
-        snapshots = [n for n in opt["optimise_snapshots"] if n < opt["optimise_steps"]]
-        free = {
-            name: refine(
-                dec, latents, z0, opt["optimise_steps"], opt["optimise_lr"], opt["optimise_draws"], seed, snaps
-            )
-            for name, z0, snaps in (("free_from_encoder", z_enc, snapshots), ("free_from_caption", z_cap, ()))
-        }
-        with torch.no_grad():
-            sources = {
-                "encoder": conds["encoder"],
-                **{f"free_from_encoder@{n}": dec.condition(z) for n, z in free["free_from_encoder"][2].items()},
-                **{k: dec.condition(z) for k, (z, _, _) in free.items()},
-                "true_caption": conds["true_caption"],
-                "empty_caption": conds["empty_caption"],
-            }
-        steps = cfg["reconstruct_steps"]
-        for name, cond in sources.items():
-            logging.getLogger("vlv").info("rendering %s at guidance %g", name, opt["guidance"])
-            renders[name] = sample_all(dec, cond, opt["guidance"] if name != "empty_caption" else 1.0, steps, seed)
-        result["free_embeddings"] = {
-            "steps": opt["optimise_steps"],
-            "lr": opt["optimise_lr"],
-            "draws": opt["optimise_draws"],
-            "guidance": opt["guidance"],
-            "snapshots": snapshots,
-            "training_loss": {k: losses_seen for k, (_, losses_seen, _) in free.items()},
-            "scores": {name: shape_scores(scenes, r, spec) for name, r in renders.items()},
-        }
+        starts = {"free_from_encoder": z_enc, "free_from_caption": z_cap}
+        result["free_embeddings"], renders = free_embeddings(dec, latents, starts, conds, opt, cfg, scenes, spec)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
