@@ -174,7 +174,7 @@ def _reconstruct(argv) -> int:
     refiner = None
     if args.refine_steps > 0:
         refiner = Refiner(dec, args.refine_steps, s1["refine_lr"], s1["refine_draws"], args.seed)
-    side = dec.unet.config.sample_size * dec.pipe.vae_scale_factor
+    side = dec.image_size
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     status = 0
@@ -232,7 +232,7 @@ def _compose(argv) -> int:
         print("vlv compose takes two image files", file=sys.stderr)
         return 1
     encoder, dec = _encoder_and_decoder(args)
-    side = dec.unet.config.sample_size * dec.pipe.vae_scale_factor
+    side = dec.image_size
     a, b = (np.asarray(square_crop(img.convert("RGB"), side))[None] for img in pair)
     n_q = encoder.config["num_queries"]
     ks = token_counts(args.tokens_from_a or [n_q // 4, n_q // 2, 3 * n_q // 4], n_q)

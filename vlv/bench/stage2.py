@@ -30,9 +30,7 @@ def timed_captions(model: VLVCaptioner, images, batch: int, device, num_beams: i
     for i in range(0, len(images), batch):
         part = images[i : i + batch]
         pv = model.encoder.preprocess(part).to(device)
-        captions += model.generate(
-            pv, num_beams=num_beams, max_new_tokens=max_new_tokens, images=torch.from_numpy(part)
-        )
+        captions += model.generate(pv, num_beams=num_beams, max_new_tokens=max_new_tokens, images=part)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return captions, time.perf_counter() - t0

@@ -94,6 +94,11 @@ class FrozenT2IDecoder(torch.nn.Module):
         return self.text_encoder.config.hidden_size
 
     @property
+    def image_size(self) -> int:
+        """The side, in pixels, of the images it draws and encodes."""
+        return self.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    @property
     def max_tokens(self) -> int:
         return self.text_encoder.config.max_position_embeddings
 

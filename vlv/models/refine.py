@@ -95,7 +95,7 @@ class Refiner:
         self.dec, self.steps, self.lr, self.draws, self.seed = dec, int(steps), float(lr), int(draws), int(seed)
 
     def at_decoder_size(self, images) -> torch.Tensor:
-        side = self.dec.unet.config.sample_size * self.dec.pipe.vae_scale_factor
+        side = self.dec.image_size
         if isinstance(images, torch.Tensor) and tuple(images.shape[1:3]) == (side, side):
             return images
         fit = [np.asarray(im) for im in images]
@@ -105,11 +105,15 @@ class Refiner:
     def settings(self) -> dict:
         return {"steps": self.steps, "lr": self.lr, "draws": self.draws, "seed": self.seed}
 
-    def __call__(self, images, z: torch.Tensor) -> torch.Tensor:
+    def refine_images(self, images, z: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The images (uint8 HxWx3 each: an NxHxWx3 array or tensor, or a list of any sizes) and the
-        encoder's embeddings ``z`` of them -> the refined embeddings (z's dtype). Images not at the
-        decoder's size are centre-cropped and resized to it, as ``vlv reconstruct`` does."""
+        encoder's embeddings ``z`` of them -> the refined embeddings (z's dtype) and the mean loss of
+        the first and last tenth of the steps. Images not at the decoder's size are centre-cropped and
+        resized to it, as ``vlv reconstruct`` does."""
         self.dec.to(z.device)
         latents = self.dec.image_latents(self.at_decoder_size(images))
-        refined, _, _ = refine(self.dec, latents, z.float(), self.steps, self.lr, self.draws, self.seed)
-        return refined.to(z.dtype)
+        refined, losses, _ = refine(self.dec, latents, z.float(), self.steps, self.lr, self.draws, self.seed)
+        return refined.to(z.dtype), losses
+
+    def __call__(self, images, z: torch.Tensor) -> torch.Tensor:
+        return self.refine_images(images, z)[0]

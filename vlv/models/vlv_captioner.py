@@ -126,9 +126,10 @@ class VLVCaptioner(torch.nn.Module):
             raise ValueError(f"the decoder conditions along {decoder.route!r}, the captioner along {self.route!r}")
         self.refiner = Refiner(decoder, steps, lr, draws, seed)
 
-    def caption_input(self, pixel_values: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+    def caption_input(self, pixel_values: torch.Tensor, images=None) -> torch.Tensor:
         """T(z): what psi reads, the UNet's conditioning from the caption embeddings along the route;
-        with a refiner, z is first refined on ``images`` (uint8 NxHxWx3, the images of ``pixel_values``)."""
+        with a refiner, z is first refined on ``images`` (the images of ``pixel_values``, uint8 HxWx3
+        each: see ``Refiner.refine_images``)."""
         z = self.encoder(pixel_values)
         if self.refiner is not None:
             if images is None:
@@ -180,7 +181,7 @@ class VLVCaptioner(torch.nn.Module):
         pixel_values: torch.Tensor | None = None,
         caption_input: torch.Tensor | None = None,
         num_items_in_batch: torch.Tensor | None = None,
-        images: torch.Tensor | None = None,
+        images=None,
     ) -> torch.Tensor:
         """The caption loss from images (or from cached T(z) when the encoder is frozen): the mean over
         this batch's caption tokens, or their sum over ``num_items_in_batch`` when given (several
@@ -196,7 +197,7 @@ class VLVCaptioner(torch.nn.Module):
         self, pixel_values: torch.Tensor, num_beams: int = 4, max_new_tokens: int = 128, images=None
     ) -> list[str]:
         """Captions for a batch of images: beam search from the prefix alone, stopping at EOS
-        (``images``: uint8 NxHxWx3, needed with a refiner)."""
+        (``images``: the batch's images, needed with a refiner)."""
         prefix = self.prefix(pixel_values, images=images)
         mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         out = self.llm.generate(

@@ -308,10 +308,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"no training images: {args.subset} keeps none of the images in {args.images}")
     dataset = ShardImages(index)
     side = dataset[0].shape[0]
-    if side != dec.unet.config.sample_size * dec.pipe.vae_scale_factor:
-        raise SystemExit(
-            f"images are {side} px but the decoder expects {dec.unet.config.sample_size * dec.pipe.vae_scale_factor} px"
-        )
+    if side != dec.image_size:
+        raise SystemExit(f"images are {side} px but the decoder expects {dec.image_size} px")
     collate = Collate(enc.preprocessor(), args.images)
 
     def loader(batches):

@@ -35,7 +35,7 @@ from vlv.data.shards import ShardIndex, encode_png, load_images, write_shard
 from vlv.figures import save_image_grid
 from vlv.manifest import build_manifest, write_manifest
 from vlv.models.frozen_decoder import FrozenT2IDecoder, encoder_route
-from vlv.models.refine import refine
+from vlv.models.refine import Refiner
 from vlv.models.vlv_encoder import VLVEncoder
 from vlv.training import pick_device
 
@@ -89,11 +89,11 @@ def denoising_losses(
 def refine_for_images(dec: FrozenT2IDecoder, images: np.ndarray, z: torch.Tensor, cfg: dict, seed: int):
     """The encoder's embeddings ``z`` of ``images`` refined by ``stage1.refine_*`` (vlv.models.refine),
     and what it did: its settings, seconds and the loss at its first and last steps."""
-    latents = image_latents(dec, images)
+    refiner = Refiner(dec, cfg["refine_steps"], cfg["refine_lr"], cfg["refine_draws"], seed)
     t0 = time.time()
-    steps, lr, draws = int(cfg["refine_steps"]), float(cfg["refine_lr"]), int(cfg["refine_draws"])
-    z, losses, _ = refine(dec, latents, z, steps, lr, draws, seed)
-    return z, {"steps": steps, "lr": lr, "draws": draws, "seconds": round(time.time() - t0, 1), **losses}
+    z, losses = refiner.refine_images(images, z)
+    settings = {k: v for k, v in refiner.settings().items() if k != "seed"}
+    return z, {**settings, "seconds": round(time.time() - t0, 1), **losses}
 
 
 def detector_scores(scenes, renders: np.ndarray, spec) -> dict:

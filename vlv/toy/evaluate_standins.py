@@ -50,19 +50,25 @@ def t2i_report(pipe, scenes, captions, spec: WorldSpec, guidances, steps: int, s
     return report, renders
 
 
-def position_check(pipe, scenes, spec: WorldSpec, guidance: float, steps: int, seed: int, clip=None) -> dict:
+def position_check(
+    pipe, scenes, spec: WorldSpec, guidance: float, steps: int, seed: int, clip=None, true_renders=None
+) -> dict:
     """Does the pipeline draw objects where the caption puts them? The captions of ``scenes`` and of
     the same scenes with every object moved to another cell (``move_objects``), rendered alike: the
     detector's right cell against the scenes each caption describes (``true``, ``moved``) and, for the
     moved captions, against the original cells (near 0 when position is obeyed); with a CLIP model
     (``vlv.models.clip_features.ClipFeatures``), each render's squared feature distance to the
-    original image, averaged (the caption -> image distance of Table 1, image by image)."""
+    original image, averaged (the caption -> image distance of Table 1, image by image).
+    ``true_renders``: the true captions' renders when ``t2i_report`` has made them already."""
     rng = np.random.default_rng([seed, 1])
     described = {"true": scenes, "moved": [move_objects(s, spec, rng) for s in scenes]}
     out: dict = {"guidance": guidance}
     originals = clip.images(render_array(scenes, spec)) if clip is not None else None
     for name, sc in described.items():
-        imgs = render_captions(pipe, eval_captions(sc, seed), guidance, steps, seed)
+        if name == "true" and true_renders is not None:
+            imgs = true_renders
+        else:
+            imgs = render_captions(pipe, eval_captions(sc, seed), guidance, steps, seed)
         out[name] = summarise([score_scene(s, detect(im, spec), spec) for s, im in zip(sc, imgs)])
         if name == "moved":
             at_origin = summarise([score_scene(s, detect(im, spec), spec) for s, im in zip(scenes, imgs)])
@@ -134,7 +140,9 @@ def main(argv=None) -> int:
         rep, renders = t2i_report(pipe, scenes, captions, spec, b["guidance_scales"], steps, seed)
         report["t2i"][path] = rep
         g = max(b["guidance_scales"])
-        report.setdefault("position_check", {})[path] = position_check(pipe, scenes, spec, g, steps, seed, clip)
+        report.setdefault("position_check", {})[path] = position_check(
+            pipe, scenes, spec, g, steps, seed, clip, true_renders=renders[f"cfg{g:g}"]
+        )
         if k == 0 and args.grid:
             save_image_grid(args.grid, {"original": render_array(scenes[:8], spec), **renders}, column_titles=captions)
     if args.clip:
