@@ -234,12 +234,16 @@ def test_a_refining_captioner_trains_on_and_captions_from_embeddings_refined_on_
 ):
     from vlv.data.shards import load_images
 
-    cfg = {**micro_config, "stage1": {**micro_config["stage1"], "refine_steps": 2, "route": "text_encoder"}}
+    cfg = {
+        **micro_config,
+        "stage1": {**micro_config["stage1"], "refine_steps": 2, "refine_draws": 2, "route": "text_encoder"},
+    }
     params = stage_params(cfg, "stage2", "vlv_pairs100")
     assert (params["refine_steps"], params["refine_lr"], params["refine_draws"]) == (2, 0.02, 2)
     for other in ("no_stage1_pairs100", "direct_pairs100", "vlv_pairs100-mlp_llm_encoder"):  # no frozen stage-1 encoder
         assert "refine_steps" not in stage_params(cfg, "stage2", other)
-    assert "refine_steps" not in stage_params(micro_config, "stage2", "vlv_pairs100")  # off by default
+    off = {**micro_config, "stage1": {**micro_config["stage1"], "refine_steps": 0}}
+    assert "refine_steps" not in stage_params(off, "stage2", "vlv_pairs100")  # 0 turns it off
 
     torch.manual_seed(0)
     start = VLVCaptioner.build(
