@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from vlv.shapes.captions import N_PHRASINGS, POSITION_PHRASES, reference_captions, short_caption, teacher_caption
-from vlv.shapes.detect import detect, score_scene, summarise
+from vlv.shapes.detect import by_object_count, detect, score_scene, summarise
 from vlv.shapes.parse import parse_caption
 from vlv.shapes.world import Scene, WorldSpec, render, render_array, sample_scenes
 
@@ -95,6 +95,32 @@ def test_detector_recovers_ground_truth_renders():
     assert m["mean_center_error_px"] < 1.0
     assert m["extra_detections_per_image"] == 0.0
     assert abs(m["mean_scale_bias"]) < 0.01 and m["mean_scale_error"] < 0.02
+
+
+def test_scores_by_object_count_keep_each_stratum_apart():
+    """In three-object scenes, the first object drawn with another shape: those scenes score 2/3 of
+    shapes right of the drawn colours, the one-object scenes stay whole, and "all" pools them."""
+    import dataclasses
+
+    scenes = sample_scenes(SPEC, 3, 300)
+    ones = [s for s in scenes if len(s.objects) == 1][:10]
+    threes = [s for s in scenes if len(s.objects) == 3][:10]
+
+    def other_shape(o):
+        return dataclasses.replace(o, shape=next(k for k in SPEC.shapes if k != o.shape))
+
+    drawn = ones + [dataclasses.replace(s, objects=[other_shape(s.objects[0]), *s.objects[1:]]) for s in threes]
+    truth = ones + threes
+    by = by_object_count([score_scene(s, detect(im, SPEC), SPEC) for s, im in zip(truth, render_array(drawn, SPEC))])
+    assert set(by) == {"all", "1", "3"}
+    assert by["1"] == {
+        "objects": 10,
+        "colour_shape_found": 1.0,
+        "shape_right_of_drawn_colours": 1.0,
+        "size_right_of_matched": 1.0,
+    }
+    assert by["3"]["objects"] == 30 and by["3"]["shape_right_of_drawn_colours"] == pytest.approx(2 / 3, abs=1e-4)
+    assert by["all"]["colour_shape_found"] == pytest.approx(30 / 40, abs=1e-4)
 
 
 def test_detector_scale_bias_says_objects_are_drawn_larger():

@@ -159,7 +159,9 @@ def test_seeds_target_reruns_stage1_and_stage2_with_each_seed(micro_all_copy, mi
     runs = micro_config["seeds"]["runs"]
     rows = {r["measure"]: r for r in csv.DictReader((wd / "results/tables/seeds.csv").open())}
     assert {"VLV object coverage", "direct object coverage", "VLV arena rating (0-6)", "direct VQA accuracy (0-shot)",
-            "VLV caption -> image FD-toyCLIP cfg2", "reconstruction colour+shape (cfg2)"} <= set(rows)  # fmt: skip
+            "VLV caption -> image FD-toyCLIP cfg2", "reconstruction colour+shape (cfg2)",
+            "reconstruction size right of found (cfg2)"} <= set(rows)  # fmt: skip
+    assert any(m.startswith("reconstruction shape right of drawn colours, ") for m in rows)  # the most objects
     for r in rows.values():
         xs = [float(r[f"seed {s}"]) for s in runs]
         assert int(r["seeds"]) == len(runs) and float(r["mean"]) == pytest.approx(sum(xs) / len(xs), abs=1e-4)

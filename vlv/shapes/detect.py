@@ -105,6 +105,24 @@ def score_scene(scene: Scene, dets: list[Detection], spec: WorldSpec) -> SceneSc
     return SceneScore(len(scene.objects), colour_hits, cs_hits, cell_hits, size_hits, center_err, scale_diff, extra)
 
 
+def by_object_count(scores: list[SceneScore]) -> dict[str, dict[str, float]]:
+    """Per number of objects in the scene ("1", "2", ...) and over all ("all"): colour+shape found (of
+    all objects), shape right of the objects whose colour was drawn (what stage 1 carries beyond
+    colour), size right of the colour+shape matches."""
+    out = {}
+    for stratum in ["all", *sorted({str(s.n_objects) for s in scores})]:
+        part = [s for s in scores if stratum == "all" or str(s.n_objects) == stratum]
+        objects, colour = sum(s.n_objects for s in part), sum(s.colour_hits for s in part)
+        cs = sum(s.colour_shape_hits for s in part)
+        out[stratum] = {
+            "objects": objects,
+            "colour_shape_found": round(cs / max(objects, 1), 4),
+            "shape_right_of_drawn_colours": round(cs / max(colour, 1), 4),
+            "size_right_of_matched": round(sum(s.size_hits for s in part) / max(cs, 1), 4),
+        }
+    return out
+
+
 def summarise(scores: list[SceneScore]) -> dict[str, float]:
     """Recall of colour and colour+shape over all prompted objects; placement over the matched."""
     n = sum(s.n_objects for s in scores)

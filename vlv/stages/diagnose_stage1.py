@@ -161,23 +161,10 @@ def caption_embeddings(dec: FrozenT2IDecoder, captions: list[str]) -> torch.Tens
 
 
 def shape_scores(scenes: list[Scene], renders: np.ndarray, spec: WorldSpec) -> dict:
-    """The detector's scores per object count and over all: colour+shape found (of all objects),
-    shape right of the objects whose colour was drawn, size right of the colour+shape matches."""
-    from vlv.shapes.detect import detect, score_scene
+    """The detector's scores of the renders per object count and over all (``by_object_count``)."""
+    from vlv.shapes.detect import by_object_count, detect, score_scene
 
-    scores = [score_scene(s, detect(im, spec), spec) for s, im in zip(scenes, renders, strict=True)]
-    out = {}
-    for stratum in ["all", *sorted({str(s.n_objects) for s in scores})]:
-        part = [s for s in scores if stratum == "all" or str(s.n_objects) == stratum]
-        objects, colour = sum(s.n_objects for s in part), sum(s.colour_hits for s in part)
-        cs = sum(s.colour_shape_hits for s in part)
-        out[stratum] = {
-            "objects": objects,
-            "colour_shape_found": round(cs / max(objects, 1), 4),
-            "shape_right_of_drawn_colours": round(cs / max(colour, 1), 4),
-            "size_right_of_matched": round(sum(s.size_hits for s in part) / max(cs, 1), 4),
-        }
-    return out
+    return by_object_count([score_scene(s, detect(im, spec), spec) for s, im in zip(scenes, renders, strict=True)])
 
 
 def cell_labels(scenes: list[Scene], spec: WorldSpec) -> tuple[torch.Tensor, torch.Tensor]:

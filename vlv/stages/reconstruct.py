@@ -97,9 +97,11 @@ def refine_for_images(dec: FrozenT2IDecoder, images: np.ndarray, z: torch.Tensor
 
 
 def detector_scores(scenes, renders: np.ndarray, spec) -> dict:
-    from vlv.shapes.detect import detect, score_scene, summarise
+    """The detector's summary of the renders, with its breakdown by object count (``by_objects``)."""
+    from vlv.shapes.detect import by_object_count, detect, score_scene, summarise
 
-    return summarise([score_scene(s, detect(im, spec), spec) for s, im in zip(scenes, renders)])
+    scores = [score_scene(s, detect(im, spec), spec) for s, im in zip(scenes, renders, strict=True)]
+    return {**summarise(scores), "by_objects": by_object_count(scores)}
 
 
 def render_all(dec: FrozenT2IDecoder, conds: dict, guidance: list[float], steps: int, seed: int) -> dict:

@@ -144,7 +144,14 @@ def seeds_rows(reconstruct: list[str], finetune: list[str], fid: list[str], aren
                  if k.startswith("recon cfg")}  # fmt: skip
         if recon:
             top = max(recon, key=lambda k: float(k.removeprefix("recon cfg")))
-            put(f"reconstruction colour+shape ({top.removeprefix('recon ')})", seed, recon[top]["colour_shape_recall"])
+            at, scores = top.removeprefix("recon "), recon[top]
+            put(f"reconstruction colour+shape ({at})", seed, scores["colour_shape_recall"])
+            put(f"reconstruction size right of found ({at})", seed, scores["size_accuracy_of_matched"])
+            counts = [c for c in scores.get("by_objects", {}) if c != "all"]
+            if counts:  # the hardest scenes: shape right of the objects whose colour was drawn
+                most = max(counts, key=int)
+                put(f"reconstruction shape right of drawn colours, {most}-object scenes ({at})", seed,
+                    scores["by_objects"][most]["shape_right_of_drawn_colours"])  # fmt: skip
     for folder, f, a, v in zip(finetune, fid, arena, vqa):
         name, man = Path(folder).name, json.loads((Path(folder) / "manifest.json").read_text())
         if not name == _name(f) == _name(a) == _name(v):
