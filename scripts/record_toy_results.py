@@ -7,6 +7,9 @@ After `dvc repro` (or `snakemake --cores 2 all`) of a clean checkout:
     python scripts/record_toy_results.py --timing all=1091     # a whole run's wall time, in seconds
     python scripts/record_toy_results.py --timing tests=455    # the README's test command
     python scripts/record_toy_results.py --data-efficiency results   # after the data_efficiency target
+    python scripts/record_toy_results.py --seeds "refine 10=results" --source "snakemake seeds"
+                                             # after the seeds target: its table, under that name (a
+                                             # setting compared, e.g. "refine 0" run with an overlay)
 
 Each call updates only what it is given; everything it writes carries its own machine, date and
 revision, so numbers measured at different times never pass for one run.
@@ -138,6 +141,12 @@ def data_efficiency(results: Path) -> dict:
     return out
 
 
+def seeds_table(results: Path) -> dict:
+    """The seeds target's table (``tables/seeds.csv``): each headline measure per seed, its mean and
+    sample standard deviation, keyed by measure."""
+    return {row.pop("measure"): row for row in all_tables(results)["seeds"]}
+
+
 def rule_seconds(benchmarks: Path) -> dict:
     """Wall seconds of each job, from Snakemake's benchmark files (rule/wildcards -> s)."""
     out = {}
@@ -198,6 +207,7 @@ def main(argv=None) -> int:
     p.add_argument("--benchmarks", default="benchmarks", help="the run's Snakemake benchmark folder")
     p.add_argument("--timing", action="append", default=[], metavar="NAME=SECONDS")
     p.add_argument("--data-efficiency", metavar="RESULTS", help="after the data_efficiency target: its figures")
+    p.add_argument("--seeds", action="append", default=[], metavar="NAME=RESULTS", help="after the seeds target")
     p.add_argument("--source", default="dvc repro", help="how the run was made (for the record)")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--repo", default=str(ROOT), help="the checkout that made the run (its revision is recorded)")
@@ -209,8 +219,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.exists() else {}
     record["what"] = (
-        "The toy profile's headline results (200 evaluation images, one seed) and run times on 2 cores; "
-        "written by scripts/record_toy_results.py, quoted by the README"
+        "The toy profile's headline results (200 evaluation images; one seed, and the seeds target's "
+        "mean and spread), its tables and run times on 2 cores; written by scripts/record_toy_results.py, "
+        "quoted by the README and docs"
     )
     prov = provenance(Path(args.repo))
     if args.results:
@@ -219,6 +230,9 @@ def main(argv=None) -> int:
         record["rule_seconds"] = {**prov, "source": args.source, "seconds": rule_seconds(Path(args.benchmarks))}
     if args.data_efficiency:
         record["data_efficiency"] = {**prov, **data_efficiency(Path(args.data_efficiency))}
+    for entry in args.seeds:
+        name, _, folder = entry.partition("=")
+        record.setdefault("seeds", {})[name] = {**prov, "source": args.source, **seeds_table(Path(folder))}
     for t in args.timing:
         name, _, seconds = t.partition("=")
         record.setdefault("timings", {})[name] = {**prov, "seconds": float(seconds)}
