@@ -593,7 +593,8 @@ def test_stage2_training_benchmark_runs_on_paper_classes_at_tiny_size(micro_conf
     assert all(len(tok(c)["input_ids"]) >= 40 for c in long) and long[0] != long[1]
     from vlv.config import stage_params
 
-    params = {**stage_params(micro_config, "stage2"), "trainable": "mlp_llm_encoder", "max_caption_tokens": 40}
+    cfg = {**micro_config, "stage2": {**micro_config["stage2"], "trainable": "mlp_llm_encoder"}}  # as config/paper.yaml
+    params = {**stage_params(cfg, "stage2"), "max_caption_tokens": 40}
     params.update(batch_size=4, micro_batch_size=2, gradient_checkpointing=True, route="text_encoder", num_queries=77)
     out = tmp_path / "speed.json"
     args = ["--params", json.dumps(params), "--paper-sized", "tiny", "--models", str(tmp_path / "m"), "--n-images", "8"]
