@@ -20,7 +20,8 @@ rule caption:
         mem_mb=4000,
         runtime=30,
     params:
-        cfg=params_json("stage2"),
+        # the captioner's own stage-2 params: a VLV captioner's carry its refinement, the others' do not
+        cfg=lambda wildcards: params_json("stage2", wildcards.captioner),
         teacher=params_json("teacher"),
         shapes=shapes_arg(),
         captioner=captioner_args,
