@@ -93,6 +93,7 @@ def headline(results: Path) -> dict:
             "vqa_accuracy": vqa[f"{name} 0-shot"]["accuracy"],
         }
         row.update({k.split()[-1]: v for k, v in coco[name].items() if k.startswith("FD-toyCLIP cfg")})
+        row["judge"] = s  # the Shapes judge's whole summary: size, position, relations, counts, exact
         out["captioners"][name] = row
     out["evaluation_images"] = next(iter(coco.values()))["images"]
     return out
@@ -235,6 +236,66 @@ def markdown(record: dict) -> str:
     return "\n".join(out)
 
 
+DOC_NAMES = {
+    "reference": "reference (leave-one-out in the metrics)",
+    "teacher": "teacher (oracle)",
+    "vlv_pairs100": "**VLV** (4 000 pairs)",
+    "direct_pairs100": "direct captioner (4 000 pairs)",
+    "no_stage1_pairs100": "no stage 1",
+}
+
+
+def docs_markdown(record: dict) -> str:
+    """docs/results.md's tables of the single run, from the record's ``tables`` and ``results``."""
+    t, caps, out = record["tables"], record["results"]["captioners"], []
+    src = "<!-- source: results/figures/toy_results.json -->"
+
+    def f(x, digits=2):
+        return "not computed" if isinstance(x, str) else f"{x:.{digits}f}"
+
+    rows = {(r["source"], str(r["guidance"])): r for r in t["spatial"]}
+    recon = [rows[("VLV reconstruction", g)] for g in ("1", "2", "3")]
+    bound = [rows[("decoder from true caption (bound)", g)] for g in ("1", "2", "3")]
+    floor = rows[("decoder from empty caption (floor)", "1")]
+    out += ["stage 1 (spatial)", src, "| | guidance 1 | guidance 2 | guidance 3 | bound (g 1 / 2 / 3) | floor |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    for label, key, fmt in [
+        ("colour and shape found", "objects found (colour+shape)", pct),
+        ("right cell, of those found", "right cell (of found)", pct),
+        ("right size, of those found", "right size (of found)", pct),
+        ("mean centre error", "mean centre error (px)", lambda x: f"{x:.2f} px"),
+    ]:
+        out.append(f"| {label} | " + " | ".join(fmt(r[key]) for r in recon) + " | "
+                   + " / ".join(f"{100 * r[key]:.1f}" if fmt is pct else f"{r[key]:.2f}" for r in bound)
+                   + (" %" if fmt is pct else " px") + f" | {fmt(floor[key])} |")  # fmt: skip
+    out += ["", "judge", src, "| captioner | object coverage | hallucinated / caption | size+position right | "
+            "relation accuracy | count right | exact caption |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, label in DOC_NAMES.items():
+        if name in caps:
+            j = caps[name]["judge"]
+            rel = "(none stated)" if j.get("relation_accuracy") is None else pct(j["relation_accuracy"])
+            out.append(f"| {label} | {pct(j['coverage'])} | {j['hallucinated_per_caption']:.2f} | "
+                       f"{pct(j['attribute_accuracy'])} | {rel} | {pct(j['count_accuracy'])} | {pct(j['exact'])} |")  # fmt: skip
+    coco = {r["captioner"]: r for r in t["coco"]}
+    out += ["", "coco", src, "| captioner | FD-toyCLIP cfg 1 / 2 / 3 / 4 | BLEU-4 | METEOR | ROUGE-L | CIDEr | "
+            "CLIPScore | RefCLIPScore |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, label in DOC_NAMES.items():
+        if name in coco:
+            r = coco[name]
+            fd = " / ".join(f"{r[f'FD-toyCLIP cfg{g}']:.2f}" for g in (1, 2, 3, 4))
+            out.append(f"| {label} | {fd} | {f(r['BLEU-4'], 3)} | {f(r['METEOR'], 3)} | {f(r['ROUGE-L'], 3)} | "
+                       f"{f(r['CIDEr'])} | {f(r['CLIPScore'])} | {f(r['RefCLIPScore'])} |")  # fmt: skip
+    vqa = {r["captioner"]: r for r in t["vqa"]}
+    out += ["", "vqa", src, '| captioner | accuracy | count | shape | colour | position | answered "unknown" |',
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, label in DOC_NAMES.items():
+        if name in vqa:
+            r = vqa[name]
+            kinds = " | ".join(pct(r[f"accuracy ({k})"]) for k in ("count", "shape", "colour", "position"))
+            out.append(f"| {label} | {pct(r['accuracy'])} | {kinds} | {pct(r['answered unknown'])} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="?", help="the run's results folder (headline numbers and rule times)")
@@ -246,9 +307,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--repo", default=str(ROOT), help="the checkout that made the run (its revision is recorded)")
     p.add_argument("--markdown", action="store_true", help="print the README's table rows from the record")
+    p.add_argument("--docs-markdown", action="store_true", help="print docs/results.md's tables from the record")
     args = p.parse_args(argv)
-    if args.markdown:
-        print(markdown(json.loads(Path(args.out).read_text())))
+    if args.markdown or args.docs_markdown:
+        print((markdown if args.markdown else docs_markdown)(json.loads(Path(args.out).read_text())))
         return 0
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.exists() else {}
