@@ -175,8 +175,8 @@ SEEDED = {"vlv_pairs100": "VLV", "direct_pairs100": "direct"}
 SEEDS_DEFAULT = "refine 10"  # the seeds record the README quotes: the default config's
 
 
-def pct(x: float) -> str:
-    return f"{100 * x:.1f} %"
+def pct(x: float | None) -> str:
+    return "none" if x is None else f"{100 * x:.1f} %"
 
 
 def spread(row: dict | None, single: float | None, as_pct: bool, digits: int = 2) -> str:
@@ -210,12 +210,13 @@ def markdown(record: dict) -> str:
             f"{spread(measure['caption -> image FD-toyCLIP cfg2'], c['cfg2'], False)} |"
         )
     out.append("")
-    g = r["stage1_reconstructions"]["3"]
+    top = max(r["stage1_reconstructions"], key=float)  # the highest guidance (toy: 3)
+    g, at = r["stage1_reconstructions"][top], f"cfg{top}"
     shape3 = next((v for k, v in seeds.items() if k.startswith("reconstruction shape right of drawn colours, 3")), None)
     out.append(
-        f"| VLV encoder | {spread(seeds.get('reconstruction colour+shape (cfg3)'), g['colour_shape_recall'], True)} | "
+        f"| VLV encoder | {spread(seeds.get(f'reconstruction colour+shape ({at})'), g['colour_shape_recall'], True)} | "
         f"{spread(shape3, g.get('shape_right_3_objects'), True)} | "
-        f"{spread(seeds.get('reconstruction size right of found (cfg3)'), g['size_accuracy_of_matched'], True)} | "
+        f"{spread(seeds.get(f'reconstruction size right of found ({at})'), g['size_accuracy_of_matched'], True)} | "
         f"{pct(g['colour_recall'])} | {pct(g['cell_accuracy_of_matched'])} | "
         f"{100 * g['share_of_floor_to_bound_closed']:.0f} % |"
     )
@@ -229,7 +230,12 @@ def markdown(record: dict) -> str:
             "every table of `all`, from the committed stand-ins",
             t.get("all", {}).get("seconds"),
         ),
-        ("of which `distill_stage1`", "the stage-1 encoder", rules.get("distill_stage1/encoder")),
+        # a whole, uninterrupted stage 1 (--timing distill_stage1=S) where the run resumed its encoder
+        (
+            "of which `distill_stage1`",
+            "the stage-1 encoder",
+            t.get("distill_stage1", {}).get("seconds", rules.get("distill_stage1/encoder")),
+        ),  # fmt: skip
         ("`pytest -q -n 2` (below)", "the test suite", t.get("tests", {}).get("seconds")),
     ]
     out += [f"| {a} | {b} | {s:.0f} |" for a, b, s in rows if s is not None]
@@ -253,21 +259,28 @@ def docs_markdown(record: dict) -> str:
     def f(x, digits=2):
         return "not computed" if isinstance(x, str) else f"{x:.{digits}f}"
 
-    rows = {(r["source"], str(r["guidance"])): r for r in t["spatial"]}
-    recon = [rows[("VLV reconstruction", g)] for g in ("1", "2", "3")]
-    bound = [rows[("decoder from true caption (bound)", g)] for g in ("1", "2", "3")]
+    rows = {(r["source"], f"{float(r['guidance']):g}"): r for r in t["spatial"]}
+    gs = sorted({g for kind, g in rows if kind == "VLV reconstruction"}, key=float)
+    recon = [rows[("VLV reconstruction", g)] for g in gs]
+    bound = [rows[("decoder from true caption (bound)", g)] for g in gs]
     floor = rows[("decoder from empty caption (floor)", "1")]
-    out += ["stage 1 (spatial)", src, "| | guidance 1 | guidance 2 | guidance 3 | bound (g 1 / 2 / 3) | floor |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
-    for label, key, fmt in [
-        ("colour and shape found", "objects found (colour+shape)", pct),
-        ("right cell, of those found", "right cell (of found)", pct),
-        ("right size, of those found", "right size (of found)", pct),
-        ("mean centre error", "mean centre error (px)", lambda x: f"{x:.2f} px"),
+    out += ["stage 1 (spatial)", src, "| | " + " | ".join(f"guidance {g}" for g in gs)
+            + f" | bound (g {' / '.join(gs)}) | floor |", "|---|" + "---|" * (len(gs) + 2)]  # fmt: skip
+
+    def show(x, as_pct: bool, bare: bool = False) -> str:
+        if isinstance(x, str):  # an empty cell: nothing matched
+            return "none"
+        return (f"{100 * x:.1f}" + ("" if bare else " %")) if as_pct else f"{x:.2f}" + ("" if bare else " px")
+
+    for label, key, as_pct in [
+        ("colour and shape found", "objects found (colour+shape)", True),
+        ("right cell, of those found", "right cell (of found)", True),
+        ("right size, of those found", "right size (of found)", True),
+        ("mean centre error", "mean centre error (px)", False),
     ]:
-        out.append(f"| {label} | " + " | ".join(fmt(r[key]) for r in recon) + " | "
-                   + " / ".join(f"{100 * r[key]:.1f}" if fmt is pct else f"{r[key]:.2f}" for r in bound)
-                   + (" %" if fmt is pct else " px") + f" | {fmt(floor[key])} |")  # fmt: skip
+        cells = [show(r[key], as_pct) for r in recon]
+        bounds = " / ".join(show(r[key], as_pct, bare=True) for r in bound) + (" %" if as_pct else " px")
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {bounds} | {show(floor[key], as_pct)} |")
     out += ["", "judge", src, "| captioner | object coverage | hallucinated / caption | size+position right | "
             "relation accuracy | count right | exact caption |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, label in DOC_NAMES.items():
@@ -277,12 +290,13 @@ def docs_markdown(record: dict) -> str:
             out.append(f"| {label} | {pct(j['coverage'])} | {j['hallucinated_per_caption']:.2f} | "
                        f"{pct(j['attribute_accuracy'])} | {rel} | {pct(j['count_accuracy'])} | {pct(j['exact'])} |")  # fmt: skip
     coco = {r["captioner"]: r for r in t["coco"]}
-    out += ["", "coco", src, "| captioner | FD-toyCLIP cfg 1 / 2 / 3 / 4 | BLEU-4 | METEOR | ROUGE-L | CIDEr | "
-            "CLIPScore | RefCLIPScore |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    fds = sorted((k for k in t["coco"][0] if k.startswith("FD-toyCLIP cfg")), key=lambda k: float(k.split("cfg")[1]))
+    out += ["", "coco", src, f"| captioner | FD-toyCLIP cfg {' / '.join(k.split('cfg')[1] for k in fds)} | BLEU-4 | "
+            "METEOR | ROUGE-L | CIDEr | CLIPScore | RefCLIPScore |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, label in DOC_NAMES.items():
         if name in coco:
             r = coco[name]
-            fd = " / ".join(f"{r[f'FD-toyCLIP cfg{g}']:.2f}" for g in (1, 2, 3, 4))
+            fd = " / ".join(f"{r[k]:.2f}" for k in fds)
             out.append(f"| {label} | {fd} | {f(r['BLEU-4'], 3)} | {f(r['METEOR'], 3)} | {f(r['ROUGE-L'], 3)} | "
                        f"{f(r['CIDEr'])} | {f(r['CLIPScore'])} | {f(r['RefCLIPScore'])} |")  # fmt: skip
     vqa = {r["captioner"]: r for r in t["vqa"]}
