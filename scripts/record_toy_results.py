@@ -307,6 +307,21 @@ def docs_markdown(record: dict) -> str:
             r = vqa[name]
             kinds = " | ".join(pct(r[f"accuracy ({k})"]) for k in ("count", "shape", "colour", "position"))
             out.append(f"| {label} | {pct(r['accuracy'])} | {kinds} | {pct(r['answered unknown'])} |")
+    for name, table in record.get("seeds", {}).items():
+        seeds = sorted(k for k in next(v for v in table.values() if isinstance(v, dict)) if k.startswith("seed "))
+        out += [
+            "",
+            f"seeds: {name}",
+            src,
+            f"| measure | mean ± sd | {' | '.join(seeds)} |",
+            "|---|" + "---|" * (1 + len(seeds)),
+        ]
+        for measure, row in table.items():
+            if not isinstance(row, dict) or "mean" not in row:
+                continue  # provenance
+            as_pct = not any(w in measure for w in ("hallucinated", "arena", "FD"))
+            one = (lambda x: f"{100 * x:.1f} %") if as_pct else (lambda x: f"{x:.2f}")
+            out.append(f"| {measure} | {spread(row, None, as_pct)} | {' | '.join(one(row[k]) for k in seeds)} |")
     return "\n".join(out)
 
 
