@@ -320,7 +320,7 @@ def docs_markdown(record: dict) -> str:
             if not isinstance(row, dict) or "mean" not in row:
                 continue  # provenance
             as_pct = not any(w in measure for w in ("hallucinated", "arena", "FD"))
-            one = (lambda x: f"{100 * x:.1f} %") if as_pct else (lambda x: f"{x:.2f}")
+            one = pct if as_pct else (lambda x: f"{x:.2f}")
             out.append(f"| {measure} | {spread(row, None, as_pct)} | {' | '.join(one(row[k]) for k in seeds)} |")
     return "\n".join(out)
 
