@@ -351,7 +351,7 @@ def free_embeddings(dec, latents, starts: dict, conds: dict, opt: dict, cfg: dic
     return section, renders
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = stage_parser(__doc__)
     p.add_argument("--encoder", required=True)
     p.add_argument("--decoder", required=True)
@@ -366,39 +366,29 @@ def main(argv=None) -> int:
     )
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    log = setup_logging()
     if not args.shapes:
         raise SystemExit(
             "the diagnosis reads scene graphs and scores with the Shapes detector: toy profile only (--shapes)"
         )
-    cfg, opt = load_params(args.params), json.loads(args.options)
-    device, seed = pick_device(args.device), int(cfg["seed"])
-    spec = WorldSpec.from_config(json.loads(args.shapes))
-    encoder = VLVEncoder.from_pretrained(args.encoder).to(device)
-    dec = FrozenT2IDecoder(args.decoder, route=encoder_route(encoder, cfg["route"])).to(device)
-    keys, images, metas = load_images(args.images, ShardIndex(args.images).keys[: cfg["n_eval_images"]])
-    scenes = [Scene.from_json(m["scene"]) for m in metas]
-    chosen = stratified(scenes, opt["per_count"])
-    images, scenes = images[chosen], [scenes[i] for i in chosen]
-    counts = np.array([len(s.objects) for s in scenes])
-    swapped = [swap_shapes(s, spec) for s in scenes]
-    captions = [canonical_caption(s, seed) for s in scenes]
-    log.info("%d images (%s objects each)", len(scenes), dict(zip(*np.unique(counts, return_counts=True))))
+    return args
 
-    latents = image_latents(dec, images)
-    z_enc = embed_images(encoder, images, device)
-    z_cap = caption_embeddings(dec, captions)
-    with torch.no_grad():
-        conds = {
-            "encoder": dec.condition(z_enc),
-            "true_caption": dec.encode_text(captions),
-            "shapes_swapped": dec.encode_text([canonical_caption(s, seed) for s, _ in swapped]),
-            "empty_caption": dec.encode_text([""] * len(scenes)),
-        }
+
+def chosen_scenes(images_dir: str, n_images: int, per_count: int):
+    """The evaluation images the diagnosis reads: ``per_count`` of each object count among the first
+    ``n_images``; their keys, images and scenes."""
+    keys, images, metas = load_images(images_dir, ShardIndex(images_dir).keys[:n_images])
+    scenes = [Scene.from_json(m["scene"]) for m in metas]
+    chosen = stratified(scenes, per_count)
+    return [keys[i] for i in chosen], images[chosen], [scenes[i] for i in chosen]
+
+
+def loss_gaps(dec, latents, conds: dict, scenes: list[Scene], swapped, opt: dict, seed: int) -> dict:
+    """Part (a): the paired denoising-loss gaps to the true caption, per timestep and object count."""
+    counts = np.array([len(s.objects) for s in scenes])
     timesteps = [int(t) for t in opt["timesteps"]]
     snr = log_snr(dec, timesteps)
     losses = loss_table(dec, latents, conds, timesteps, opt["draws"], seed)
-    result: dict = {
+    return {
         "images": len(scenes),
         "objects_per_image": counts.tolist(),
         "swap_kinds": {k: sum(kind == k for _, kind in swapped) for k in ("permuted", "replaced")},
@@ -407,11 +397,36 @@ def main(argv=None) -> int:
         "draws": opt["draws"],
         "gaps_to_true_caption": gap_summary(losses, counts, timesteps, snr),
     }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    log = setup_logging()
+    cfg, opt = load_params(args.params), json.loads(args.options)
+    device, seed = pick_device(args.device), int(cfg["seed"])
+    spec = WorldSpec.from_config(json.loads(args.shapes))
+    encoder = VLVEncoder.from_pretrained(args.encoder).to(device)
+    dec = FrozenT2IDecoder(args.decoder, route=encoder_route(encoder, cfg["route"])).to(device)
+    keys, images, scenes = chosen_scenes(args.images, cfg["n_eval_images"], opt["per_count"])
+    swapped = [swap_shapes(s, spec) for s in scenes]
+    captions = [canonical_caption(s, seed) for s in scenes]
+    counts = np.array([len(s.objects) for s in scenes])
+    log.info("%d images (%s objects each)", len(scenes), dict(zip(*np.unique(counts, return_counts=True))))
+
+    latents = image_latents(dec, images)
+    z_enc = embed_images(encoder, images, device)
+    with torch.no_grad():
+        conds = {
+            "encoder": dec.condition(z_enc),
+            "true_caption": dec.encode_text(captions),
+            "shapes_swapped": dec.encode_text([canonical_caption(s, seed) for s, _ in swapped]),
+            "empty_caption": dec.encode_text([""] * len(scenes)),
+        }
+    result = loss_gaps(dec, latents, conds, scenes, swapped, opt, seed)
     renders = {}
     if opt["optimise_steps"]:
-        starts = {"free_from_encoder": z_enc, "free_from_caption": z_cap}
+        starts = {"free_from_encoder": z_enc, "free_from_caption": caption_embeddings(dec, captions)}
         result["free_embeddings"], renders = free_embeddings(dec, latents, starts, conds, opt, cfg, scenes, spec)
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if opt["capacity_steps"]:
@@ -426,7 +441,7 @@ def main(argv=None) -> int:
         out / "manifest.json",
         build_manifest(
             "diagnose_stage1", cfg, seed, device=str(device), encoder=args.encoder, decoder=args.decoder,
-            images=args.images, keys=[keys[i] for i in chosen], options=opt,
+            images=args.images, keys=keys, options=opt,
         ),
     )  # fmt: skip
     print(format_result(result))

@@ -267,7 +267,7 @@ def write_curve(path: Path, rows: list[dict]) -> None:
     path.write_text("step,validation_loss\n" + "".join(f"{r['step']},{r['validation_loss']}\n" for r in rows))
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = stage_parser(__doc__)
     p.add_argument("--init", required=True, choices=INITS)
     p.add_argument(
@@ -283,10 +283,25 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--workers", type=int, default=0, help="loader worker processes per process (0: decode inline)")
     args = p.parse_args(argv)
-    log = setup_logging()
-    cfg = load_params(args.params)
     if not 0 < args.pairs_fraction <= 1:
         raise SystemExit(f"--pairs-fraction must be in (0, 1], got {args.pairs_fraction}")
+    return args
+
+
+def training_pairs(cfg: dict, args) -> tuple[ShardIndex, list[str], dict[str, str]]:
+    """The pair set's shard index, the training captions in its order, and the held-out pairs."""
+    pairs, held = held_out(cfg, read_pairs(args.captions, args.pairs_fraction))
+    index = ShardIndex(args.images, pairs)
+    if len(index) != len(pairs):
+        missing = index.missing(pairs)
+        raise SystemExit(f"{len(missing)} captioned images are not in {args.images} (e.g. {missing[:3]})")
+    return index, [pairs[k] for k in index.keys], held
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    log = setup_logging()
+    cfg = load_params(args.params)
     acc = make_accelerator(args.cpu, cfg["precision"])
     world, rank = acc.num_processes, acc.process_index
     if cfg["batch_size"] % world:
@@ -294,13 +309,8 @@ def main(argv=None) -> int:
     seed = int(cfg["seed"])
     seed_everything(seed)  # the same psi (and no-stage-1 queries) on every process
 
-    pairs, held = held_out(cfg, read_pairs(args.captions, args.pairs_fraction))
-    index = ShardIndex(args.images, pairs)
-    if len(index) != len(pairs):
-        missing = index.missing(pairs)
-        raise SystemExit(f"{len(missing)} captioned images are not in {args.images} (e.g. {missing[:3]})")
+    index, captions, held = training_pairs(cfg, args)
     keys = index.keys
-    captions = [pairs[k] for k in keys]
     cap = build(cfg, args.init, args.encoder, args.t2i, args.llm)
     cap.to(acc.device)
     dataset = ShardImages(index)
