@@ -9,7 +9,10 @@ After `dvc repro` (or `snakemake --cores 2 all`) of a clean checkout:
     python scripts/record_toy_results.py --data-efficiency results   # after the data_efficiency target
     python scripts/record_toy_results.py --seeds "refine 10=results" --source "snakemake seeds"
                                              # after the seeds target: its table, under that name (a
-                                             # setting compared, e.g. "refine 0" run with an overlay)
+                                             # setting compared, e.g. "refine 0" run with an overlay),
+                                             # and the run's job times (RESULTS/../benchmarks)
+    python scripts/record_toy_results.py --compare-seeds "refine 0" "refine 10"
+                                             # two recorded seeds runs side by side (docs/experiments.md)
 
 Each call updates only what it is given; everything it writes carries its own machine, date and
 revision, so numbers measured at different times never pass for one run.
@@ -173,6 +176,7 @@ LABELS = {
 # the captioners the seeds target reruns, and the label its table gives their measures
 SEEDED = {"vlv_pairs100": "VLV", "direct_pairs100": "direct"}
 SEEDS_DEFAULT = "refine 10"  # the seeds record the README quotes: the default config's
+PAPER_METHOD = "refine 0"  # and beside it, where recorded: the paper's method (no refinement)
 
 
 def pct(x: float | None) -> str:
@@ -190,11 +194,66 @@ def spread(row: dict | None, single: float | None, as_pct: bool, digits: int = 2
     return f"{row['mean']:.{digits}f} ± {row['sd']:.{digits}f}"
 
 
+def seed_job_seconds(seconds: dict, seeds: list[str], main_seed: int = 0) -> dict:
+    """From a seeds run's job times: stage 1, VLV's stage 2 and the reconstructions, per seed."""
+    from vlv.variants import seed_captioner, seed_stage1
+
+    out = {}
+    for seed in seeds:
+        n = int(seed.split()[-1])
+        s1, vlv = seed_stage1(n, main_seed), seed_captioner("vlv", n, main_seed)
+        jobs = {"distill_stage1": f"distill_stage1/{s1}", "VLV stage 2": f"finetune_stage2/{vlv}",
+                "reconstruct": f"reconstruct/{s1}"}  # fmt: skip
+        out[seed] = {label: seconds.get(job) for label, job in jobs.items()}
+    return out
+
+
+def is_measure(row) -> bool:
+    return isinstance(row, dict) and "mean" in row
+
+
+def compare_seeds(record: dict, a: str, b: str) -> dict:
+    """Two recorded seeds runs side by side: per measure B - A for each seed (paired when the two runs
+    share their stage-1 encoders), and each run's job times per seed."""
+    ra, rb = record["seeds"][a], record["seeds"][b]
+    seeds = sorted(k for k in next(v for v in ra.values() if is_measure(v)) if k.startswith("seed "))
+    return {
+        "runs": [a, b],
+        "seeds": seeds,
+        "difference": {
+            m: {k: round(rb[m][k] - r[k], 6) for k in seeds} for m, r in ra.items() if is_measure(r) and m in rb
+        },  # fmt: skip
+        "job_seconds": {n: seed_job_seconds(r.get("rule_seconds", {}), seeds) for n, r in ((a, ra), (b, rb))},
+    }
+
+
+def comparison_markdown(record: dict, c: dict) -> str:
+    """The comparison's two tables (docs/experiments.md): mean ± sd of each run and B - A per seed of
+    each measure that differs, then the job times."""
+    (a, b), seeds = c["runs"], c["seeds"]
+    src = "<!-- source: results/figures/toy_results.json -->"
+    out = [src, f"| measure | {a} | {b} | {b} minus {a}, " + " / ".join(seeds) + " |", "|---|---|---|---|"]
+    for measure, diff in c["difference"].items():
+        if not any(diff.values()):
+            continue  # the same jobs in both runs (e.g. the direct captioner, which does not refine)
+        as_pct = not any(w in measure for w in ("hallucinated", "arena", "FD"))
+        shown = " / ".join(f"{100 * diff[k]:+.1f}" if as_pct else f"{diff[k]:+.2f}" for k in seeds)
+        ra, rb = record["seeds"][a][measure], record["seeds"][b][measure]
+        out.append(f"| {measure} | {spread(ra, None, as_pct)} | {spread(rb, None, as_pct)} | {shown} |")
+    out += ["", src, "| job, s | " + " | ".join(f"{n}, {s}" for n in (a, b) for s in seeds) + " |",
+            "|---|" + "---|" * (2 * len(seeds))]  # fmt: skip
+    for job in ("distill_stage1", "VLV stage 2", "reconstruct"):
+        cells = [c["job_seconds"][n][s][job] for n in (a, b) for s in seeds]
+        out.append(f"| {job} | " + " | ".join("not recorded" if x is None else f"{x:.1f}" for x in cells) + " |")
+    return "\n".join(out)
+
+
 def markdown(record: dict) -> str:
     """The README's three tables' rows, from the record: the seeded captioners and the reconstructions
     as mean ± sd over the seeds target's runs where it was recorded, the rest from the single run."""
     r, out = record["results"], []
     seeds = record.get("seeds", {}).get(SEEDS_DEFAULT, {})
+    paper = record.get("seeds", {}).get(PAPER_METHOD)
     for name, label in LABELS.items():
         if name not in r["captioners"]:
             continue
@@ -209,6 +268,11 @@ def markdown(record: dict) -> str:
             f"{spread(measure['VQA accuracy (0-shot)'], c['vqa_accuracy'], True)} | "
             f"{spread(measure['caption -> image FD-toyCLIP cfg2'], c['cfg2'], False)} |"
         )
+        if name == "vlv_pairs100" and paper:
+            cells = [spread(paper[f"VLV {m}"], None, as_pct) for m, as_pct in (
+                ("object coverage", True), ("hallucinated per caption", False), ("arena rating (0-6)", False),
+                ("VQA accuracy (0-shot)", True), ("caption -> image FD-toyCLIP cfg2", False))]  # fmt: skip
+            out.append("| VLV, embeddings not refined (the paper's method) | " + " | ".join(cells) + " |")
     out.append("")
     top = max(r["stage1_reconstructions"], key=float)  # the highest guidance (toy: 3)
     g, at = r["stage1_reconstructions"][top], f"cfg{top}"
@@ -220,6 +284,11 @@ def markdown(record: dict) -> str:
         f"{pct(g['colour_recall'])} | {pct(g['cell_accuracy_of_matched'])} | "
         f"{100 * g['share_of_floor_to_bound_closed']:.0f} % |"
     )
+    if paper:
+        cells = [spread(paper[m], None, True) for m in (f"reconstruction colour+shape ({at})",
+                 next(k for k in paper if k.startswith("reconstruction shape right of drawn colours, 3")),
+                 f"reconstruction size right of found ({at})")]  # fmt: skip
+        out.append("| VLV encoder, not refined (the paper's method) | " + " | ".join(cells) + " | | | |")
     out.append(f"| bound: the decoder drawing the true caption | {pct(g['bound_colour_shape_recall'])} | | | | | |")
     out.append(f"| floor: the empty caption | {pct(r['floor_colour_shape_recall'])} | | | | | |")
     out.append("")
@@ -337,6 +406,9 @@ def main(argv=None) -> int:
     p.add_argument("--repo", default=str(ROOT), help="the checkout that made the run (its revision is recorded)")
     p.add_argument("--markdown", action="store_true", help="print the README's table rows from the record")
     p.add_argument("--docs-markdown", action="store_true", help="print docs/results.md's tables from the record")
+    p.add_argument(
+        "--compare-seeds", nargs=2, metavar=("A", "B"), help="record and print two recorded seeds runs side by side"
+    )
     args = p.parse_args(argv)
     if args.markdown or args.docs_markdown:
         print((markdown if args.markdown else docs_markdown)(json.loads(Path(args.out).read_text())))
@@ -357,12 +429,21 @@ def main(argv=None) -> int:
         record["data_efficiency"] = {**prov, **data_efficiency(Path(args.data_efficiency))}
     for entry in args.seeds:
         name, _, folder = entry.partition("=")
-        record.setdefault("seeds", {})[name] = {**prov, "source": args.source, **seeds_table(Path(folder))}
+        runs = {**prov, "source": args.source, **seeds_table(Path(folder))}
+        benchmarks = Path(folder).resolve().parent / "benchmarks"
+        if benchmarks.is_dir():
+            runs["rule_seconds"] = rule_seconds(benchmarks)
+        record.setdefault("seeds", {})[name] = runs
+    if args.compare_seeds:
+        a, b = args.compare_seeds
+        record.setdefault("seeds_compared", {})[f"{b} minus {a}"] = compare_seeds(record, a, b)
     for t in args.timing:
         name, _, seconds = t.partition("=")
         record.setdefault("timings", {})[name] = {**prov, "seconds": float(seconds)}
     out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     print(f"wrote {out}")
+    if args.compare_seeds:
+        print(comparison_markdown(record, record["seeds_compared"][f"{b} minus {a}"]))
     return 0
 
 
