@@ -209,7 +209,13 @@ def seed_job_seconds(seconds: dict, seeds: list[str], main_seed: int = 0) -> dic
 
 
 def is_measure(row) -> bool:
+    """A seeds record's entry is a measure's row (not its provenance or job times)."""
     return isinstance(row, dict) and "mean" in row
+
+
+def is_share(measure: str) -> bool:
+    """The seeds table's measure is a share, shown as a percentage (not a count, rating or distance)."""
+    return not any(w in measure for w in ("hallucinated", "arena", "FD"))
 
 
 def compare_seeds(record: dict, a: str, b: str) -> dict:
@@ -236,7 +242,7 @@ def comparison_markdown(record: dict, c: dict) -> str:
     for measure, diff in c["difference"].items():
         if not any(diff.values()):
             continue  # the same jobs in both runs (e.g. the direct captioner, which does not refine)
-        as_pct = not any(w in measure for w in ("hallucinated", "arena", "FD"))
+        as_pct = is_share(measure)
         shown = " / ".join(f"{100 * diff[k]:+.1f}" if as_pct else f"{diff[k]:+.2f}" for k in seeds)
         ra, rb = record["seeds"][a][measure], record["seeds"][b][measure]
         out.append(f"| {measure} | {spread(ra, None, as_pct)} | {spread(rb, None, as_pct)} | {shown} |")
@@ -386,9 +392,9 @@ def docs_markdown(record: dict) -> str:
             "|---|" + "---|" * (1 + len(seeds)),
         ]
         for measure, row in table.items():
-            if not isinstance(row, dict) or "mean" not in row:
+            if not is_measure(row):
                 continue  # provenance
-            as_pct = not any(w in measure for w in ("hallucinated", "arena", "FD"))
+            as_pct = is_share(measure)
             one = pct if as_pct else (lambda x: f"{x:.2f}")
             out.append(f"| {measure} | {spread(row, None, as_pct)} | {' | '.join(one(row[k]) for k in seeds)} |")
     return "\n".join(out)

@@ -382,14 +382,14 @@ def chosen_scenes(images_dir: str, n_images: int, per_count: int):
     return [keys[i] for i in chosen], images[chosen], [scenes[i] for i in chosen]
 
 
-def loss_gaps(dec, latents, conds: dict, scenes: list[Scene], swapped, opt: dict, seed: int) -> dict:
-    """Part (a): the paired denoising-loss gaps to the true caption, per timestep and object count."""
-    counts = np.array([len(s.objects) for s in scenes])
+def loss_gaps(dec, latents, conds: dict, counts: np.ndarray, swapped, opt: dict, seed: int) -> dict:
+    """Part (a): the paired denoising-loss gaps to the true caption, per timestep and object count
+    (``counts``: the objects of each image)."""
     timesteps = [int(t) for t in opt["timesteps"]]
     snr = log_snr(dec, timesteps)
     losses = loss_table(dec, latents, conds, timesteps, opt["draws"], seed)
     return {
-        "images": len(scenes),
+        "images": len(counts),
         "objects_per_image": counts.tolist(),
         "swap_kinds": {k: sum(kind == k for _, kind in swapped) for k in ("permuted", "replaced")},
         "timesteps": timesteps,
@@ -422,7 +422,7 @@ def main(argv=None) -> int:
             "shapes_swapped": dec.encode_text([canonical_caption(s, seed) for s, _ in swapped]),
             "empty_caption": dec.encode_text([""] * len(scenes)),
         }
-    result = loss_gaps(dec, latents, conds, scenes, swapped, opt, seed)
+    result = loss_gaps(dec, latents, conds, counts, swapped, opt, seed)
     renders = {}
     if opt["optimise_steps"]:
         starts = {"free_from_encoder": z_enc, "free_from_caption": caption_embeddings(dec, captions)}
