@@ -19,6 +19,14 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# One thread per process: pytest-xdist runs one worker per core, and torch's default of a thread per
+# core in each of them (and in every process they start) oversubscribes the cores; the threads'
+# busy waiting then takes more CPU than the work (tests/test_stage1.py and test_stage2.py on 2
+# cores: 171 s with the default, 75 s with one thread).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# and every Snakemake run of the tests (theirs, and those inside `dvc repro`) through tests/profile,
+# which gives each job one thread whatever its rule asks for
+os.environ["SNAKEMAKE_PROFILE"] = str(Path(__file__).resolve().parent / "profile")
 
 ROOT = Path(__file__).resolve().parent.parent
 # No network but loopback, here and in every Python process the tests start (tests/offline/sitecustomize.py)

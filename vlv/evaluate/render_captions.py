@@ -25,7 +25,6 @@ from tqdm import tqdm
 from vlv.cli_common import load_params, setup_logging, stage_parser
 from vlv.data.shards import encode_png, write_shard
 from vlv.manifest import build_manifest, write_manifest
-from vlv.models.t2i import iter_renders, load_t2i_pipeline
 from vlv.training import pick_device
 
 
@@ -46,7 +45,10 @@ def main(argv=None) -> int:
     rows = rows[: cfg["n_images"]]
     if not rows:
         raise SystemExit(f"no captions in {args.captions}")
+    # imported here, not at the top: evaluate_fid imports render_key and needs no diffusers
     from diffusers.utils import logging as diffusers_logging
+
+    from vlv.models.t2i import iter_renders, load_t2i_pipeline
 
     diffusers_logging.set_verbosity_error()  # truncation is counted below, not logged per batch
     device = pick_device(args.device)
