@@ -122,9 +122,11 @@ def all_tables(results: Path) -> dict:
 def data_efficiency(results: Path) -> dict:
     """VLV against the direct captioner at each share of the pairs (the `data_efficiency` target):
     the judge's scores, and each captioner's training compute (steps x batch and seconds; VLV's stage
-    1 beside its stage 2) from the manifests."""
+    1 beside its stage 2) from the manifests, and its jobs' seconds from RESULTS/../benchmarks."""
     judge = json.loads((results / "evaluate/captions_shapes_data_efficiency.json").read_text())
     stage1 = json.loads((results / "distill_stage1/encoder/manifest.json").read_text())
+    benchmarks = results.resolve().parent / "benchmarks"
+    jobs = rule_seconds(benchmarks) if benchmarks.is_dir() else {}
     out = {
         "stage1": {
             "images_seen": stage1["config"]["steps"] * stage1["config"]["batch_size"],
@@ -142,6 +144,9 @@ def data_efficiency(results: Path) -> dict:
             "steps": m["config"]["steps"],
             "captions_seen": m["config"]["steps"] * m["config"]["batch_size"],
             "train_seconds": m["train_seconds_this_run"],
+            # the whole jobs' wall seconds (Snakemake's benchmarks; refining embeddings included)
+            "stage2_job_seconds": jobs.get(f"finetune_stage2/{name}"),
+            "caption_job_seconds": jobs.get(f"caption/{name}"),
             "trainable_parameters": m["trainable_parameters"],
             "coverage": s["coverage"],
             "hallucinated_per_caption": s["hallucinated_per_caption"],
