@@ -21,8 +21,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # One thread per process: pytest-xdist runs one worker per core, and torch's default of a thread per
 # core in each of them (and in every process they start) oversubscribes the cores; the threads'
-# busy waiting then takes more CPU than the work (tests/test_stage1.py and test_stage2.py on 2
-# cores: 171 s with the default, 75 s with one thread).
+# busy waiting then takes more CPU than the work (measured: docs/tests.md).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # and every Snakemake run of the tests (theirs, and those inside `dvc repro`) through tests/profile,
 # which gives each job one thread whatever its rule asks for
