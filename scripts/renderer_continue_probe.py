@@ -11,7 +11,8 @@ the committed text encoder, UNet and tokenizer instead of new ones. The benchmar
 ``python -m vlv.toy.evaluate_standins`` as the ``benchmark_toy_standins`` rule runs it.
 
 Not part of the pipeline: a continued renderer is not what ``pretrain_toy`` makes from scratch, so
-its weights are not committed from here; the answer goes to docs/experiments.md.
+its weights are not committed from here; the answer is in docs/toy-world.md and
+results/figures/renderer_continue_probe_cpu.json.
 
 Example:
     python scripts/renderer_continue_probe.py --steps 1000 --out /tmp/renderer_cont --work /tmp/renderer_cont_work
